@@ -1,0 +1,188 @@
+//! The `Notifier` trait and the events it carries.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// Version of the [`Event`] JSON shape (bumped on incompatible changes).
+pub const EVENT_VERSION: u32 = 1;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A backup committed to every required target.
+    #[serde(rename = "backup.succeeded")]
+    BackupSucceeded,
+    /// A backup failed; nothing was committed.
+    #[serde(rename = "backup.failed")]
+    BackupFailed,
+    /// Verification passed every check.
+    #[serde(rename = "verify.succeeded")]
+    VerifySucceeded,
+    /// Verification failed a check.
+    #[serde(rename = "verify.failed")]
+    VerifyFailed,
+    /// Retention ran.
+    #[serde(rename = "prune.completed")]
+    PruneCompleted,
+    /// The newest good backup is older than allowed.
+    #[serde(rename = "backup.stale")]
+    BackupStale,
+    /// A restore finished (either way).
+    #[serde(rename = "restore.completed")]
+    RestoreCompleted,
+}
+
+impl EventKind {
+    /// The dotted name, e.g. `backup.failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BackupSucceeded => "backup.succeeded",
+            Self::BackupFailed => "backup.failed",
+            Self::VerifySucceeded => "verify.succeeded",
+            Self::VerifyFailed => "verify.failed",
+            Self::PruneCompleted => "prune.completed",
+            Self::BackupStale => "backup.stale",
+            Self::RestoreCompleted => "restore.completed",
+        }
+    }
+
+    /// Whether this event reports a failure (sent by default).
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Self::BackupFailed | Self::VerifyFailed | Self::BackupStale
+        )
+    }
+
+    /// Parse a dotted name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::BackupSucceeded,
+            Self::BackupFailed,
+            Self::VerifySucceeded,
+            Self::VerifyFailed,
+            Self::PruneCompleted,
+            Self::BackupStale,
+            Self::RestoreCompleted,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One event, as sent to every notifier. Contains no secrets by construction:
+/// error texts come from [`crate::Error`] messages, which never hold secrets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    /// Shape version ([`EVENT_VERSION`]).
+    pub version: u32,
+    /// What happened.
+    pub kind: EventKind,
+    /// When.
+    pub timestamp: DateTime<Utc>,
+    /// Host that ran the tool.
+    pub host: String,
+    /// Database concerned.
+    pub database: String,
+    /// Backup name, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    /// Storage targets (redacted URLs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
+    /// Stored size in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// Duration in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+    /// Error message for failures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Free-form details (check results, deleted backups, ...).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+}
+
+impl Event {
+    /// A new event of `kind` for `database`, stamped now.
+    pub fn new(kind: EventKind, database: impl Into<String>) -> Self {
+        Self {
+            version: EVENT_VERSION,
+            kind,
+            timestamp: Utc::now(),
+            host: crate::util::hostname(),
+            database: database.into(),
+            backup: None,
+            targets: Vec::new(),
+            size_bytes: None,
+            duration_seconds: None,
+            error: None,
+            details: serde_json::Value::Null,
+        }
+    }
+
+    /// One-line human summary, e.g. `FAILED backup of kaizen_studio`.
+    pub fn summary(&self) -> String {
+        let (state, what) = match self.kind {
+            EventKind::BackupSucceeded => ("SUCCEEDED", "backup"),
+            EventKind::BackupFailed => ("FAILED", "backup"),
+            EventKind::VerifySucceeded => ("SUCCEEDED", "verify"),
+            EventKind::VerifyFailed => ("FAILED", "verify"),
+            EventKind::PruneCompleted => ("COMPLETED", "prune"),
+            EventKind::BackupStale => ("STALE", "backup"),
+            EventKind::RestoreCompleted => ("COMPLETED", "restore"),
+        };
+        format!("{state} {what} of {}", self.database)
+    }
+}
+
+/// Something that tells people or systems about events (Slack, email, webhook, ...).
+#[async_trait]
+pub trait Notifier: Send + Sync + std::fmt::Debug {
+    /// Name for logs, e.g. `slack` or `webhook:pagerduty`.
+    fn name(&self) -> String;
+    /// Whether this notifier wants events of `kind` (its `on = [...]` filter).
+    fn wants(&self, kind: EventKind) -> bool;
+    /// Deliver one event (with the notifier's own timeouts and retries).
+    async fn notify(&self, event: &Event) -> Result<()>;
+    /// Cheap configuration/health check for `config check`.
+    async fn check(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Send `event` to every notifier that wants it. Failures are logged and returned
+/// as messages; they never change the outcome of the operation that raised the event.
+pub async fn notify_all(notifiers: &[Box<dyn Notifier>], event: &Event) -> Vec<String> {
+    let sends = notifiers
+        .iter()
+        .filter(|n| n.wants(event.kind))
+        .map(|n| async move {
+            match n.notify(event).await {
+                Ok(()) => {
+                    tracing::debug!(notifier = %n.name(), event = %event.kind, "notification sent");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!("Notification via {} failed: {e}", n.name());
+                    Some(format!("{}: {e}", n.name()))
+                }
+            }
+        });
+    futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}

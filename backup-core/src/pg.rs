@@ -1,0 +1,335 @@
+//! PostgreSQL connection settings, our own connections, and the client tools.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::process::Command;
+
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+
+/// How to reach the database. Shared by our own connections and by pg_dump/pg_restore,
+/// which receive it through libpq environment variables (never argv).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PgConfig {
+    /// Host name, IP address, or a Unix socket directory (starting with `/`).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Database name.
+    pub name: String,
+    /// Role to connect as.
+    pub user: String,
+    /// Password (also read from `.pgpass` by libpq when unset).
+    pub password: Option<Secret>,
+    /// `disable`, `prefer`, `require`, `verify-ca`, `verify-full`.
+    pub sslmode: Option<String>,
+    /// CA certificate file for `verify-ca`/`verify-full`.
+    pub sslrootcert: Option<PathBuf>,
+    /// Client certificate file.
+    pub sslcert: Option<PathBuf>,
+    /// Client key file.
+    pub sslkey: Option<PathBuf>,
+    /// Directory holding pg_dump/pg_restore (default: search `PATH`).
+    pub bin_dir: Option<PathBuf>,
+    /// Seconds to wait for a connection.
+    pub connect_timeout: u64,
+    /// Maintenance database used to create and drop databases.
+    pub maintenance_db: String,
+}
+
+impl Default for PgConfig {
+    fn default() -> Self {
+        Self {
+            host: "localhost".into(),
+            port: 5432,
+            name: "kaizen_studio".into(),
+            user: "postgres".into(),
+            password: None,
+            sslmode: None,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
+            bin_dir: None,
+            connect_timeout: 10,
+            maintenance_db: "postgres".into(),
+        }
+    }
+}
+
+/// TLS connector hook: plugins (or the CLI) that support TLS install one.
+pub type Connector = std::sync::Arc<
+    dyn Fn(&PgConfig, &str) -> futures::future::BoxFuture<'static, Result<tokio_postgres::Client>>
+        + Send
+        + Sync,
+>;
+
+static CONNECTOR: std::sync::OnceLock<Connector> = std::sync::OnceLock::new();
+
+/// Install the function used to open connections (e.g. one that speaks TLS).
+/// Without one, [`PgConfig::connect`] uses plain TCP or a Unix socket.
+pub fn set_connector(c: Connector) {
+    let _ = CONNECTOR.set(c);
+}
+
+impl PgConfig {
+    /// `DB@HOST:PORT`, the form the old scripts' error message used.
+    pub fn target(&self) -> String {
+        format!("{}@{}:{}", self.name, self.host, self.port)
+    }
+
+    /// The same settings for another database.
+    pub fn with_dbname(&self, name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// The tokio-postgres configuration for `dbname`.
+    pub fn client_config(&self, dbname: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(dbname)
+            .application_name("kaizen-backup")
+            .connect_timeout(Duration::from_secs(self.connect_timeout.max(1)));
+        if let Some(p) = self.effective_password() {
+            c.password(p.expose());
+        }
+        c
+    }
+
+    /// The configured password, or one from the `.pgpass` file libpq would use.
+    pub fn effective_password(&self) -> Option<Secret> {
+        if let Some(p) = &self.password {
+            if !p.is_empty() {
+                return Some(p.clone());
+            }
+        }
+        crate::pgpass::lookup(&self.host, self.port, &self.name, &self.user)
+    }
+
+    /// Connect to `dbname` (our own connection, for queries).
+    pub async fn connect_to(&self, dbname: &str) -> Result<tokio_postgres::Client> {
+        if let Some(c) = CONNECTOR.get() {
+            return c(self, dbname).await;
+        }
+        let target = self.with_dbname(dbname).target();
+        if matches!(
+            self.sslmode.as_deref(),
+            Some("require" | "verify-ca" | "verify-full")
+        ) {
+            return Err(Error::Connect {
+                target,
+                reason: "sslmode requires TLS, but this build has no TLS support for database connections".into(),
+            });
+        }
+        let (client, conn) = self
+            .client_config(dbname)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| connect_error(&target, &e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("database connection closed: {e}");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Connect to the configured database.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client> {
+        self.connect_to(&self.name).await
+    }
+
+    /// libpq environment for pg_dump/pg_restore connecting to `dbname`.
+    pub fn child_env(&self, dbname: &str) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("PGHOST", self.host.clone()),
+            ("PGPORT", self.port.to_string()),
+            ("PGUSER", self.user.clone()),
+            ("PGDATABASE", dbname.to_string()),
+            ("PGCONNECT_TIMEOUT", self.connect_timeout.max(1).to_string()),
+            ("PGAPPNAME", "kaizen-backup".to_string()),
+        ];
+        if let Some(p) = &self.password {
+            if !p.is_empty() {
+                env.push(("PGPASSWORD", p.expose().to_string()));
+            }
+        }
+        if let Some(m) = &self.sslmode {
+            env.push(("PGSSLMODE", m.clone()));
+        }
+        for (k, v) in [
+            ("PGSSLROOTCERT", &self.sslrootcert),
+            ("PGSSLCERT", &self.sslcert),
+            ("PGSSLKEY", &self.sslkey),
+        ] {
+            if let Some(p) = v {
+                env.push((k, p.display().to_string()));
+            }
+        }
+        env
+    }
+
+    /// A `Command` for a client tool with our libpq environment (and no inherited
+    /// `PG*` variables that could point it elsewhere).
+    pub fn command(&self, program: &Path, dbname: &str) -> Command {
+        let mut cmd = Command::new(program);
+        for (k, _) in std::env::vars_os().filter_map(|(k, v)| k.into_string().ok().map(|k| (k, v)))
+        {
+            if k.starts_with("PG") && k != "PGPASSFILE" {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd.envs(self.child_env(dbname));
+        cmd.kill_on_drop(true);
+        cmd
+    }
+}
+
+/// Turn a tokio-postgres connection error into our message (the server's reason kept).
+pub fn connect_error(target: &str, e: &tokio_postgres::Error) -> Error {
+    let reason = if let Some(db) = e.as_db_error() {
+        db.message().to_string()
+    } else {
+        let mut s = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(inner) = src {
+            let t = inner.to_string();
+            if !s.contains(&t) {
+                s.push_str(": ");
+                s.push_str(&t);
+            }
+            src = inner.source();
+        }
+        s
+    };
+    Error::Connect {
+        target: target.to_string(),
+        reason: format!("{reason} (is PostgreSQL running and are the credentials right?)"),
+    }
+}
+
+/// Map a query error to ours.
+pub fn db_error(context: impl std::fmt::Display, e: &tokio_postgres::Error) -> Error {
+    let message = match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    };
+    Error::Database {
+        context: context.to_string(),
+        message,
+    }
+}
+
+/// A located client tool and its version.
+#[derive(Debug, Clone)]
+pub struct Tool {
+    /// Path to the executable.
+    pub path: PathBuf,
+    /// `pg_dump (PostgreSQL) 15.18 (...)`
+    pub version: String,
+    /// Major version (15).
+    pub major: u32,
+}
+
+/// Find `name` in `bin_dir` or on `PATH`, and read its version.
+pub async fn find_tool(name: &str, bin_dir: Option<&Path>) -> Result<Tool> {
+    let path = match bin_dir {
+        Some(dir) => {
+            let p = dir.join(name);
+            p.is_file().then_some(p)
+        }
+        None => std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        }),
+    };
+    let Some(path) = path else {
+        return Err(Error::Tool(format!(
+            "{name} command not found — install the PostgreSQL client tools (Debian/Ubuntu: sudo apt-get install postgresql-client; macOS: brew install postgresql; RHEL: yum install postgresql) or set database.bin_dir"
+        )));
+    };
+    let out = Command::new(&path)
+        .arg("--version")
+        .output()
+        .await
+        .map_err(|e| Error::Tool(format!("{name} at {} cannot be run: {e}", path.display())))?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let major = parse_major(&version).ok_or_else(|| {
+        Error::Tool(format!(
+            "cannot read the version of {} (got {version:?})",
+            path.display()
+        ))
+    })?;
+    Ok(Tool {
+        path,
+        version,
+        major,
+    })
+}
+
+/// Major version from `pg_dump (PostgreSQL) 15.18 (Debian ...)` or `16beta1`.
+pub fn parse_major(version: &str) -> Option<u32> {
+    let rest = version.split(')').nth(1).unwrap_or(version);
+    let digits: String = rest
+        .trim()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+/// Refuse a tool older than the server (it cannot dump or restore a newer server's archives).
+pub fn check_tool_version(tool: &Tool, server_major: u32, name: &str) -> Result<()> {
+    if tool.major < server_major {
+        return Err(Error::Tool(format!(
+            "{name} {} is older than the server (PostgreSQL {server_major}); install client tools of version {server_major} or newer",
+            tool.major
+        )));
+    }
+    Ok(())
+}
+
+/// Quote an identifier for SQL.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Quote a string literal for SQL.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn majors() {
+        assert_eq!(
+            parse_major("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"),
+            Some(15)
+        );
+        assert_eq!(parse_major("pg_restore (PostgreSQL) 17.2"), Some(17));
+        assert_eq!(parse_major("pg_dump (PostgreSQL) 16beta1"), Some(16));
+        assert_eq!(parse_major("garbage"), None);
+    }
+
+    #[test]
+    fn child_env_has_no_secret_in_args() {
+        let c = PgConfig {
+            password: Some(Secret::new("pw")),
+            ..PgConfig::default()
+        };
+        let env = c.child_env("db");
+        assert!(env.contains(&("PGPASSWORD", "pw".into())));
+        assert!(env.contains(&("PGDATABASE", "db".into())));
+    }
+}

@@ -1,0 +1,69 @@
+//! Small helpers shared by the pipelines.
+
+/// This machine's host name, or `unknown`.
+pub fn hostname() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// The OS user running the tool, or `unknown`.
+pub fn os_user() -> String {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// Size the way `du -h` / `ls -lh` print it (`2.3M`, `512K`, `17B`), as the old scripts did.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["K", "M", "G", "T", "P", "E"];
+    if bytes < 1024 {
+        return format!("{bytes}B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if v < 10.0 {
+        format!("{v:.1}{}", UNITS[i])
+    } else {
+        format!("{v:.0}{}", UNITS[i])
+    }
+}
+
+/// A short random lowercase suffix for temporary names.
+pub fn random_suffix(len: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+/// Log a `[SUCCESS]` line (the text formatter prints the target as the level).
+#[macro_export]
+macro_rules! success {
+    ($($arg:tt)*) => {
+        ::tracing::info!(target: "kaizen_backup::success", $($arg)*)
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_size(17), "17B");
+        assert_eq!(human_size(2_411_724), "2.3M");
+        assert_eq!(human_size(512 * 1024), "512K");
+        assert_eq!(human_size(3 * 1024 * 1024 * 1024), "3.0G");
+    }
+}

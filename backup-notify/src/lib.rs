@@ -1,0 +1,1 @@
+//! Notifiers and metrics sinks for kaizen-backup, each behind a Cargo feature.

@@ -1,0 +1,316 @@
+//! Local directory / Kubernetes PVC storage (`file:///path` or a plain path).
+//!
+//! Writes go to a hidden temporary file in the same directory, are fsynced, and are
+//! renamed into place on `finish`, so a reader never sees a partial object under
+//! its final name. Files are created with mode 0600.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use backup_core::storage::{ByteStream, ObjectMeta, ObjectWriter, Storage, storage_error};
+use backup_core::{Error, Result};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::fs;
+use tokio::io::AsyncWriteExt;
+
+/// Prefix of in-progress temporary files.
+pub const PARTIAL_PREFIX: &str = ".partial.";
+
+/// A directory holding backups.
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+impl LocalStorage {
+    /// Storage rooted at `root` (created on first write if missing).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        if key.is_empty() || key.contains('/') || key.contains('\\') || key == "." || key == ".." {
+            return Err(storage_error(
+                &self.url(),
+                "resolve",
+                key,
+                "invalid object key",
+                false,
+            ));
+        }
+        Ok(self.root.join(key))
+    }
+
+    fn err(&self, op: &'static str, key: &str, e: std::io::Error) -> Error {
+        let retryable = matches!(
+            e.kind(),
+            std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut
+        );
+        storage_error(&self.url(), op, key, e, retryable)
+    }
+
+    async fn ensure_root(&self) -> Result<()> {
+        fs::create_dir_all(&self.root)
+            .await
+            .map_err(|e| self.err("create directory", "", e))
+    }
+}
+
+struct LocalWriter {
+    storage: LocalStorage,
+    key: String,
+    final_path: PathBuf,
+    tmp_path: PathBuf,
+    file: Option<fs::File>,
+    written: u64,
+}
+
+#[async_trait]
+impl ObjectWriter for LocalWriter {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        let Some(file) = self.file.as_mut() else {
+            return Err(storage_error(
+                &self.storage.url(),
+                "write",
+                &self.key,
+                "writer already closed",
+                false,
+            ));
+        };
+        file.write_all(&data)
+            .await
+            .map_err(|e| self.storage.err("write", &self.key, e))?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<ObjectMeta> {
+        let Some(mut file) = self.file.take() else {
+            return Err(storage_error(
+                &self.storage.url(),
+                "finish",
+                &self.key,
+                "writer already closed",
+                false,
+            ));
+        };
+        let res: std::io::Result<()> = async {
+            file.flush().await?;
+            file.sync_all().await?;
+            drop(file);
+            // Never replace an object that appeared while we were writing.
+            if fs::try_exists(&self.final_path).await? {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "object already exists",
+                ));
+            }
+            fs::rename(&self.tmp_path, &self.final_path).await?;
+            sync_dir(&self.storage.root).await
+        }
+        .await;
+        if let Err(e) = res {
+            let _ = fs::remove_file(&self.tmp_path).await;
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                return Err(Error::AlreadyExists(format!(
+                    "{}/{}",
+                    self.storage.url(),
+                    self.key
+                )));
+            }
+            return Err(self.storage.err("finish", &self.key, e));
+        }
+        Ok(ObjectMeta {
+            key: self.key.clone(),
+            size: self.written,
+            last_modified: Some(Utc::now()),
+        })
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.file.take();
+        match fs::remove_file(&self.tmp_path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.storage.err("abort", &self.key, e)),
+        }
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+async fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    let d = fs::File::open(dir).await?;
+    d.sync_all().await
+}
+
+fn meta_from(key: String, md: &std::fs::Metadata) -> ObjectMeta {
+    ObjectMeta {
+        key,
+        size: md.len(),
+        last_modified: md.modified().ok().map(DateTime::<Utc>::from),
+    }
+}
+
+#[async_trait]
+impl Storage for LocalStorage {
+    fn url(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    async fn put(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
+        let final_path = self.path(key)?;
+        self.ensure_root().await?;
+        if fs::try_exists(&final_path)
+            .await
+            .map_err(|e| self.err("put", key, e))?
+        {
+            return Err(Error::AlreadyExists(format!("{}/{key}", self.url())));
+        }
+        let tmp_path = self.root.join(format!(
+            "{PARTIAL_PREFIX}{key}.{}",
+            backup_core::util::random_suffix(8)
+        ));
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create_new(true).mode(0o600);
+        let file = opts
+            .open(&tmp_path)
+            .await
+            .map_err(|e| self.err("put", key, e))?;
+        Ok(Box::new(LocalWriter {
+            storage: self.clone(),
+            key: key.to_string(),
+            final_path,
+            tmp_path,
+            file: Some(file),
+            written: 0,
+        }))
+    }
+
+    async fn get(&self, key: &str) -> Result<ByteStream> {
+        let path = self.path(key)?;
+        let file = match fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(format!("{}/{key}", self.url())));
+            }
+            Err(e) => return Err(self.err("get", key, e)),
+        };
+        let url = self.url();
+        let key = key.to_string();
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
+            .map(move |r| r.map_err(|e| storage_error(&url, "read", &key, e, false)));
+        Ok(stream.boxed())
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        let path = self.path(key)?;
+        match fs::metadata(&path).await {
+            Ok(md) if md.is_file() => Ok(Some(meta_from(key.to_string(), &md))),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err("head", key, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<BoxStream<'static, Result<ObjectMeta>>> {
+        let mut out = Vec::new();
+        let mut rd = match fs::read_dir(&self.root).await {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(futures::stream::empty().boxed());
+            }
+            Err(e) => return Err(self.err("list", prefix, e)),
+        };
+        while let Some(entry) = rd
+            .next_entry()
+            .await
+            .map_err(|e| self.err("list", prefix, e))?
+        {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if !name.starts_with(prefix) {
+                continue;
+            }
+            let md = match entry.metadata().await {
+                Ok(md) => md,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.err("list", &name, e)),
+            };
+            if md.is_file() {
+                out.push(Ok(meta_from(name, &md)));
+            }
+        }
+        Ok(futures::stream::iter(out).boxed())
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err("delete", key, e)),
+        }
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.ensure_root().await?;
+        let probe = self.root.join(format!(
+            "{PARTIAL_PREFIX}check.{}",
+            backup_core::util::random_suffix(8)
+        ));
+        fs::write(&probe, b"ok")
+            .await
+            .map_err(|e| self.err("check (write)", "", e))?;
+        fs::remove_file(&probe)
+            .await
+            .map_err(|e| self.err("check (delete)", "", e))
+    }
+
+    async fn available_space(&self) -> Result<Option<u64>> {
+        self.ensure_root().await?;
+        let root = self.root.clone();
+        let space = tokio::task::spawn_blocking(move || fs4::available_space(&root))
+            .await
+            .map_err(|e| Error::other(format!("free-space check failed: {e}")))?
+            .map_err(|e| self.err("free space", "", e))?;
+        Ok(Some(space))
+    }
+
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        self.path(key).ok()
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool> {
+        let path = self.path(key)?;
+        self.ensure_root().await?;
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create_new(true).mode(0o600);
+        match opts.open(&path).await {
+            Ok(mut f) => {
+                f.write_all(&data)
+                    .await
+                    .map_err(|e| self.err("put", key, e))?;
+                f.sync_all().await.map_err(|e| self.err("put", key, e))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(self.err("put", key, e)),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Verifiers for kaizen-backup.
