@@ -14,6 +14,7 @@ pub mod pg;
 pub mod pgpass;
 pub mod secret;
 pub mod storage;
+pub mod transform;
 pub mod util;
 pub mod verify;
 
