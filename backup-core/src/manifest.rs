@@ -95,6 +95,9 @@ pub struct Manifest {
     /// Host that took the backup.
     #[serde(default)]
     pub host: Option<String>,
+    /// `backup`, or `safety` for the copy taken before a restore replaced a database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 impl Manifest {

@@ -1,0 +1,594 @@
+//! The backup pipeline: one pass from `pg_dump` to every storage target.
+//!
+//! ```text
+//! pg_dump -Fc ──pipe──▶ transforms (zstd, age) ──▶ SHA-256 ──┬──▶ target 1 writer
+//!                                                            └──▶ target 2 writer
+//! ```
+//! Each target gets a bounded channel, so a slow target slows pg_dump down instead of
+//! filling memory. The data object is committed first; the manifest is written only
+//! after every required target committed. Any failure aborts every write.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::process::Child;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::manifest::{FORMAT_VERSION, Manifest};
+use crate::pg::{PgConfig, Tool, check_tool_version, db_error, find_tool};
+use crate::storage::{ObjectMeta, Storage, put_bytes};
+use crate::transform::Transform;
+use crate::util::human_size;
+
+/// Size of each read from pg_dump's pipe.
+const CHUNK: usize = 256 * 1024;
+/// Chunks buffered per target before pg_dump is slowed down.
+const QUEUE_DEPTH: usize = 8;
+
+/// How the stored stream is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// pg_dump's own gzip at this level (the old scripts used 6).
+    Gzip(i32),
+    /// pg_dump uncompressed, compressed in-process with zstd at this level.
+    Zstd(i32),
+    /// No compression.
+    None,
+}
+
+impl Compression {
+    /// Name recorded in the manifest.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gzip(_) => "gzip",
+            Self::Zstd(_) => "zstd",
+            Self::None => "none",
+        }
+    }
+
+    /// Level recorded in the manifest.
+    pub fn level(self) -> Option<i32> {
+        match self {
+            Self::Gzip(l) | Self::Zstd(l) => Some(l),
+            Self::None => None,
+        }
+    }
+
+    /// `--compress` argument for pg_dump.
+    fn pg_dump_level(self) -> i32 {
+        match self {
+            Self::Gzip(l) => l,
+            _ => 0,
+        }
+    }
+
+    /// Suffix of the data object.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Self::Zstd(_) => ".dump.zst",
+            _ => ".dump",
+        }
+    }
+}
+
+/// A storage target of a backup.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Where.
+    pub storage: Arc<dyn Storage>,
+    /// When true, a failure of this target is reported but does not fail the backup.
+    pub optional: bool,
+}
+
+/// Builds the transform chain of one backup (compression, then encryption).
+pub type TransformFactory = Box<dyn Fn() -> Result<Vec<Box<dyn Transform>>> + Send + Sync>;
+
+/// What to back up and how.
+pub struct BackupOptions {
+    /// Backup name (validated).
+    pub name: String,
+    /// Compression.
+    pub compression: Compression,
+    /// Transforms applied after pg_dump (zstd, age), in order.
+    pub transforms: Vec<Box<dyn Transform>>,
+    /// `age` when encrypted, else `none`.
+    pub encryption: String,
+    /// Public recipients recorded in the manifest.
+    pub recipients: Vec<String>,
+    /// Check free space on local targets first.
+    pub space_check: bool,
+    /// Estimated stored size as a fraction of `pg_database_size` (for the space check).
+    pub space_ratio: f64,
+    /// Count rows of every table in the dump's snapshot.
+    pub row_counts: bool,
+    /// Mark the backup pinned.
+    pub pinned: bool,
+    /// Extra `pg_dump` arguments that are not secrets (e.g. `--exclude-table`).
+    pub extra_args: Vec<String>,
+    /// Kind label: `backup` or `safety` (safety backups taken before a restore).
+    pub kind: String,
+}
+
+impl std::fmt::Debug for BackupOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupOptions")
+            .field("name", &self.name)
+            .field("compression", &self.compression)
+            .field(
+                "transforms",
+                &self.transforms.iter().map(|t| t.name()).collect::<Vec<_>>(),
+            )
+            .field("encryption", &self.encryption)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackupOptions {
+    /// Defaults matching the old scripts: custom format, gzip level 6.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            compression: Compression::Gzip(6),
+            transforms: Vec::new(),
+            encryption: "none".into(),
+            recipients: Vec::new(),
+            space_check: true,
+            space_ratio: 0.5,
+            row_counts: true,
+            pinned: false,
+            extra_args: Vec::new(),
+            kind: "backup".into(),
+        }
+    }
+}
+
+/// What a backup produced.
+#[derive(Debug, Clone)]
+pub struct BackupOutcome {
+    /// The manifest written to every committed target.
+    pub manifest: Manifest,
+    /// Targets that hold the backup (redacted URLs).
+    pub committed: Vec<String>,
+    /// Optional targets that failed, with the reason.
+    pub failed_optional: Vec<(String, String)>,
+    /// Wall time.
+    pub duration: std::time::Duration,
+}
+
+/// Checks done before anything is written: tools, connection, versions.
+#[derive(Debug)]
+pub struct Preflight {
+    /// pg_dump.
+    pub pg_dump: Tool,
+    /// Server facts.
+    pub server: crate::stats::ServerInfo,
+}
+
+/// Find pg_dump, connect, compare versions.
+pub async fn preflight(pg: &PgConfig) -> Result<(Preflight, tokio_postgres::Client)> {
+    let pg_dump = find_tool("pg_dump", pg.bin_dir.as_deref()).await?;
+    let client = pg.connect().await?;
+    let server = crate::stats::server_info(&client).await?;
+    check_tool_version(&pg_dump, server.major, "pg_dump")?;
+    Ok((Preflight { pg_dump, server }, client))
+}
+
+enum Msg {
+    Data(Bytes),
+    Commit,
+}
+
+struct TargetTask {
+    url: String,
+    optional: bool,
+    tx: Option<mpsc::Sender<Msg>>,
+    handle: JoinHandle<Result<Option<ObjectMeta>>>,
+}
+
+fn spawn_target(storage: Arc<dyn Storage>, key: String, optional: bool) -> TargetTask {
+    let url = storage.url();
+    let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE_DEPTH);
+    let handle = tokio::spawn(async move {
+        let mut writer = storage.put(&key).await?;
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                Msg::Data(b) => {
+                    if let Err(e) = writer.write(b).await {
+                        let _ = writer.abort().await;
+                        return Err(e);
+                    }
+                }
+                Msg::Commit => return writer.finish().await.map(Some),
+            }
+        }
+        // Sender dropped without Commit: the backup failed elsewhere.
+        writer.abort().await?;
+        Ok(None)
+    });
+    TargetTask {
+        url,
+        optional,
+        tx: Some(tx),
+        handle,
+    }
+}
+
+/// Run one backup of `pg` (its configured database) to `targets`.
+pub async fn run(
+    pg: &PgConfig,
+    targets: &[Target],
+    mut opts: BackupOptions,
+    cancel: CancellationToken,
+) -> Result<BackupOutcome> {
+    crate::name::validate(&opts.name)?;
+    if targets.is_empty() {
+        return Err(Error::usage("no storage target configured"));
+    }
+    let started = Instant::now();
+    let started_at = Utc::now();
+    info!("Starting backup: {}", opts.name);
+
+    let (pre, client) = preflight(pg).await?;
+    let data_key = format!(
+        "{}{}{}",
+        opts.name,
+        opts.compression.suffix(),
+        if opts.encryption == "age" { ".age" } else { "" }
+    );
+    let manifest_key = Manifest::key_for(&opts.name);
+
+    // Never overwrite: refuse a name that exists (manifest or data) on any target.
+    for t in targets {
+        for key in [&manifest_key, &data_key] {
+            if t.storage.head(key).await?.is_some() {
+                return Err(Error::AlreadyExists(format!(
+                    "backup {:?} already exists in {} ({key}); choose another name",
+                    opts.name,
+                    t.storage.url()
+                )));
+            }
+        }
+    }
+
+    if opts.space_check {
+        let required = ((pre.server.database_size as f64) * opts.space_ratio) as u64;
+        for t in targets {
+            if let Some(avail) = t.storage.available_space().await? {
+                if avail < required {
+                    let err = Error::InsufficientSpace {
+                        available: human_size(avail),
+                        required: human_size(required),
+                        location: t.storage.url(),
+                    };
+                    if t.optional {
+                        warn!("{err}; skipping optional target");
+                        continue;
+                    }
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    // A REPEATABLE READ snapshot shared with pg_dump: the counts describe exactly what is dumped.
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .map_err(|e| db_error("starting the snapshot transaction", &e))?;
+    let snapshot: String = client
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(|e| db_error("exporting the snapshot", &e))?
+        .get(0);
+
+    let mut cmd = pg.command(&pre.pg_dump.path, &pg.name);
+    cmd.arg("--format=custom")
+        .arg(format!("--compress={}", opts.compression.pg_dump_level()))
+        .arg(format!("--snapshot={snapshot}"))
+        .arg("--no-password")
+        .args(&opts.extra_args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::Tool(format!("cannot start {}: {e}", pre.pg_dump.path.display())))?;
+    let stderr_task = collect_stderr(&mut child);
+
+    let mut tasks: Vec<TargetTask> = targets
+        .iter()
+        .map(|t| spawn_target(t.storage.clone(), data_key.clone(), t.optional))
+        .collect();
+
+    let counts_fut = async {
+        let counts = crate::stats::object_counts(&client).await?;
+        let tables = if opts.row_counts {
+            crate::stats::table_counts(&client).await?
+        } else {
+            Vec::new()
+        };
+        Ok::<_, Error>((counts, tables))
+    };
+
+    let pump = pump(&mut child, &mut opts.transforms, &mut tasks);
+    let result = tokio::select! {
+        r = async { tokio::try_join!(pump, counts_fut) } => r,
+        _ = cancel.cancelled() => Err(Error::Interrupted("a signal".into())),
+    };
+
+    let (hash_size, (counts, tables)) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            terminate(&mut child).await;
+            abort_all(&mut tasks).await;
+            return Err(e);
+        }
+    };
+    let _ = client.batch_execute("COMMIT").await;
+
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| Error::Tool(format!("waiting for pg_dump: {e}")))?;
+    let stderr = stderr_task.await.unwrap_or_default();
+    if !status.success() {
+        abort_all(&mut tasks).await;
+        return Err(Error::ChildFailed {
+            tool: "pg_dump".into(),
+            status: status.to_string(),
+            stderr,
+        });
+    }
+    let (sha256, size) = hash_size;
+    if size == 0 {
+        abort_all(&mut tasks).await;
+        return Err(Error::other(
+            "pg_dump produced no output; nothing was stored",
+        ));
+    }
+
+    // Commit the data objects.
+    let mut committed: Vec<(usize, ObjectMeta)> = Vec::new();
+    let mut failed_optional = Vec::new();
+    let mut failure: Option<Error> = None;
+    for t in tasks.iter_mut() {
+        if let Some(tx) = t.tx.take() {
+            let _ = tx.send(Msg::Commit).await;
+        }
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let res = t
+            .handle
+            .await
+            .map_err(|e| Error::other(format!("upload task failed: {e}")));
+        match res.and_then(|r| r) {
+            Ok(Some(meta)) => committed.push((i, meta)),
+            Ok(None) => {
+                let msg = "upload stopped before the end of the stream".to_string();
+                if t.optional {
+                    failed_optional.push((t.url.clone(), msg));
+                } else if failure.is_none() {
+                    failure = Some(Error::other(format!("{}: {msg}", t.url)));
+                }
+            }
+            Err(e) => {
+                if t.optional {
+                    warn!("Optional target {} failed: {e}", t.url);
+                    failed_optional.push((t.url.clone(), e.to_string()));
+                } else if failure.is_none() {
+                    failure = Some(e);
+                }
+            }
+        }
+    }
+    if let Some(e) = failure {
+        for (i, _) in &committed {
+            let _ = targets[*i].storage.delete(&data_key).await;
+        }
+        return Err(e);
+    }
+    if committed.is_empty() {
+        return Err(Error::other("no storage target committed the backup"));
+    }
+
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        name: opts.name.clone(),
+        object: data_key.clone(),
+        database: pg.name.clone(),
+        server_version: pre.server.version.clone(),
+        pg_dump_version: pre.pg_dump.version.clone(),
+        format: "custom".into(),
+        compression: opts.compression.name().into(),
+        compression_level: opts.compression.level(),
+        encryption: opts.encryption.clone(),
+        recipients: opts.recipients.clone(),
+        started_at,
+        finished_at: Utc::now(),
+        size_bytes: size,
+        sha256,
+        tool_version: crate::TOOL_VERSION.into(),
+        pinned: opts.pinned,
+        database_size_bytes: pre.server.database_size,
+        encoding: Some(pre.server.encoding.clone()),
+        lc_collate: Some(pre.server.lc_collate.clone()),
+        lc_ctype: Some(pre.server.lc_ctype.clone()),
+        tables,
+        counts,
+        host: Some(crate::util::hostname()),
+        kind: Some(opts.kind.clone()),
+    };
+    let json = Bytes::from(manifest.to_json()?);
+    let mut committed_urls = Vec::new();
+    let mut manifest_failure = None;
+    for (i, _) in &committed {
+        let t = &targets[*i];
+        match put_bytes(t.storage.as_ref(), &manifest_key, json.clone()).await {
+            Ok(_) => committed_urls.push(t.storage.url()),
+            Err(e) if t.optional => {
+                warn!(
+                    "Optional target {} failed writing the manifest: {e}",
+                    t.storage.url()
+                );
+                let _ = t.storage.delete(&data_key).await;
+                failed_optional.push((t.storage.url(), e.to_string()));
+            }
+            Err(e) => {
+                manifest_failure = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(e) = manifest_failure {
+        for (i, _) in &committed {
+            let s = &targets[*i].storage;
+            let _ = s.delete(&manifest_key).await;
+            let _ = s.delete(&data_key).await;
+        }
+        return Err(e);
+    }
+    Ok(BackupOutcome {
+        manifest,
+        committed: committed_urls,
+        failed_optional,
+        duration: started.elapsed(),
+    })
+}
+
+/// Read pg_dump's output, transform, hash and fan out. Returns (sha256 hex, stored size).
+async fn pump(
+    child: &mut Child,
+    transforms: &mut [Box<dyn Transform>],
+    tasks: &mut [TargetTask],
+) -> Result<(String, u64)> {
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Tool("pg_dump has no stdout pipe".into()))?;
+    let mut hasher = Sha256::new();
+    let mut size: u64 = 0;
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    loop {
+        buf.reserve(CHUNK);
+        let n = stdout
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| Error::Tool(format!("reading pg_dump output: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        let chunk = buf.split().freeze();
+        let out = if transforms.is_empty() {
+            chunk
+        } else {
+            let mut data = chunk.to_vec();
+            for t in transforms.iter_mut() {
+                let mut next = Vec::with_capacity(data.len());
+                t.push(&data, &mut next)?;
+                data = next;
+            }
+            Bytes::from(data)
+        };
+        if !out.is_empty() {
+            hasher.update(&out);
+            size += out.len() as u64;
+            fan_out(tasks, out).await?;
+        }
+    }
+    if !transforms.is_empty() {
+        let tail = crate::transform::finish_chain(transforms)?;
+        if !tail.is_empty() {
+            hasher.update(&tail);
+            size += tail.len() as u64;
+            fan_out(tasks, Bytes::from(tail)).await?;
+        }
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// Send a chunk to every live target. A required target that stopped fails the backup;
+/// an optional one is dropped from the fan-out.
+async fn fan_out(tasks: &mut [TargetTask], data: Bytes) -> Result<()> {
+    for t in tasks.iter_mut() {
+        let Some(tx) = &t.tx else { continue };
+        if tx.send(Msg::Data(data.clone())).await.is_err() {
+            t.tx = None;
+            if !t.optional {
+                // The task ended early: its error is reported when joined.
+                return Err(target_error(t).await);
+            }
+            warn!("Optional target {} stopped; continuing without it", t.url);
+        }
+    }
+    Ok(())
+}
+
+async fn target_error(t: &mut TargetTask) -> Error {
+    match (&mut t.handle).await {
+        Ok(Err(e)) => e,
+        Ok(Ok(_)) => Error::other(format!("{}: upload ended early", t.url)),
+        Err(e) => Error::other(format!("{}: upload task failed: {e}", t.url)),
+    }
+}
+
+async fn abort_all(tasks: &mut [TargetTask]) {
+    for t in tasks.iter_mut() {
+        t.tx = None;
+    }
+    for t in tasks.iter_mut() {
+        if !t.handle.is_finished() {
+            let _ = (&mut t.handle).await;
+        }
+    }
+}
+
+/// Stop pg_dump: SIGTERM first so it can tell the server, then SIGKILL.
+pub(crate) async fn terminate(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        if tokio::time::timeout(std::time::Duration::from_secs(3), child.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+/// Keep the last lines of a child's stderr for error messages.
+pub(crate) fn collect_stderr(child: &mut Child) -> JoinHandle<String> {
+    let stderr = child.stderr.take();
+    tokio::spawn(async move {
+        let Some(mut s) = stderr else {
+            return String::new();
+        };
+        let mut all = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    all.extend_from_slice(&buf[..n]);
+                    if all.len() > 64 * 1024 {
+                        all.drain(..all.len() - 32 * 1024);
+                    }
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&all);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    })
+}

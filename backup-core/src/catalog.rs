@@ -1,0 +1,215 @@
+//! What a storage holds: backups (with a manifest), their verify records, and
+//! incomplete leftovers (data without a manifest). Computed from the storage
+//! itself, never from local state.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::manifest::{MANIFEST_SUFFIX, Manifest, VERIFY_SUFFIX};
+use crate::storage::{ObjectMeta, Storage, get_bytes, list_all};
+use crate::verify::VerifyRecord;
+
+/// One complete backup.
+#[derive(Debug, Clone)]
+pub struct BackupEntry {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// The latest verification record, if any.
+    pub verify: Option<VerifyRecord>,
+    /// The data object's metadata (None if the manifest points at a missing object).
+    pub data: Option<ObjectMeta>,
+}
+
+impl BackupEntry {
+    /// `verified`, `FAILED`, or `unverified`.
+    pub fn verify_state(&self) -> &'static str {
+        match &self.verify {
+            Some(v) if v.passed => "verified",
+            Some(_) => "FAILED",
+            None => "unverified",
+        }
+    }
+}
+
+/// Everything found in one storage.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// Complete backups, newest first.
+    pub backups: Vec<BackupEntry>,
+    /// Objects that belong to no complete backup (killed runs, in-progress writes).
+    pub incomplete: Vec<ObjectMeta>,
+    /// Manifests that could not be read, with the reason.
+    pub unreadable: Vec<(String, String)>,
+}
+
+impl Catalog {
+    /// The newest backup of `database` (any kind but safety copies), if any.
+    pub fn latest(&self, database: Option<&str>) -> Option<&BackupEntry> {
+        self.backups.iter().find(|b| {
+            b.manifest.kind.as_deref() != Some("safety")
+                && database.is_none_or(|d| b.manifest.database == d)
+        })
+    }
+
+    /// A backup by name.
+    pub fn get(&self, name: &str) -> Option<&BackupEntry> {
+        self.backups.iter().find(|b| b.manifest.name == name)
+    }
+}
+
+fn is_meta_key(key: &str) -> bool {
+    key.ends_with(MANIFEST_SUFFIX)
+        || key.ends_with(VERIFY_SUFFIX)
+        || key.ends_with(".lock")
+        || key.ends_with(".flock")
+}
+
+/// Read the catalog of a storage.
+pub async fn scan(storage: &dyn Storage) -> Result<Catalog> {
+    let objects = list_all(storage, "").await?;
+    let by_key: HashMap<&str, &ObjectMeta> = objects.iter().map(|o| (o.key.as_str(), o)).collect();
+    let mut cat = Catalog::default();
+    let mut owned: HashSet<String> = HashSet::new();
+    for o in &objects {
+        let Some(name) = o.key.strip_suffix(MANIFEST_SUFFIX) else {
+            continue;
+        };
+        let manifest = match get_bytes(storage, &o.key)
+            .await
+            .and_then(|b| Manifest::from_json(&b))
+        {
+            Ok(m) => m,
+            Err(Error::NotFound(_)) => continue, // deleted while we listed
+            Err(e) => {
+                cat.unreadable.push((o.key.clone(), e.to_string()));
+                continue;
+            }
+        };
+        let verify_key = Manifest::verify_key_for(name);
+        let verify = if by_key.contains_key(verify_key.as_str()) {
+            get_bytes(storage, &verify_key)
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice::<VerifyRecord>(&b).ok())
+        } else {
+            None
+        };
+        owned.insert(manifest.object.clone());
+        let data = by_key.get(manifest.object.as_str()).map(|m| (*m).clone());
+        cat.backups.push(BackupEntry {
+            manifest,
+            verify,
+            data,
+        });
+    }
+    cat.backups.sort_by(|a, b| {
+        b.manifest
+            .finished_at
+            .cmp(&a.manifest.finished_at)
+            .then_with(|| b.manifest.name.cmp(&a.manifest.name))
+    });
+    cat.incomplete = objects
+        .iter()
+        .filter(|o| !is_meta_key(&o.key) && !owned.contains(&o.key))
+        .cloned()
+        .collect();
+    Ok(cat)
+}
+
+/// A backup chosen by the user, ready to be read.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Backup name (file stem for bare files).
+    pub name: String,
+    /// Where the data object lives.
+    pub storage: Arc<dyn Storage>,
+    /// Key of the data object.
+    pub data_key: String,
+    /// The manifest, unless this is a bare file.
+    pub manifest: Option<Manifest>,
+}
+
+/// Resolve `spec` (a name, `latest`, or a path to a `.dump` file) in `storage`.
+/// `open_dir` opens local storage for a file path's directory.
+pub async fn resolve(
+    storage: &Arc<dyn Storage>,
+    spec: &str,
+    database: &str,
+    open_dir: impl Fn(&Path) -> Result<Arc<dyn Storage>>,
+) -> Result<Resolved> {
+    if spec == "latest" {
+        let cat = scan(storage.as_ref()).await?;
+        let entry = cat.latest(Some(database)).ok_or_else(|| {
+            Error::NotFound(format!(
+                "no backup of database {database:?} in {}",
+                storage.url()
+            ))
+        })?;
+        return Ok(Resolved {
+            name: entry.manifest.name.clone(),
+            storage: storage.clone(),
+            data_key: entry.manifest.object.clone(),
+            manifest: Some(entry.manifest.clone()),
+        });
+    }
+    let looks_like_path = spec.contains('/')
+        || spec.ends_with(".dump")
+        || spec.ends_with(".zst")
+        || spec.ends_with(".age");
+    if !looks_like_path {
+        crate::name::validate(spec)?;
+        let key = Manifest::key_for(spec);
+        let manifest = match get_bytes(storage.as_ref(), &key).await {
+            Ok(b) => Manifest::from_json(&b)?,
+            Err(Error::NotFound(_)) => {
+                return Err(Error::NotFound(format!(
+                    "backup {spec:?} in {} (see `kaizen-backup list`)",
+                    storage.url()
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        return Ok(Resolved {
+            name: spec.to_string(),
+            storage: storage.clone(),
+            data_key: manifest.object.clone(),
+            manifest: Some(manifest),
+        });
+    }
+    // A file path: the old scripts' `restore.sh backups/backup_X.dump`.
+    let path = Path::new(spec);
+    if !path.is_file() {
+        return Err(Error::NotFound(format!("backup file {spec}")));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let file = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .ok_or_else(|| Error::usage(format!("not a usable file name: {spec}")))?
+        .to_string();
+    let dir_storage = open_dir(&dir)?;
+    let stem = file
+        .strip_suffix(".age")
+        .unwrap_or(&file)
+        .trim_end_matches(".zst")
+        .trim_end_matches(".dump")
+        .to_string();
+    let manifest = match get_bytes(dir_storage.as_ref(), &Manifest::key_for(&stem)).await {
+        Ok(b) => {
+            let m = Manifest::from_json(&b)?;
+            (m.object == file).then_some(m)
+        }
+        Err(_) => None,
+    };
+    Ok(Resolved {
+        name: stem,
+        storage: dir_storage,
+        data_key: file,
+        manifest,
+    })
+}

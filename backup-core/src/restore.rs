@@ -1,0 +1,541 @@
+//! The restore pipeline: never leaves the target half-restored.
+//!
+//! The archive is streamed from storage into a fresh temporary database while its
+//! SHA-256 is computed. Only when `pg_restore` succeeded *and* the checksum equals the
+//! manifest's is the temporary database swapped in for the target (connections
+//! terminated, old one renamed away, new one renamed in, old one dropped). On any
+//! failure the temporary database is dropped and the target is exactly as before.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backup::{collect_stderr, terminate};
+use crate::catalog::Resolved;
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::pg::{
+    PgConfig, Tool, check_tool_version, db_error, find_tool, quote_ident, quote_literal,
+};
+use crate::storage::ByteStream;
+
+/// Turns the stored byte stream into the plain archive (decrypt, decompress).
+pub type Decoder = Box<dyn FnOnce(ByteStream) -> Result<ByteStream> + Send>;
+
+/// How to restore.
+pub struct RestoreOptions {
+    /// Database to create or replace.
+    pub target_db: String,
+    /// Parallel pg_restore jobs (needs a local file; > 1 downloads first).
+    pub jobs: u32,
+    /// `pg_restore --no-owner`: objects owned by the restoring role.
+    pub no_owner: bool,
+    /// `pg_restore --role`.
+    pub role: Option<String>,
+    /// Decoding of the stored stream, if it is compressed or encrypted by us.
+    pub decoder: Option<Decoder>,
+    /// Directory for the temporary download of parallel restores.
+    pub temp_dir: Option<PathBuf>,
+    /// Whether an existing target may be replaced.
+    pub allow_replace: bool,
+}
+
+impl std::fmt::Debug for RestoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreOptions")
+            .field("target_db", &self.target_db)
+            .field("jobs", &self.jobs)
+            .field("no_owner", &self.no_owner)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RestoreOptions {
+    /// Defaults: one job, owners kept, no decoding.
+    pub fn new(target_db: impl Into<String>) -> Self {
+        Self {
+            target_db: target_db.into(),
+            jobs: 1,
+            no_owner: false,
+            role: None,
+            decoder: None,
+            temp_dir: None,
+            allow_replace: false,
+        }
+    }
+}
+
+/// What a restore did.
+#[derive(Debug, Clone)]
+pub struct RestoreOutcome {
+    /// The target database.
+    pub target_db: String,
+    /// Whether an existing database was replaced.
+    pub replaced: bool,
+    /// Whether the checksum was verified (false for bare files without manifest).
+    pub checksum_verified: bool,
+    /// Bytes read from storage.
+    pub size_bytes: u64,
+    /// Wall time.
+    pub duration: Duration,
+}
+
+/// Result of loading an archive into a database.
+#[derive(Debug, Clone)]
+pub struct LoadStats {
+    /// SHA-256 (hex) of the stored bytes read.
+    pub sha256: String,
+    /// Stored bytes read.
+    pub size: u64,
+}
+
+/// Locate pg_restore and check it against the server.
+pub async fn pg_restore_tool(pg: &PgConfig, admin: &Client) -> Result<Tool> {
+    let tool = find_tool("pg_restore", pg.bin_dir.as_deref()).await?;
+    let info = crate::stats::server_info(admin).await?;
+    check_tool_version(&tool, info.major, "pg_restore")?;
+    Ok(tool)
+}
+
+/// Whether a database exists.
+pub async fn database_exists(admin: &Client, name: &str) -> Result<bool> {
+    let row = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .map_err(|e| db_error(format!("looking up database {name}"), &e))?;
+    Ok(row.is_some())
+}
+
+/// Create an empty database from `template0`, with the source's encoding and locale
+/// when the manifest recorded them.
+pub async fn create_database(
+    admin: &Client,
+    name: &str,
+    manifest: Option<&Manifest>,
+) -> Result<()> {
+    let mut sql = format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(name));
+    if let Some(m) = manifest {
+        if let Some(enc) = &m.encoding {
+            sql.push_str(&format!(" ENCODING {}", quote_literal(enc)));
+        }
+        if let (Some(c), Some(t)) = (&m.lc_collate, &m.lc_ctype) {
+            sql.push_str(&format!(
+                " LC_COLLATE {} LC_CTYPE {}",
+                quote_literal(c),
+                quote_literal(t)
+            ));
+        }
+    }
+    match admin.batch_execute(&sql).await {
+        Ok(()) => Ok(()),
+        Err(e) if manifest.is_some() => {
+            // The source's locale may not exist on this server: fall back to its defaults.
+            warn!(
+                "Creating {name} with the source's encoding/locale failed ({}); using the server defaults",
+                db_error("", &e)
+            );
+            admin
+                .batch_execute(&format!(
+                    "CREATE DATABASE {} TEMPLATE template0",
+                    quote_ident(name)
+                ))
+                .await
+                .map_err(|e| db_error(format!("creating database {name}"), &e))
+        }
+        Err(e) => Err(db_error(format!("creating database {name}"), &e)),
+    }
+}
+
+/// Drop a database, disconnecting its sessions.
+pub async fn drop_database(admin: &Client, name: &str) -> Result<()> {
+    admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(name)
+        ))
+        .await
+        .map_err(|e| db_error(format!("dropping database {name}"), &e))
+}
+
+/// A name for a temporary database derived from `base` (fits in 63 bytes).
+pub fn temp_db_name(prefix: &str, base: &str) -> String {
+    let base: String = base
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(30)
+        .collect();
+    format!(
+        "{prefix}_{}_{}",
+        base.to_ascii_lowercase(),
+        crate::util::random_suffix(8)
+    )
+}
+
+/// Stream `resolved` into the existing, empty database `dbname` with pg_restore,
+/// checking the checksum against the manifest. Fails with [`Error::Corrupt`] on a
+/// mismatch (the caller drops `dbname`).
+pub async fn load(
+    pg: &PgConfig,
+    pg_restore: &Tool,
+    resolved: &Resolved,
+    dbname: &str,
+    opts: &mut RestoreOptions,
+    cancel: &CancellationToken,
+) -> Result<LoadStats> {
+    let stored = resolved.storage.get(&resolved.data_key).await?;
+    let hash = Arc::new(Mutex::new((Sha256::new(), 0u64)));
+    let tap = {
+        let hash = hash.clone();
+        stored
+            .map(move |r| {
+                if let Ok(b) = &r {
+                    if let Ok(mut h) = hash.lock() {
+                        h.0.update(b);
+                        h.1 += b.len() as u64;
+                    }
+                }
+                r
+            })
+            .boxed()
+    };
+    let plain = match opts.decoder.take() {
+        Some(d) => d(tap)?,
+        None => tap,
+    };
+
+    let mut cmd = pg.command(&pg_restore.path, dbname);
+    cmd.arg(format!("--dbname={dbname}"))
+        .arg("--exit-on-error")
+        .arg("--no-password");
+    if opts.no_owner {
+        cmd.arg("--no-owner");
+    }
+    if let Some(role) = &opts.role {
+        cmd.arg(format!("--role={role}"));
+    }
+    let mut tmpfile = None;
+    let feed_stdin = opts.jobs <= 1;
+    if feed_stdin {
+        cmd.arg("--format=custom")
+            .stdin(std::process::Stdio::piped());
+    } else {
+        // Parallel restore needs a seekable file: download (and decode) it first.
+        let dir = opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let f = tempfile::Builder::new()
+            .prefix("kaizen-restore-")
+            .tempfile_in(&dir)
+            .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
+        let path = f.path().to_path_buf();
+        let mut out = tokio::fs::File::from_std(
+            f.reopen()
+                .map_err(|e| Error::io("opening temporary file", e))?,
+        );
+        let mut s = plain;
+        let mut first = true;
+        while let Some(chunk) = s.next().await {
+            let chunk = chunk?;
+            if first {
+                check_header(&chunk)?;
+                first = false;
+            }
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        }
+        out.flush()
+            .await
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        check_checksum(resolved, &hash)?;
+        cmd.arg(format!("--jobs={}", opts.jobs))
+            .arg(&path)
+            .stdin(std::process::Stdio::null());
+        tmpfile = Some(f);
+        // Replace the consumed stream by an empty one for the code below.
+        return run_pg_restore(cmd, None, resolved, &hash, cancel, tmpfile.take()).await;
+    }
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    run_pg_restore(cmd, Some(plain), resolved, &hash, cancel, tmpfile).await
+}
+
+async fn run_pg_restore(
+    mut cmd: tokio::process::Command,
+    input: Option<ByteStream>,
+    resolved: &Resolved,
+    hash: &Arc<Mutex<(Sha256, u64)>>,
+    cancel: &CancellationToken,
+    _tmpfile: Option<tempfile::NamedTempFile>,
+) -> Result<LoadStats> {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::Tool(format!("cannot start pg_restore: {e}")))?;
+    let stderr_task = collect_stderr(&mut child);
+    let stdin = child.stdin.take();
+    let feed = async {
+        let (Some(mut stdin), Some(mut s)) = (stdin, input) else {
+            return Ok::<(), Error>(());
+        };
+        let mut first = true;
+        let mut pipe_open = true;
+        while let Some(chunk) = s.next().await {
+            let chunk: Bytes = chunk?;
+            if first {
+                check_header(&chunk)?;
+                first = false;
+            }
+            if pipe_open && stdin.write_all(&chunk).await.is_err() {
+                // pg_restore stopped reading (finished or failed): keep hashing the rest.
+                pipe_open = false;
+            }
+        }
+        if first {
+            return Err(Error::Corrupt("the backup is empty".into()));
+        }
+        drop(stdin);
+        Ok(())
+    };
+    let res = tokio::select! {
+        r = async {
+            let fed = feed.await;
+            let status = child.wait().await.map_err(|e| Error::Tool(format!("waiting for pg_restore: {e}")));
+            (fed, status)
+        } => Some(r),
+        _ = cancel.cancelled() => None,
+    };
+    let Some((fed, status)) = res else {
+        terminate(&mut child).await;
+        return Err(Error::Interrupted("a signal".into()));
+    };
+    let stderr = stderr_task.await.unwrap_or_default();
+    // A checksum mismatch explains everything else: report it first.
+    if resolved.manifest.is_some() {
+        check_checksum(resolved, hash)?;
+    }
+    fed?;
+    let status = status?;
+    if !status.success() {
+        if resolved.manifest.is_none() && looks_corrupt(&stderr) {
+            return Err(Error::Corrupt(stderr));
+        }
+        return Err(Error::ChildFailed {
+            tool: "pg_restore".into(),
+            status: status.to_string(),
+            stderr,
+        });
+    }
+    let (sha256, size) = digest(hash);
+    Ok(LoadStats { sha256, size })
+}
+
+fn looks_corrupt(stderr: &str) -> bool {
+    [
+        "input file",
+        "archive",
+        "unexpected end",
+        "could not read",
+        "not a valid",
+        "corrupt",
+    ]
+    .iter()
+    .any(|p| stderr.contains(p))
+}
+
+fn digest(hash: &Arc<Mutex<(Sha256, u64)>>) -> (String, u64) {
+    match hash.lock() {
+        Ok(h) => (hex::encode(h.0.clone().finalize()), h.1),
+        Err(_) => (String::new(), 0),
+    }
+}
+
+fn check_checksum(resolved: &Resolved, hash: &Arc<Mutex<(Sha256, u64)>>) -> Result<()> {
+    let Some(m) = &resolved.manifest else {
+        return Ok(());
+    };
+    let (sha, size) = digest(hash);
+    if size != m.size_bytes {
+        return Err(Error::Corrupt(format!(
+            "{} is {size} bytes, the manifest says {} (truncated or replaced)",
+            resolved.data_key, m.size_bytes
+        )));
+    }
+    if sha != m.sha256 {
+        return Err(Error::Corrupt(format!(
+            "checksum mismatch for {}: SHA-256 {sha}, manifest {}",
+            resolved.data_key, m.sha256
+        )));
+    }
+    Ok(())
+}
+
+/// The custom-format archive starts with `PGDMP`.
+pub fn check_header(first: &[u8]) -> Result<()> {
+    if first.len() >= 5 && &first[..5] == b"PGDMP" {
+        Ok(())
+    } else {
+        Err(Error::Corrupt(
+            "not a PostgreSQL custom-format archive (no PGDMP header)".into(),
+        ))
+    }
+}
+
+/// Restore `resolved` into `opts.target_db`, creating it or replacing it atomically.
+pub async fn run(
+    pg: &PgConfig,
+    resolved: &Resolved,
+    mut opts: RestoreOptions,
+    cancel: CancellationToken,
+) -> Result<RestoreOutcome> {
+    let started = Instant::now();
+    let target = opts.target_db.clone();
+    if target.is_empty() {
+        return Err(Error::usage("empty target database name"));
+    }
+    let admin = pg.connect_to(&pg.maintenance_db).await?;
+    let tool = pg_restore_tool(pg, &admin).await?;
+    let exists = database_exists(&admin, &target).await?;
+    if exists && !opts.allow_replace {
+        return Err(Error::Refused(format!(
+            "database {target} exists and replacing it was not allowed"
+        )));
+    }
+    if resolved.manifest.is_none() {
+        warn!(
+            "{} has no manifest: its checksum cannot be checked",
+            resolved.data_key
+        );
+    }
+
+    let temp = temp_db_name("kaizen_restore", &target);
+    info!("Restoring {} into temporary database {temp}", resolved.name);
+    create_database(&admin, &temp, resolved.manifest.as_ref()).await?;
+    let loaded = load(pg, &tool, resolved, &temp, &mut opts, &cancel).await;
+    let stats = match loaded {
+        Ok(s) => s,
+        Err(e) => {
+            if let Err(de) = drop_database(&admin, &temp).await {
+                warn!("Could not drop temporary database {temp}: {de}");
+            }
+            return Err(e);
+        }
+    };
+    if cancel.is_cancelled() {
+        let _ = drop_database(&admin, &temp).await;
+        return Err(Error::Interrupted("a signal".into()));
+    }
+    if let Err(e) = swap_in(&admin, &temp, &target, exists).await {
+        let _ = drop_database(&admin, &temp).await;
+        return Err(e);
+    }
+    Ok(RestoreOutcome {
+        target_db: target,
+        replaced: exists,
+        checksum_verified: resolved.manifest.is_some(),
+        size_bytes: stats.size,
+        duration: started.elapsed(),
+    })
+}
+
+/// Put `temp` in place of `target`. If `target` exists it is renamed away first and
+/// dropped only after the new one is in place; on failure it is renamed back.
+async fn swap_in(admin: &Client, temp: &str, target: &str, exists: bool) -> Result<()> {
+    let qt = quote_ident(target);
+    if !exists {
+        return admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} RENAME TO {qt}",
+                quote_ident(temp)
+            ))
+            .await
+            .map_err(|e| db_error(format!("renaming {temp} to {target}"), &e));
+    }
+    let old = temp_db_name("kaizen_old", target);
+    let owner: Option<String> = admin
+        .query_opt(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
+            &[&target],
+        )
+        .await
+        .map_err(|e| db_error("reading the target's owner", &e))?
+        .map(|r| r.get(0));
+    admin
+        .batch_execute(&format!("ALTER DATABASE {qt} WITH ALLOW_CONNECTIONS false"))
+        .await
+        .map_err(|e| db_error(format!("closing {target} to new connections"), &e))?;
+    let mut renamed = Err(Error::other("not tried"));
+    for _ in 0..10 {
+        let _ = admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&target],
+            )
+            .await;
+        renamed = admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {qt} RENAME TO {}",
+                quote_ident(&old)
+            ))
+            .await
+            .map_err(|e| db_error(format!("renaming {target} away"), &e));
+        if renamed.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if let Err(e) = renamed {
+        let _ = admin
+            .batch_execute(&format!("ALTER DATABASE {qt} WITH ALLOW_CONNECTIONS true"))
+            .await;
+        return Err(e);
+    }
+    if let Err(e) = admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} RENAME TO {qt}",
+            quote_ident(temp)
+        ))
+        .await
+    {
+        // Put the original back exactly as it was.
+        let _ = admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} RENAME TO {qt}",
+                quote_ident(&old)
+            ))
+            .await;
+        let _ = admin
+            .batch_execute(&format!("ALTER DATABASE {qt} WITH ALLOW_CONNECTIONS true"))
+            .await;
+        return Err(db_error(
+            format!("renaming the restored database to {target}"),
+            &e,
+        ));
+    }
+    if let Some(owner) = owner {
+        if let Err(e) = admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {qt} OWNER TO {}",
+                quote_ident(&owner)
+            ))
+            .await
+        {
+            warn!(
+                "Could not give {target} back to its owner {owner}: {}",
+                db_error("", &e)
+            );
+        }
+    }
+    if let Err(e) = drop_database(admin, &old).await {
+        warn!("The previous {target} was kept as {old}: {e}");
+    }
+    Ok(())
+}
