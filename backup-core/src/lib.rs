@@ -6,13 +6,17 @@
 //! client and no SMTP. Plugins (storage backends, notifiers, verifiers) depend on
 //! it and implement its traits.
 
+pub mod backup;
+pub mod catalog;
 pub mod error;
 pub mod manifest;
 pub mod name;
 pub mod notify;
 pub mod pg;
 pub mod pgpass;
+pub mod restore;
 pub mod secret;
+pub mod stats;
 pub mod storage;
 pub mod transform;
 pub mod util;

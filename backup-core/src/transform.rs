@@ -20,7 +20,11 @@ pub trait Transform: Send {
 
 /// Run `input` through a chain of transforms, returning the final output.
 /// `scratch` buffers are reused between calls to avoid per-chunk allocation.
-pub fn apply_chain(chain: &mut [Box<dyn Transform>], input: &[u8], scratch: &mut [Vec<u8>; 2]) -> Result<Vec<u8>> {
+pub fn apply_chain(
+    chain: &mut [Box<dyn Transform>],
+    input: &[u8],
+    scratch: &mut [Vec<u8>; 2],
+) -> Result<Vec<u8>> {
     let mut cur: Vec<u8> = input.to_vec();
     for t in chain.iter_mut() {
         let out = &mut scratch[0];
