@@ -1,1 +1,31 @@
-fn main() {}
+//! `kaizen-backup`: parse, build, run, map the error to an exit code.
+
+mod app;
+mod cli;
+mod commands;
+mod config;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// `--version` text: the version and the compiled-in features.
+pub static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (features: {})",
+        env!("CARGO_PKG_VERSION"),
+        app::FEATURES.join(", ")
+    )
+});
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    ExitCode::from(app::run(cli))
+}

@@ -1,0 +1,136 @@
+//! Wiring: configuration, logging, runtime, signals, and the error-to-exit-code edge.
+
+use std::io::IsTerminal;
+
+use backup_core::Error;
+use tokio_util::sync::CancellationToken;
+use tracing::error;
+
+use crate::cli::{Cli, Command, ConfigCommand};
+use crate::config::{self, Loaded};
+
+/// Features compiled into this binary (shown by `--version`).
+pub const FEATURES: &[&str] = &[
+    #[cfg(feature = "local")]
+    "local",
+];
+
+/// Everything a command needs.
+pub struct Ctx {
+    pub loaded: Loaded,
+    pub cancel: CancellationToken,
+}
+
+impl Ctx {
+    pub fn config(&self) -> &config::Config {
+        &self.loaded.config
+    }
+}
+
+/// Run the parsed command line; returns the exit status.
+pub fn run(cli: Cli) -> u8 {
+    // Names are checked before anything else runs.
+    if let Command::Backup(args) = &cli.command {
+        if let Some(name) = &args.name {
+            if let Err(e) = backup_core::name::validate(name) {
+                print_early_error(&e);
+                return 2;
+            }
+        }
+    }
+    let loaded = match config::load(&cli.global) {
+        Ok(l) => l,
+        Err(e) => {
+            print_early_error(&e);
+            return exit_code(&e);
+        }
+    };
+    let c = &loaded.config;
+    let mut verbosity: i8 = if cli.global.quiet {
+        -1
+    } else {
+        cli.global.verbose.min(3) as i8
+    };
+    if verbosity == 0 && matches!(c.log.level.as_deref(), Some("debug")) {
+        verbosity = 1;
+    }
+    if let Err(e) = crate::logging::init(c.log.format, verbosity, c.log.file.as_deref()) {
+        eprintln!("[ERROR] cannot set up logging: {e}");
+        return 2;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    let cancel = CancellationToken::new();
+    let ctx = Ctx {
+        loaded,
+        cancel: cancel.clone(),
+    };
+    let result = rt.block_on(async move {
+        tokio::spawn(watch_signals(cancel));
+        dispatch(&ctx, cli.command).await
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            error!("{e}");
+            exit_code(&e)
+        }
+    }
+}
+
+fn print_early_error(e: &Error) {
+    let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
+    eprintln!("[{now}] [ERROR] {e}");
+}
+
+fn exit_code(e: &Error) -> u8 {
+    e.exit_code().clamp(0, 255) as u8
+}
+
+/// Cancel the running operation on SIGINT or SIGTERM: it aborts its writes and exits non-zero.
+async fn watch_signals(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    let which = tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    };
+    tracing::warn!("Received {which}: stopping and cleaning up");
+    cancel.cancel();
+}
+
+async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
+    use crate::commands::*;
+    match command {
+        Command::Backup(args) => backup::run(ctx, args).await,
+        Command::Restore(args) => restore::run(ctx, args).await,
+        Command::List { json } => list::run(ctx, json).await,
+        Command::Config(ConfigCommand::Show { json }) => config_cmd::show(ctx, json),
+        Command::Config(ConfigCommand::Check) => config_cmd::check(ctx),
+        Command::Verify { .. }
+        | Command::Prune { .. }
+        | Command::Pin { .. }
+        | Command::Unpin { .. }
+        | Command::Status { .. } => Err(Error::other(
+            "this command is not available in this build yet",
+        )),
+    }
+}
+
+/// Whether standard input is a terminal (for the production confirmation prompt).
+pub fn interactive() -> bool {
+    std::io::stdin().is_terminal()
+}

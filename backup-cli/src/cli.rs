@@ -1,0 +1,162 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// PostgreSQL backup and recovery for Kaizen Studio.
+#[derive(Debug, Parser)]
+#[command(name = "kaizen-backup", version = crate::VERSION.as_str(), about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted by every command.
+#[derive(Debug, Args, Clone, Default)]
+pub struct GlobalArgs {
+    /// Configuration file (default: ./kaizen-backup.toml if present).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Storage target URL (repeatable; replaces the configured targets), e.g. file:///var/backups/kaizen, s3://bucket/prefix.
+    #[arg(long = "storage", global = true, value_name = "URL")]
+    pub storage: Vec<String>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// More output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `[2024-01-15 14:30:00] [INFO] message`, like the old scripts.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take a backup (default name: backup_YYYYMMDD_HHMMSS, UTC).
+    #[command(
+        after_help = "Examples:\n  kaizen-backup backup\n  kaizen-backup backup pre_migration_backup --pin\n  POSTGRES_HOST=prod-db.example.com kaizen-backup backup production_backup"
+    )]
+    Backup(BackupArgs),
+    /// List backups, newest first.
+    #[command(after_help = "Example:\n  kaizen-backup list --json | jq '.[0].name'")]
+    List {
+        /// JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a backup: checksum, archive, test restore and exact comparison.
+    #[command(
+        after_help = "Examples:\n  kaizen-backup verify latest\n  kaizen-backup verify backup_20240115_143000 --quick"
+    )]
+    Verify {
+        /// Backup name, `latest`, or a path to a .dump file.
+        backup: String,
+        /// Checksum and archive only (no database needed).
+        #[arg(long)]
+        quick: bool,
+        /// Result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup into a database (created, or replaced atomically).
+    #[command(
+        after_help = "Examples:\n  kaizen-backup restore latest\n  kaizen-backup restore backup_20240115_143000 kaizen_studio_restore\n  kaizen-backup restore ./backups/backup_20240115_143000.dump\n  kaizen-backup restore latest kaizen_studio --confirm-production kaizen_studio"
+    )]
+    Restore(RestoreArgs),
+    /// Apply the retention policy.
+    #[command(after_help = "Example:\n  kaizen-backup prune --dry-run")]
+    Prune {
+        /// Show what would be deleted and why each kept backup is kept; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pin a backup: retention never deletes it.
+    #[command(after_help = "Example:\n  kaizen-backup pin pre_migration_backup")]
+    Pin {
+        /// Backup name.
+        name: String,
+    },
+    /// Unpin a backup.
+    #[command(after_help = "Example:\n  kaizen-backup unpin pre_migration_backup")]
+    Unpin {
+        /// Backup name.
+        name: String,
+    },
+    /// Newest backup per target; exit 1 when it is older than --max-age.
+    #[command(after_help = "Example:\n  kaizen-backup status --max-age 26h")]
+    Status {
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Maximum age of the newest good backup (e.g. 24h, 90m, 2d).
+        #[arg(long, value_name = "AGE")]
+        max_age: Option<String>,
+    },
+    /// Show or check the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Backup name (letters, digits, `_`, `-`, `.`).
+    pub name: Option<String>,
+    /// Verify right after backing up.
+    #[arg(long)]
+    pub verify: bool,
+    /// Pin the backup (retention never deletes it).
+    #[arg(long)]
+    pub pin: bool,
+    /// Do not apply retention after the backup.
+    #[arg(long)]
+    pub no_prune: bool,
+    /// Wait this many seconds for another run's lock (default from config).
+    #[arg(long, value_name = "SECS")]
+    pub lock_timeout: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Backup name, `latest`, or a path to a .dump file.
+    pub backup: String,
+    /// Database to restore into (default: the configured database).
+    pub target_db: Option<String>,
+    /// Do not take a safety backup of an existing target first.
+    #[arg(long)]
+    pub no_safety_backup: bool,
+    /// Confirm replacing this production database without a terminal.
+    #[arg(long, value_name = "DB")]
+    pub confirm_production: Option<String>,
+    /// Parallel pg_restore jobs (downloads to a temporary file first).
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the merged configuration (secrets as ***) and where each value came from.
+    Show {
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the configuration; exit 2 naming the first invalid key.
+    Check,
+}

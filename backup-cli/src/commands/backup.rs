@@ -1,0 +1,71 @@
+//! `kaizen-backup backup [NAME]`.
+
+use backup_core::backup::{self, BackupOptions, BackupOutcome};
+use backup_core::util::human_size;
+use backup_core::{Result, success};
+use tracing::{info, warn};
+
+use crate::app::Ctx;
+use crate::cli::BackupArgs;
+use crate::config;
+
+/// Build the options of a backup from the configuration.
+pub fn options(ctx: &Ctx, name: String) -> Result<BackupOptions> {
+    let c = ctx.config();
+    let mut opts = BackupOptions::new(name);
+    opts.compression = c.backup.compression()?;
+    opts.space_check = c.backup.space_check;
+    opts.space_ratio = c.backup.space_ratio;
+    opts.row_counts = c.backup.row_counts;
+    opts.extra_args = c.backup.pg_dump_args.clone();
+    if matches!(opts.compression, backup::Compression::Zstd(_)) {
+        return Err(backup_core::Error::NotCompiled {
+            what: "zstd compression".into(),
+            feature: "zstd".into(),
+        });
+    }
+    Ok(opts)
+}
+
+/// Log the old scripts' success lines.
+pub fn report(outcome: &BackupOutcome, targets: &[backup::Target]) {
+    let m = &outcome.manifest;
+    success!("Backup completed successfully");
+    for t in targets {
+        let url = t.storage.url();
+        if !outcome.committed.contains(&url) {
+            continue;
+        }
+        match t.storage.local_path(&m.object) {
+            Some(p) => info!("Backup file: {}", p.display()),
+            None => info!("Backup file: {}/{}", url.trim_end_matches('/'), m.object),
+        }
+    }
+    info!("Backup size: {}", human_size(m.size_bytes));
+    info!(
+        "Database: {}, tables: {}, duration: {:.1}s, sha256: {}",
+        m.database,
+        m.counts.tables,
+        outcome.duration.as_secs_f64(),
+        &m.sha256[..m.sha256.len().min(12)]
+    );
+    for (url, why) in &outcome.failed_optional {
+        warn!("Optional target {url} failed: {why}");
+    }
+}
+
+pub async fn run(ctx: &Ctx, args: BackupArgs) -> Result<()> {
+    let c = ctx.config();
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(backup_core::name::default_name);
+    backup_core::name::validate(&name)?;
+    let targets = config::open_targets(c)?;
+    let pg = c.database.pg();
+    let mut opts = options(ctx, name)?;
+    opts.pinned = args.pin;
+    let outcome = backup::run(&pg, &targets, opts, ctx.cancel.clone()).await?;
+    report(&outcome, &targets);
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! `kaizen-backup list [--json]`.
+
+use backup_core::catalog;
+use backup_core::util::human_size;
+use backup_core::{Result, Storage};
+use tracing::warn;
+
+use crate::app::Ctx;
+use crate::config;
+
+pub async fn run(ctx: &Ctx, json: bool) -> Result<()> {
+    let targets = config::open_targets(ctx.config())?;
+    let mut rows = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let cat = catalog::scan(t.storage.as_ref()).await?;
+        for (key, why) in &cat.unreadable {
+            warn!("Unreadable manifest {key} in {}: {why}", t.storage.url());
+        }
+        if json {
+            for b in &cat.backups {
+                rows.push(entry_json(t.storage.as_ref(), b));
+            }
+            for o in &cat.incomplete {
+                warn!(
+                    "Incomplete (no manifest, not a backup): {}/{} ({})",
+                    t.storage.url(),
+                    o.key,
+                    human_size(o.size)
+                );
+            }
+            continue;
+        }
+        if targets.len() > 1 || i > 0 {
+            println!("== {}", t.storage.url());
+        }
+        print_table(&cat);
+    }
+    if json {
+        let out = serde_json::to_string_pretty(&rows)
+            .map_err(|e| backup_core::Error::other(e.to_string()))?;
+        println!("{out}");
+    }
+    Ok(())
+}
+
+fn entry_json(storage: &dyn Storage, b: &catalog::BackupEntry) -> serde_json::Value {
+    let m = &b.manifest;
+    serde_json::json!({
+        "name": m.name,
+        "created_at": m.finished_at,
+        "started_at": m.started_at,
+        "size_bytes": m.size_bytes,
+        "sha256": m.sha256,
+        "database": m.database,
+        "object": m.object,
+        "compression": m.compression,
+        "encryption": m.encryption,
+        "pinned": m.pinned,
+        "kind": m.kind.clone().unwrap_or_else(|| "backup".into()),
+        "verified": b.verify.as_ref().map(|v| v.passed),
+        "verify_status": b.verify_state(),
+        "verified_at": b.verify.as_ref().map(|v| v.finished_at),
+        "data_present": b.data.is_some(),
+        "target": storage.url(),
+    })
+}
+
+fn print_table(cat: &catalog::Catalog) {
+    if cat.backups.is_empty() && cat.incomplete.is_empty() {
+        println!("No backups.");
+        return;
+    }
+    println!(
+        "{:<32} {:<20} {:>8} {:<12} {:<20} STATUS",
+        "NAME", "CREATED (UTC)", "SIZE", "SHA256", "DATABASE"
+    );
+    for b in &cat.backups {
+        let m = &b.manifest;
+        let mut status = b.verify_state().to_string();
+        if m.pinned {
+            status.push_str(", pinned");
+        }
+        if m.kind.as_deref() == Some("safety") {
+            status.push_str(", safety");
+        }
+        if b.data.is_none() {
+            status.push_str(", DATA MISSING");
+        }
+        println!(
+            "{:<32} {:<20} {:>8} {:<12} {:<20} {status}",
+            m.name,
+            m.finished_at.format("%Y-%m-%d %H:%M:%S"),
+            human_size(m.size_bytes),
+            &m.sha256[..m.sha256.len().min(12)],
+            m.database,
+        );
+    }
+    for o in &cat.incomplete {
+        let when = o
+            .last_modified
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        println!(
+            "{:<32} {:<20} {:>8} {:<12} {:<20} INCOMPLETE (no manifest)",
+            o.key,
+            when,
+            human_size(o.size),
+            "-",
+            "-"
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! One module per command.
+
+pub mod backup;
+pub mod config_cmd;
+pub mod list;
+pub mod restore;
