@@ -19,6 +19,8 @@ pub const FEATURES: &[&str] = &[
 pub struct Ctx {
     pub loaded: Loaded,
     pub cancel: CancellationToken,
+    /// Draw progress bars (text logs, not quiet; the bar itself checks for a terminal).
+    pub progress: bool,
 }
 
 impl Ctx {
@@ -29,6 +31,16 @@ impl Ctx {
 
 /// Run the parsed command line; returns the exit status.
 pub fn run(cli: Cli) -> u8 {
+    // Commands that need no configuration.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "kaizen-backup", &mut std::io::stdout());
+            return 0;
+        }
+        Command::Man { dir } => return write_man(dir),
+        _ => {}
+    }
     // Names are checked before anything else runs.
     if let Command::Backup(args) = &cli.command {
         if let Some(name) = &args.name {
@@ -70,6 +82,7 @@ pub fn run(cli: Cli) -> u8 {
     };
     let cancel = CancellationToken::new();
     let ctx = Ctx {
+        progress: verbosity >= 0 && loaded.config.log.format == crate::cli::LogFormat::Text,
         loaded,
         cancel: cancel.clone(),
     };
@@ -120,17 +133,55 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::List { json } => list::run(ctx, json).await,
         Command::Config(ConfigCommand::Show { json }) => config_cmd::show(ctx, json),
         Command::Config(ConfigCommand::Check) => config_cmd::check(ctx),
+        Command::Status { json, max_age } => status::run(ctx, json, max_age).await,
         Command::Verify { .. }
         | Command::Prune { .. }
         | Command::Pin { .. }
-        | Command::Unpin { .. }
-        | Command::Status { .. } => Err(Error::other(
+        | Command::Unpin { .. } => Err(Error::other(
             "this command is not available in this build yet",
         )),
+        Command::Completions { .. } | Command::Man { .. } => Ok(()),
     }
 }
 
 /// Whether standard input is a terminal (for the production confirmation prompt).
 pub fn interactive() -> bool {
     std::io::stdin().is_terminal()
+}
+
+/// Write `kaizen-backup.1` and one page per subcommand into `dir`.
+fn write_man(dir: &std::path::Path) -> u8 {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        eprintln!("[ERROR] cannot create {}: {e}", dir.display());
+        return 1;
+    }
+    let mut pages = vec![("kaizen-backup".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        pages.push((format!("kaizen-backup-{}", sub.get_name()), sub.clone()));
+    }
+    for (name, page) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut buf = Vec::new();
+        if let Err(e) = clap_mangen::Man::new(page)
+            .title(name.clone())
+            .render(&mut buf)
+        {
+            eprintln!("[ERROR] cannot render {name}: {e}");
+            return 1;
+        }
+        if let Err(e) = std::fs::write(&path, buf) {
+            eprintln!("[ERROR] cannot write {}: {e}", path.display());
+            return 1;
+        }
+        emit(path.display());
+    }
+    0
+}
+
+/// Print a line on stdout; a closed pipe (`| head`) is not an error.
+pub fn emit(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
 }

@@ -112,6 +112,20 @@ pub enum Command {
     /// Show or check the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  kaizen-backup completions bash > /etc/bash_completion.d/kaizen-backup"
+    )]
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages into a directory (used by `cargo xtask man`).
+    #[command(hide = true)]
+    Man {
+        /// Output directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,9 @@ mod app;
 mod cli;
 mod commands;
 mod config;
+mod events;
 mod logging;
+mod progress;
 
 use std::process::ExitCode;
 

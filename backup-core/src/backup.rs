@@ -115,6 +115,8 @@ pub struct BackupOptions {
     pub extra_args: Vec<String>,
     /// Kind label: `backup` or `safety` (safety backups taken before a restore).
     pub kind: String,
+    /// Told the stored bytes written so far.
+    pub progress: Option<crate::util::Progress>,
 }
 
 impl std::fmt::Debug for BackupOptions {
@@ -146,6 +148,7 @@ impl BackupOptions {
             pinned: false,
             extra_args: Vec::new(),
             kind: "backup".into(),
+            progress: None,
         }
     }
 }
@@ -318,7 +321,12 @@ pub async fn run(
         Ok::<_, Error>((counts, tables))
     };
 
-    let pump = pump(&mut child, &mut opts.transforms, &mut tasks);
+    let pump = pump(
+        &mut child,
+        &mut opts.transforms,
+        &mut tasks,
+        opts.progress.clone(),
+    );
     let result = tokio::select! {
         r = async { tokio::try_join!(pump, counts_fut) } => r,
         _ = cancel.cancelled() => Err(Error::Interrupted("a signal".into())),
@@ -468,6 +476,7 @@ async fn pump(
     child: &mut Child,
     transforms: &mut [Box<dyn Transform>],
     tasks: &mut [TargetTask],
+    progress: Option<crate::util::Progress>,
 ) -> Result<(String, u64)> {
     let mut stdout = child
         .stdout
@@ -501,6 +510,9 @@ async fn pump(
             hasher.update(&out);
             size += out.len() as u64;
             fan_out(tasks, out).await?;
+            if let Some(p) = &progress {
+                p(size);
+            }
         }
     }
     if !transforms.is_empty() {

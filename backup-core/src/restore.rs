@@ -46,6 +46,8 @@ pub struct RestoreOptions {
     pub temp_dir: Option<PathBuf>,
     /// Whether an existing target may be replaced.
     pub allow_replace: bool,
+    /// Told the stored bytes read so far.
+    pub progress: Option<crate::util::Progress>,
 }
 
 impl std::fmt::Debug for RestoreOptions {
@@ -70,6 +72,7 @@ impl RestoreOptions {
             decoder: None,
             temp_dir: None,
             allow_replace: false,
+            progress: None,
         }
     }
 }
@@ -195,12 +198,16 @@ pub async fn load(
     let hash = Arc::new(Mutex::new((Sha256::new(), 0u64)));
     let tap = {
         let hash = hash.clone();
+        let progress = opts.progress.clone();
         stored
             .map(move |r| {
                 if let Ok(b) = &r {
                     if let Ok(mut h) = hash.lock() {
                         h.0.update(b);
                         h.1 += b.len() as u64;
+                        if let Some(p) = &progress {
+                            p(h.1);
+                        }
                     }
                 }
                 r

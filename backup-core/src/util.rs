@@ -1,5 +1,8 @@
 //! Small helpers shared by the pipelines.
 
+/// Called with the number of bytes processed so far (drives progress bars).
+pub type Progress = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
+
 /// This machine's host name, or `unknown`.
 pub fn hostname() -> String {
     hostname::get()

@@ -38,7 +38,10 @@ fn open_local(url: &str) -> Result<Arc<dyn Storage>> {
     if path.is_empty() {
         return Err(Error::usage("empty storage path"));
     }
-    Ok(Arc::new(local::LocalStorage::new(path)))
+    // Absolute, so logs and `list` say exactly where backups are.
+    let abs = std::path::absolute(path)
+        .map_err(|e| Error::usage(format!("invalid storage path {path:?}: {e}")))?;
+    Ok(Arc::new(local::LocalStorage::new(abs)))
 }
 
 #[cfg(not(feature = "local"))]

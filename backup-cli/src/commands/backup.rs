@@ -65,7 +65,11 @@ pub async fn run(ctx: &Ctx, args: BackupArgs) -> Result<()> {
     let pg = c.database.pg();
     let mut opts = options(ctx, name)?;
     opts.pinned = args.pin;
-    let outcome = backup::run(&pg, &targets, opts, ctx.cancel.clone()).await?;
+    let bar = crate::progress::Bar::start("backup", ctx.progress);
+    opts.progress = bar.callback();
+    let result = backup::run(&pg, &targets, opts, ctx.cancel.clone()).await;
+    bar.finish();
+    let outcome = result?;
     report(&outcome, &targets);
     Ok(())
 }

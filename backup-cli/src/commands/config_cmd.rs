@@ -12,7 +12,7 @@ pub fn show(ctx: &Ctx, json: bool) -> Result<()> {
             .into_iter()
             .map(|(k, v, src)| (k, serde_json::json!({ "value": v, "source": src })))
             .collect();
-        println!("{}", serde_json::Value::Object(obj));
+        crate::app::emit(format!("{}", serde_json::Value::Object(obj)));
         return Ok(());
     }
     let width = rows.iter().map(|(k, _, _)| k.len()).max().unwrap_or(0);
@@ -21,7 +21,7 @@ pub fn show(ctx: &Ctx, json: bool) -> Result<()> {
             serde_json::Value::String(s) => s,
             other => other.to_string(),
         };
-        println!("{k:width$} = {v}    # {src}");
+        crate::app::emit(format!("{k:width$} = {v}    # {src}"));
     }
     Ok(())
 }

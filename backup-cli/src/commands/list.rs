@@ -31,14 +31,14 @@ pub async fn run(ctx: &Ctx, json: bool) -> Result<()> {
             continue;
         }
         if targets.len() > 1 || i > 0 {
-            println!("== {}", t.storage.url());
+            crate::app::emit(format!("== {}", t.storage.url()));
         }
         print_table(&cat);
     }
     if json {
         let out = serde_json::to_string_pretty(&rows)
             .map_err(|e| backup_core::Error::other(e.to_string()))?;
-        println!("{out}");
+        crate::app::emit(format!("{out}"));
     }
     Ok(())
 }
@@ -67,13 +67,13 @@ fn entry_json(storage: &dyn Storage, b: &catalog::BackupEntry) -> serde_json::Va
 
 fn print_table(cat: &catalog::Catalog) {
     if cat.backups.is_empty() && cat.incomplete.is_empty() {
-        println!("No backups.");
+        crate::app::emit(format!("No backups."));
         return;
     }
-    println!(
+    crate::app::emit(format!(
         "{:<32} {:<20} {:>8} {:<12} {:<20} STATUS",
         "NAME", "CREATED (UTC)", "SIZE", "SHA256", "DATABASE"
-    );
+    ));
     for b in &cat.backups {
         let m = &b.manifest;
         let mut status = b.verify_state().to_string();
@@ -86,27 +86,27 @@ fn print_table(cat: &catalog::Catalog) {
         if b.data.is_none() {
             status.push_str(", DATA MISSING");
         }
-        println!(
+        crate::app::emit(format!(
             "{:<32} {:<20} {:>8} {:<12} {:<20} {status}",
             m.name,
             m.finished_at.format("%Y-%m-%d %H:%M:%S"),
             human_size(m.size_bytes),
             &m.sha256[..m.sha256.len().min(12)],
             m.database,
-        );
+        ));
     }
     for o in &cat.incomplete {
         let when = o
             .last_modified
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_default();
-        println!(
+        crate::app::emit(format!(
             "{:<32} {:<20} {:>8} {:<12} {:<20} INCOMPLETE (no manifest)",
             o.key,
             when,
             human_size(o.size),
             "-",
             "-"
-        );
+        ));
     }
 }

@@ -4,3 +4,4 @@ pub mod backup;
 pub mod config_cmd;
 pub mod list;
 pub mod restore;
+pub mod status;

@@ -69,7 +69,11 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
             });
         }
     }
-    let outcome = restore::run(&pg, &resolved, opts, ctx.cancel.clone()).await?;
+    let bar = crate::progress::Bar::start("restore", ctx.progress);
+    opts.progress = bar.callback();
+    let result = restore::run(&pg, &resolved, opts, ctx.cancel.clone()).await;
+    bar.finish();
+    let outcome = result?;
     success!("Restore completed successfully");
     info!(
         "Database {} {} from {} ({}, checksum {}) in {:.1}s",

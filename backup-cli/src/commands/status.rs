@@ -1,0 +1,102 @@
+//! `kaizen-backup status [--json] [--max-age 24h]`.
+
+use backup_core::catalog;
+use backup_core::util::human_size;
+use backup_core::{Error, Result};
+use chrono::Utc;
+use tracing::{info, warn};
+
+use crate::app::Ctx;
+use crate::config;
+
+/// Parse `24h`, `90m`, `2d`, `1w`, `3600s` (humantime syntax).
+pub fn parse_age(s: &str) -> Result<chrono::Duration> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| {
+        Error::usage(format!(
+            "invalid --max-age {s:?}: {e} (examples: 24h, 90m, 2d)"
+        ))
+    })?;
+    chrono::Duration::from_std(d).map_err(|_| Error::usage(format!("--max-age {s:?} is too large")))
+}
+
+pub async fn run(ctx: &Ctx, json: bool, max_age: Option<String>) -> Result<()> {
+    let c = ctx.config();
+    let max_age = max_age.as_deref().map(parse_age).transpose()?;
+    let targets = config::open_targets(c)?;
+    let now = Utc::now();
+    let mut rows = Vec::new();
+    let mut stale = Vec::new();
+    for t in &targets {
+        let url = t.storage.url();
+        let cat = match catalog::scan(t.storage.as_ref()).await {
+            Ok(cat) => cat,
+            Err(e) => {
+                stale.push(format!("{url}: cannot read: {e}"));
+                rows.push(serde_json::json!({ "target": url, "error": e.to_string() }));
+                continue;
+            }
+        };
+        let newest = cat.latest(Some(&c.database.name));
+        let age = newest.map(|b| now - b.manifest.finished_at);
+        let is_stale = match (age, max_age) {
+            (None, _) => true,
+            (Some(a), Some(max)) => a > max,
+            (Some(_), None) => false,
+        };
+        if is_stale && (max_age.is_some() || newest.is_none()) {
+            stale.push(match (newest, age) {
+                (Some(b), Some(a)) => format!(
+                    "{url}: newest backup {} is {} old",
+                    b.manifest.name,
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        a.num_seconds().max(0) as u64
+                    ))
+                ),
+                _ => format!("{url}: no backup of {}", c.database.name),
+            });
+        }
+        rows.push(serde_json::json!({
+            "target": url,
+            "database": c.database.name,
+            "backups": cat.backups.len(),
+            "incomplete": cat.incomplete.len(),
+            "newest": newest.map(|b| serde_json::json!({
+                "name": b.manifest.name,
+                "created_at": b.manifest.finished_at,
+                "age_seconds": age.map(|a| a.num_seconds()),
+                "size_bytes": b.manifest.size_bytes,
+                "verified": b.verify.as_ref().map(|v| v.passed),
+                "verify_status": b.verify_state(),
+            })),
+            "stale": is_stale,
+        }));
+        if !json {
+            match newest {
+                Some(b) => info!(
+                    "{url}: newest backup {} ({}, {} old, {}), {} backup(s), {} incomplete",
+                    b.manifest.name,
+                    human_size(b.manifest.size_bytes),
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        age.map(|a| a.num_seconds().max(0) as u64).unwrap_or(0)
+                    )),
+                    b.verify_state(),
+                    cat.backups.len(),
+                    cat.incomplete.len()
+                ),
+                None => warn!("{url}: no backup of {}", c.database.name),
+            }
+        }
+    }
+    if json {
+        crate::app::emit(format!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(|e| Error::other(e.to_string()))?
+        ));
+    }
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let msg = format!("backup is stale: {}", stale.join("; "));
+    crate::events::stale(ctx, &msg).await;
+    Err(Error::other(msg))
+}
