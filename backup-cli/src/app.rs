@@ -42,13 +42,12 @@ pub fn run(cli: Cli) -> u8 {
         _ => {}
     }
     // Names are checked before anything else runs.
-    if let Command::Backup(args) = &cli.command {
-        if let Some(name) = &args.name {
-            if let Err(e) = backup_core::name::validate(name) {
-                print_early_error(&e);
-                return 2;
-            }
-        }
+    if let Command::Backup(args) = &cli.command
+        && let Some(name) = &args.name
+        && let Err(e) = backup_core::name::validate(name)
+    {
+        print_early_error(&e);
+        return 2;
     }
     let loaded = match config::load(&cli.global) {
         Ok(l) => l,

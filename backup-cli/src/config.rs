@@ -413,10 +413,10 @@ fn var_layer(name: &'static str, vars: &HashMap<String, String>) -> Result<VarLa
         ("ENVIRONMENT", "restore.environment"),
         ("APP_ENV", "restore.environment"),
     ] {
-        if let Some(v) = vars.get(var) {
-            if !v.is_empty() {
-                set(key, parse_value(v), var, &mut dict);
-            }
+        if let Some(v) = vars.get(var)
+            && !v.is_empty()
+        {
+            set(key, parse_value(v), var, &mut dict);
         }
     }
     if let Some((v, var)) = var_or_file(vars, "POSTGRES_PASSWORD")? {
@@ -688,8 +688,8 @@ fn validate(c: &Config) -> Result<()> {
     if c.database.port == 0 {
         return cfg("database.port", "must be 1–65535".into());
     }
-    if let Some(m) = &c.database.sslmode {
-        if ![
+    if let Some(m) = &c.database.sslmode
+        && ![
             "disable",
             "allow",
             "prefer",
@@ -698,9 +698,8 @@ fn validate(c: &Config) -> Result<()> {
             "verify-full",
         ]
         .contains(&m.as_str())
-        {
-            return cfg("database.sslmode", format!("unknown sslmode {m:?}"));
-        }
+    {
+        return cfg("database.sslmode", format!("unknown sslmode {m:?}"));
     }
     if c.storage.targets.is_empty() {
         return cfg(
@@ -715,7 +714,7 @@ fn validate(c: &Config) -> Result<()> {
     if c.restore.jobs == 0 {
         return cfg("restore.jobs", "must be at least 1".into());
     }
-    if !(c.backup.space_ratio > 0.0) {
+    if c.backup.space_ratio.is_nan() || c.backup.space_ratio <= 0.0 {
         return cfg("backup.space_ratio", "must be greater than 0".into());
     }
     Ok(())
@@ -794,5 +793,91 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, serde
         other => {
             out.insert(prefix.to_string(), other.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn extract(env: &HashMap<String, String>) -> Result<Config> {
+        let fig = Figment::from(Serialized::defaults(Config::default()))
+            .merge(var_layer("environment", env)?);
+        fig.extract().map_err(figment_error)
+    }
+
+    #[test]
+    fn old_variables_and_precedence() {
+        let c = extract(&vars(&[
+            ("PGHOST", "pg-host"),
+            ("PGPORT", "6000"),
+            (
+                "DATABASE_URL",
+                "postgres://url_user:p%40ss@url-host:7000/url_db?sslmode=require",
+            ),
+            ("POSTGRES_HOST", "old-host"),
+            ("POSTGRES_DB", "kaizen_studio_dev"),
+            ("BACKUP_DIR", "/var/backups/kaizen"),
+            ("S3_BACKUP_BUCKET", "kaizen-studio-backups"),
+            ("KAIZEN_BACKUP_DATABASE__PORT", "5433"),
+            ("KAIZEN_BACKUP_BACKUP__COMPRESSION", "none"),
+        ]))
+        .unwrap();
+        assert_eq!(c.database.host, "old-host");
+        assert_eq!(c.database.port, 5433);
+        assert_eq!(c.database.name, "kaizen_studio_dev");
+        assert_eq!(c.database.user, "url_user");
+        assert_eq!(
+            c.database.password.as_ref().map(|p| p.expose().to_string()),
+            Some("p@ss".into())
+        );
+        assert_eq!(c.database.sslmode.as_deref(), Some("require"));
+        assert_eq!(c.backup.compression, "none");
+        let urls: Vec<&str> = c.storage.targets.iter().map(TargetSpec::url).collect();
+        assert_eq!(
+            urls,
+            ["/var/backups/kaizen", "s3://kaizen-studio-backups/backups"]
+        );
+    }
+
+    #[test]
+    fn invalid_value_names_key_and_variable() {
+        let err = extract(&vars(&[("POSTGRES_PORT", "abc")])).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("database.port") && msg.contains("POSTGRES_PORT"),
+            "{msg}"
+        );
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn password_file_and_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "from-file\n").unwrap();
+        let c = extract(&vars(&[("POSTGRES_PASSWORD_FILE", f.to_str().unwrap())])).unwrap();
+        assert_eq!(c.database.password.unwrap().expose(), "from-file");
+        let err = extract(&vars(&[
+            ("POSTGRES_PASSWORD", "x"),
+            ("POSTGRES_PASSWORD_FILE", f.to_str().unwrap()),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("set only one"));
+        assert!(!err.to_string().contains("from-file"));
+    }
+
+    #[test]
+    fn bad_database_url_is_config_error_without_secret() {
+        let err = extract(&vars(&[("DATABASE_URL", "mysql://u:topsecret@h/db")])).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(!err.to_string().contains("topsecret"));
     }
 }

@@ -59,10 +59,10 @@ struct TeeWriter {
 impl Write for TeeWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         std::io::stderr().write_all(buf)?;
-        if let Some(f) = &self.file {
-            if let Ok(mut f) = f.lock() {
-                let _ = f.write_all(buf);
-            }
+        if let Some(f) = &self.file
+            && let Ok(mut f) = f.lock()
+        {
+            let _ = f.write_all(buf);
         }
         Ok(buf.len())
     }

@@ -264,19 +264,19 @@ pub async fn run(
     if opts.space_check {
         let required = ((pre.server.database_size as f64) * opts.space_ratio) as u64;
         for t in targets {
-            if let Some(avail) = t.storage.available_space().await? {
-                if avail < required {
-                    let err = Error::InsufficientSpace {
-                        available: human_size(avail),
-                        required: human_size(required),
-                        location: t.storage.url(),
-                    };
-                    if t.optional {
-                        warn!("{err}; skipping optional target");
-                        continue;
-                    }
-                    return Err(err);
+            if let Some(avail) = t.storage.available_space().await?
+                && avail < required
+            {
+                let err = Error::InsufficientSpace {
+                    available: human_size(avail),
+                    required: human_size(required),
+                    location: t.storage.url(),
+                };
+                if t.optional {
+                    warn!("{err}; skipping optional target");
+                    continue;
                 }
+                return Err(err);
             }
         }
     }

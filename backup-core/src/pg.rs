@@ -105,10 +105,10 @@ impl PgConfig {
 
     /// The configured password, or one from the `.pgpass` file libpq would use.
     pub fn effective_password(&self) -> Option<Secret> {
-        if let Some(p) = &self.password {
-            if !p.is_empty() {
-                return Some(p.clone());
-            }
+        if let Some(p) = &self.password
+            && !p.is_empty()
+        {
+            return Some(p.clone());
         }
         crate::pgpass::lookup(&self.host, self.port, &self.name, &self.user)
     }
@@ -156,10 +156,10 @@ impl PgConfig {
             ("PGCONNECT_TIMEOUT", self.connect_timeout.max(1).to_string()),
             ("PGAPPNAME", "kaizen-backup".to_string()),
         ];
-        if let Some(p) = &self.password {
-            if !p.is_empty() {
-                env.push(("PGPASSWORD", p.expose().to_string()));
-            }
+        if let Some(p) = &self.password
+            && !p.is_empty()
+        {
+            env.push(("PGPASSWORD", p.expose().to_string()));
         }
         if let Some(m) = &self.sslmode {
             env.push(("PGSSLMODE", m.clone()));

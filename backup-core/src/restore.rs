@@ -201,13 +201,13 @@ pub async fn load(
         let progress = opts.progress.clone();
         stored
             .map(move |r| {
-                if let Ok(b) = &r {
-                    if let Ok(mut h) = hash.lock() {
-                        h.0.update(b);
-                        h.1 += b.len() as u64;
-                        if let Some(p) = &progress {
-                            p(h.1);
-                        }
+                if let Ok(b) = &r
+                    && let Ok(mut h) = hash.lock()
+                {
+                    h.0.update(b);
+                    h.1 += b.len() as u64;
+                    if let Some(p) = &progress {
+                        p(h.1);
                     }
                 }
                 r
@@ -229,49 +229,43 @@ pub async fn load(
     if let Some(role) = &opts.role {
         cmd.arg(format!("--role={role}"));
     }
-    let mut tmpfile = None;
-    let feed_stdin = opts.jobs <= 1;
-    if feed_stdin {
+    if opts.jobs <= 1 {
         cmd.arg("--format=custom")
             .stdin(std::process::Stdio::piped());
-    } else {
-        // Parallel restore needs a seekable file: download (and decode) it first.
-        let dir = opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
-        let f = tempfile::Builder::new()
-            .prefix("kaizen-restore-")
-            .tempfile_in(&dir)
-            .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
-        let path = f.path().to_path_buf();
-        let mut out = tokio::fs::File::from_std(
-            f.reopen()
-                .map_err(|e| Error::io("opening temporary file", e))?,
-        );
-        let mut s = plain;
-        let mut first = true;
-        while let Some(chunk) = s.next().await {
-            let chunk = chunk?;
-            if first {
-                check_header(&chunk)?;
-                first = false;
-            }
-            out.write_all(&chunk)
-                .await
-                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        return run_pg_restore(cmd, Some(plain), resolved, &hash, cancel, None).await;
+    }
+    // Parallel restore needs a seekable file: download (and decode) it first. The
+    // file is removed when `tmp` is dropped, whatever happens.
+    let dir = opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let tmp = tempfile::Builder::new()
+        .prefix("kaizen-restore-")
+        .tempfile_in(&dir)
+        .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
+    let path = tmp.path().to_path_buf();
+    let file = tmp
+        .reopen()
+        .map_err(|e| Error::io("opening temporary file", e))?;
+    let mut out = tokio::fs::File::from_std(file);
+    let mut s = plain;
+    let mut first = true;
+    while let Some(chunk) = s.next().await {
+        let chunk = chunk?;
+        if first {
+            check_header(&chunk)?;
+            first = false;
         }
-        out.flush()
+        out.write_all(&chunk)
             .await
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-        check_checksum(resolved, &hash)?;
-        cmd.arg(format!("--jobs={}", opts.jobs))
-            .arg(&path)
-            .stdin(std::process::Stdio::null());
-        tmpfile = Some(f);
-        // Replace the consumed stream by an empty one for the code below.
-        return run_pg_restore(cmd, None, resolved, &hash, cancel, tmpfile.take()).await;
     }
-    cmd.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    run_pg_restore(cmd, Some(plain), resolved, &hash, cancel, tmpfile).await
+    out.flush()
+        .await
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    check_checksum(resolved, &hash)?;
+    cmd.arg(format!("--jobs={}", opts.jobs))
+        .arg(&path)
+        .stdin(std::process::Stdio::null());
+    run_pg_restore(cmd, None, resolved, &hash, cancel, Some(tmp)).await
 }
 
 async fn run_pg_restore(
@@ -527,19 +521,18 @@ async fn swap_in(admin: &Client, temp: &str, target: &str, exists: bool) -> Resu
             &e,
         ));
     }
-    if let Some(owner) = owner {
-        if let Err(e) = admin
+    if let Some(owner) = owner
+        && let Err(e) = admin
             .batch_execute(&format!(
                 "ALTER DATABASE {qt} OWNER TO {}",
                 quote_ident(&owner)
             ))
             .await
-        {
-            warn!(
-                "Could not give {target} back to its owner {owner}: {}",
-                db_error("", &e)
-            );
-        }
+    {
+        warn!(
+            "Could not give {target} back to its owner {owner}: {}",
+            db_error("", &e)
+        );
     }
     if let Err(e) = drop_database(admin, &old).await {
         warn!("The previous {target} was kept as {old}: {e}");

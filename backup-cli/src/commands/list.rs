@@ -38,7 +38,7 @@ pub async fn run(ctx: &Ctx, json: bool) -> Result<()> {
     if json {
         let out = serde_json::to_string_pretty(&rows)
             .map_err(|e| backup_core::Error::other(e.to_string()))?;
-        crate::app::emit(format!("{out}"));
+        crate::app::emit(out.to_string());
     }
     Ok(())
 }
@@ -67,7 +67,7 @@ fn entry_json(storage: &dyn Storage, b: &catalog::BackupEntry) -> serde_json::Va
 
 fn print_table(cat: &catalog::Catalog) {
     if cat.backups.is_empty() && cat.incomplete.is_empty() {
-        crate::app::emit(format!("No backups."));
+        crate::app::emit("No backups.".to_string());
         return;
     }
     crate::app::emit(format!(

@@ -61,13 +61,13 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
     opts.role = c.restore.role.clone();
     opts.temp_dir = c.restore.temp_dir.clone();
     opts.allow_replace = true;
-    if let Some(m) = &resolved.manifest {
-        if m.compression == "zstd" || m.encryption != "none" {
-            return Err(Error::NotCompiled {
-                what: format!("decoding {}/{} backups", m.compression, m.encryption),
-                feature: "zstd/age".into(),
-            });
-        }
+    if let Some(m) = &resolved.manifest
+        && (m.compression == "zstd" || m.encryption != "none")
+    {
+        return Err(Error::NotCompiled {
+            what: format!("decoding {}/{} backups", m.compression, m.encryption),
+            feature: "zstd/age".into(),
+        });
     }
     let bar = crate::progress::Bar::start("restore", ctx.progress);
     opts.progress = bar.callback();

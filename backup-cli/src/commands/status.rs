@@ -88,10 +88,11 @@ pub async fn run(ctx: &Ctx, json: bool, max_age: Option<String>) -> Result<()> {
         }
     }
     if json {
-        crate::app::emit(format!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(|e| Error::other(e.to_string()))?
-        ));
+        crate::app::emit(
+            serde_json::to_string_pretty(&rows)
+                .map_err(|e| Error::other(e.to_string()))?
+                .to_string(),
+        );
     }
     if stale.is_empty() {
         return Ok(());
