@@ -58,7 +58,7 @@ struct TeeWriter {
 
 impl Write for TeeWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        std::io::stderr().write_all(buf)?;
+        crate::progress::suspended(|| std::io::stderr().write_all(buf))?;
         if let Some(f) = &self.file
             && let Ok(mut f) = f.lock()
         {

@@ -1,10 +1,22 @@
 //! A progress bar (bytes, rate, elapsed) on a terminal; nothing otherwise.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use backup_core::util::Progress;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// The bar on screen, if any: log lines are written around it.
+static ACTIVE: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Run `f` (which writes to stderr) with the bar hidden, so lines never mix with it.
+pub fn suspended<R>(f: impl FnOnce() -> R) -> R {
+    let bar = ACTIVE.lock().ok().and_then(|b| b.clone());
+    match bar {
+        Some(b) => b.suspend(f),
+        None => f(),
+    }
+}
 
 /// A bar that is drawn only when stderr is a terminal and text logs are on.
 #[derive(Debug, Clone)]
@@ -24,6 +36,9 @@ impl Bar {
         bar.set_style(style);
         bar.set_prefix(what.to_string());
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        if let Ok(mut a) = ACTIVE.lock() {
+            *a = Some(bar.clone());
+        }
         Self(Some(bar))
     }
 
@@ -36,6 +51,9 @@ impl Bar {
     /// Remove the bar before the final log lines.
     pub fn finish(&self) {
         if let Some(b) = &self.0 {
+            if let Ok(mut a) = ACTIVE.lock() {
+                *a = None;
+            }
             b.finish_and_clear();
         }
     }
