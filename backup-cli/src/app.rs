@@ -21,6 +21,8 @@ pub struct Ctx {
     pub cancel: CancellationToken,
     /// Draw progress bars (text logs, not quiet; the bar itself checks for a terminal).
     pub progress: bool,
+    /// Notifications, metrics and audit.
+    pub reporter: crate::events::Reporter,
 }
 
 impl Ctx {
@@ -84,11 +86,17 @@ pub fn run(cli: Cli) -> u8 {
         progress: verbosity >= 0 && loaded.config.log.format == crate::cli::LogFormat::Text,
         loaded,
         cancel: cancel.clone(),
+        reporter: crate::events::Reporter::new(Vec::new()),
     };
     let result = rt.block_on(async move {
         tokio::spawn(watch_signals(cancel));
-        dispatch(&ctx, cli.command).await
+        let result = dispatch(&ctx, cli.command).await;
+        (result, ctx.reporter.failures())
     });
+    let (result, notify_failures) = result;
+    for f in &notify_failures {
+        tracing::warn!("Notification not delivered: {f}");
+    }
     match result {
         Ok(()) => 0,
         Err(e) => {

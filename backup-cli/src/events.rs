@@ -1,7 +1,50 @@
-//! Events raised by commands: notifications, metrics and audit records.
-//! (Notifiers and metrics are wired here so every command reports the same way.)
+//! Events raised by commands: notifications, metrics and audit records, so every
+//! command reports the same way. A delivery failure is logged and remembered for the
+//! exit message; it never changes the outcome of the operation.
+
+use std::sync::Mutex;
+
+use backup_core::notify::notify_all;
+use backup_core::{Event, EventKind, Notifier};
 
 use crate::app::Ctx;
 
+/// Where events go.
+#[derive(Debug, Default)]
+pub struct Reporter {
+    notifiers: Vec<Box<dyn Notifier>>,
+    /// Delivery failures, shown at the end of the run.
+    pub failures: Mutex<Vec<String>>,
+}
+
+impl Reporter {
+    /// A reporter sending to these notifiers.
+    pub fn new(notifiers: Vec<Box<dyn Notifier>>) -> Self {
+        Self {
+            notifiers,
+            failures: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Send one event everywhere it is wanted.
+    pub async fn send(&self, event: &Event) {
+        let failed = notify_all(&self.notifiers, event).await;
+        if !failed.is_empty()
+            && let Ok(mut f) = self.failures.lock()
+        {
+            f.extend(failed);
+        }
+    }
+
+    /// Delivery failures so far.
+    pub fn failures(&self) -> Vec<String> {
+        self.failures.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+}
+
 /// The newest good backup is older than allowed.
-pub async fn stale(_ctx: &Ctx, _message: &str) {}
+pub async fn stale(ctx: &Ctx, message: &str) {
+    let mut ev = Event::new(EventKind::BackupStale, &ctx.config().database.name);
+    ev.error = Some(message.to_string());
+    ctx.reporter.send(&ev).await;
+}

@@ -1,3 +1,147 @@
-fn main() -> anyhow::Result<()> {
+//! Project tasks: `cargo xtask demo | test | env | dist | man`.
+
+mod demo;
+mod pg;
+mod test;
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  demo                 start a throwaway PostgreSQL, load the Kaizen Studio sample database,
+                       back it up, list, restore into a new database and compare
+  test [-- ARGS]       start PostgreSQL (and the local cloud emulators), run the whole test suite;
+                       ARGS go to cargo nextest (e.g. -- -E 'test(round_trip)')
+  env                  start the test services, write target/test-env/env.sh, wait for Ctrl-C
+  dist                 build release binaries for a few feature sets and print their sizes
+  man [DIR]            write man pages (default target/man)";
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    let rest = &args[1..];
+    match cmd.as_str() {
+        "demo" => demo::run(),
+        "test" => test::run(rest),
+        "env" => test::env(rest),
+        "dist" => dist(),
+        "man" => man(rest),
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command {other:?}\n\n{USAGE}"),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// The cargo target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// Run a command, failing with its name if it fails.
+pub fn run_cmd(cmd: &mut std::process::Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run {cmd:?}: {e}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Build the kaizen-backup binary with these cargo arguments; returns its path.
+pub fn build_binary(profile_release: bool, extra: &[&str]) -> Result<PathBuf> {
+    let mut cmd =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root())
+        .args(["build", "-p", "backup-cli", "--bin", "kaizen-backup"]);
+    if profile_release {
+        cmd.arg("--release");
+    }
+    cmd.args(extra);
+    run_cmd(&mut cmd)?;
+    let dir = if profile_release { "release" } else { "debug" };
+    Ok(target_dir().join(dir).join("kaizen-backup"))
+}
+
+fn dist() -> Result<()> {
+    let sets: [(&str, &[&str]); 4] = [
+        (
+            "local only",
+            &["--no-default-features", "--features", "local"],
+        ),
+        (
+            "local + s3 + slack",
+            &["--no-default-features", "--features", "local,s3,slack"],
+        ),
+        ("default", &[]),
+        ("all features", &["--all-features"]),
+    ];
+    let mut rows = Vec::new();
+    for (i, (label, args)) in sets.iter().enumerate() {
+        let target = target_dir().join(format!("dist-{i}"));
+        let mut cmd =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(root())
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "backup-cli",
+                "--bin",
+                "kaizen-backup",
+                "--target-dir",
+            ])
+            .arg(&target)
+            .args(*args);
+        if let Err(e) = run_cmd(&mut cmd) {
+            rows.push(format!("{label:<22} build failed: {e}"));
+            continue;
+        }
+        let bin = target.join("release").join("kaizen-backup");
+        let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+        rows.push(format!(
+            "{label:<22} {:>8.1} MiB  {}",
+            size as f64 / 1048576.0,
+            bin.display()
+        ));
+    }
+    println!("\nkaizen-backup binary sizes (release):");
+    for r in rows {
+        println!("  {r}");
+    }
+    Ok(())
+}
+
+fn man(rest: &[String]) -> Result<()> {
+    let dir = rest
+        .first()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("man"));
+    let bin = build_binary(false, &[])?;
+    run_cmd(std::process::Command::new(bin).arg("man").arg(&dir))?;
+    println!("man pages written to {}", dir.display());
     Ok(())
 }

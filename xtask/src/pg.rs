@@ -1,0 +1,262 @@
+//! A throwaway PostgreSQL cluster for tests, the demo and benchmarks.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// A running cluster; stopped and removed on drop.
+pub struct Cluster {
+    pub bin: PathBuf,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub password: String,
+    keep: bool,
+}
+
+/// Directory with initdb/pg_ctl/postgres: the highest `/usr/lib/postgresql/N/bin`, or `pg_config --bindir`.
+pub fn server_bin() -> Result<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let major: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((major, bin))
+        })
+        .collect();
+    found.sort();
+    if let Some((_, bin)) = found.pop() {
+        return Ok(bin);
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if bin.join("initdb").is_file() {
+            return Ok(bin);
+        }
+    }
+    bail!(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found.\n\
+         Install them, e.g. on Debian/Ubuntu: sudo apt-get install postgresql\n\
+         (they are looked for in /usr/lib/postgresql/*/bin and via pg_config --bindir)"
+    )
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn is_root() -> bool {
+    nix_uid() == 0
+}
+
+fn nix_uid() -> u32 {
+    // `id -u` avoids a libc dependency in xtask.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(1)
+}
+
+/// Run a server binary, as the `postgres` OS user when we are root (initdb refuses root).
+fn run_as_pg(bin: &Path, args: &[&str]) -> Result<std::process::Output> {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
+    cmd.args(args);
+    cmd.output()
+        .with_context(|| format!("running {}", bin.display()))
+}
+
+fn chown_pg(path: &Path) -> Result<()> {
+    if is_root() {
+        let st = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path)
+            .status()?;
+        if !st.success() {
+            bail!(
+                "chown postgres {} failed (is there a `postgres` OS user?)",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+impl Cluster {
+    /// initdb + start under `root` (a fresh directory), on a free port.
+    pub fn start(root: &Path) -> Result<Self> {
+        let bin = server_bin()?;
+        std::fs::create_dir_all(root)?;
+        let dir = root.to_path_buf();
+        let data = dir.join("data");
+        let sock = dir.join("sock");
+        std::fs::create_dir_all(&sock)?;
+        let password = format!("pw{}", std::process::id());
+        let pwfile = dir.join("pwfile");
+        std::fs::write(&pwfile, format!("{password}\n"))?;
+        chown_pg(&dir)?;
+        let out = run_as_pg(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                path_str(&data)?,
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                &format!("--pwfile={}", path_str(&pwfile)?),
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ],
+        )?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let _ = std::fs::remove_file(&pwfile);
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let port = free_port()?;
+            let opts = format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+                 -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB",
+                path_str(&sock)?
+            );
+            let out = run_as_pg(
+                &bin.join("pg_ctl"),
+                &[
+                    "-D",
+                    path_str(&data)?,
+                    "-o",
+                    &opts,
+                    "-l",
+                    path_str(&dir.join("server.log"))?,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+            )?;
+            if out.status.success() {
+                return Ok(Self {
+                    bin,
+                    dir,
+                    port,
+                    password,
+                    keep: false,
+                });
+            }
+            last_err = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+        }
+        bail!("PostgreSQL did not start:\n{last_err}")
+    }
+
+    /// Unix socket directory (trust authentication).
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.join("sock")
+    }
+
+    /// Run SQL as the superuser over the socket.
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-q", "-At", "-h"])
+            .arg(self.socket_dir())
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .output()
+            .context("running psql")?;
+        if !out.status.success() {
+            bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Run a SQL file as the superuser.
+    pub fn psql_file(&self, db: &str, file: &Path) -> Result<()> {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-q", "-h"])
+            .arg(self.socket_dir())
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-f",
+            ])
+            .arg(file)
+            .output()
+            .context("running psql")?;
+        if !out.status.success() {
+            bail!(
+                "loading {} failed: {}",
+                file.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Keep the directory after stopping (for inspection).
+    #[allow(dead_code)]
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
+    /// Environment for the tests.
+    pub fn test_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("KAIZEN_TEST_PG_BIN".into(), self.bin.display().to_string()),
+            ("KAIZEN_TEST_PG_HOST".into(), "127.0.0.1".into()),
+            ("KAIZEN_TEST_PG_PORT".into(), self.port.to_string()),
+            ("KAIZEN_TEST_PG_USER".into(), "postgres".into()),
+            ("KAIZEN_TEST_PG_PASSWORD".into(), self.password.clone()),
+            (
+                "KAIZEN_TEST_PG_SOCKET".into(),
+                self.socket_dir().display().to_string(),
+            ),
+        ]
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        if let Ok(d) = path_str(&data) {
+            let _ = run_as_pg(
+                &self.bin.join("pg_ctl"),
+                &["-D", d, "-m", "immediate", "-w", "stop"],
+            );
+        }
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str()
+        .with_context(|| format!("path is not UTF-8: {}", p.display()))
+}
