@@ -1,1 +1,37 @@
-//! Test harness for the end-to-end tests.
+//! Harness for the end-to-end tests: the services started by `cargo xtask test`,
+//! a runner for the `kaizen-backup` binary, and admin SQL on the test cluster.
+//!
+//! Every test makes its own uniquely named databases and its own working
+//! directory, so tests run in parallel.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+
+pub mod cli;
+pub mod http;
+pub mod pg;
+
+pub use cli::{Cli, Output};
+pub use pg::{Pg, TestDb};
+
+/// A variable set by `cargo xtask test`; panics with how to run the tests otherwise.
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with `cargo xtask test` (it starts PostgreSQL and the emulators)")
+    })
+}
+
+/// A short random lowercase suffix for unique names.
+pub fn unique(prefix: &str) -> String {
+    use rand::Rng;
+    let n: u64 = rand::rng().random();
+    format!("{prefix}_{:x}", n & 0xffff_ffff_ffff)
+}
+
+/// A free TCP port on 127.0.0.1 (nothing listens on it when this returns).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,217 @@
+//! Admin access to the test cluster (superuser over the Unix socket, via psql).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::{env, unique};
+
+/// The cluster started by `cargo xtask test`.
+#[derive(Debug, Clone)]
+pub struct Pg {
+    pub bin: PathBuf,
+    pub host: String,
+    pub port: String,
+    pub user: String,
+    pub password: String,
+    pub socket: String,
+}
+
+impl Pg {
+    pub fn get() -> Self {
+        Self {
+            bin: PathBuf::from(env("KAIZEN_TEST_PG_BIN")),
+            host: env("KAIZEN_TEST_PG_HOST"),
+            port: env("KAIZEN_TEST_PG_PORT"),
+            user: env("KAIZEN_TEST_PG_USER"),
+            password: env("KAIZEN_TEST_PG_PASSWORD"),
+            socket: env("KAIZEN_TEST_PG_SOCKET"),
+        }
+    }
+
+    /// Run SQL as superuser; `Err(stderr)` on failure.
+    pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                &self.socket,
+                "-p",
+                &self.port,
+                "-U",
+                &self.user,
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        }
+    }
+
+    /// Run SQL as superuser; panics on failure.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        self.try_psql(db, sql)
+            .unwrap_or_else(|e| panic!("psql on {db} failed: {e}\nSQL: {sql}"))
+    }
+
+    /// Create a uniquely named empty database, dropped when the handle is dropped.
+    pub fn create_db(&self, prefix: &str) -> TestDb {
+        let name = unique(prefix);
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+        TestDb {
+            pg: self.clone(),
+            name,
+        }
+    }
+
+    /// A handle that drops `name` (which the tool will create) at the end of the test.
+    pub fn adopt(&self, name: &str) -> TestDb {
+        TestDb {
+            pg: self.clone(),
+            name: name.to_string(),
+        }
+    }
+
+    /// A database with the Kaizen Studio sample loaded.
+    pub fn sample_db(&self, prefix: &str) -> TestDb {
+        let db = self.create_db(prefix);
+        let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/kaizen_sample.sql");
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                &self.socket,
+                "-p",
+                &self.port,
+                "-U",
+                &self.user,
+                "-d",
+                &db.name,
+                "-f",
+            ])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "loading the sample failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        db
+    }
+
+    pub fn db_exists(&self, name: &str) -> bool {
+        self.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
+        ) == "1"
+    }
+
+    /// Databases whose name starts with `prefix`.
+    pub fn databases_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let out = self.psql(
+            "postgres",
+            &format!(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, '{prefix}') ORDER BY 1"
+            ),
+        );
+        out.lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// Everything that makes a database what it is: every table's ordered content,
+    /// sequence values, large objects, and the schema as pg_dump prints it.
+    pub fn fingerprint(&self, db: &str) -> String {
+        let tables = self.psql(
+            db,
+            "SELECT coalesce(string_agg(n.nspname || '.' || c.relname || ':' || \
+               (xpath('/row/h/text()', query_to_xml(format('SELECT md5(coalesce(string_agg(t::text, ''|'' ORDER BY t::text), '''')) AS h FROM ONLY %I.%I t', n.nspname, c.relname), false, true, '')))[1]::text, \
+               E'\\n' ORDER BY n.nspname, c.relname), '') \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'",
+        );
+        let sequences = self.psql(
+            db,
+            "SELECT coalesce(string_agg(schemaname || '.' || sequencename || '=' || coalesce(last_value::text, 'null'), ',' ORDER BY schemaname, sequencename), '') FROM pg_sequences",
+        );
+        let los = self.psql(
+            db,
+            "SELECT coalesce(string_agg(oid::text || ':' || md5(lo_get(oid)), ',' ORDER BY oid), '') FROM pg_largeobject_metadata",
+        );
+        let out = Command::new(self.bin.join("pg_dump"))
+            .args([
+                "--schema-only",
+                "--no-owner",
+                "-h",
+                &self.socket,
+                "-p",
+                &self.port,
+                "-U",
+                &self.user,
+                "-d",
+                db,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_dump --schema-only failed");
+        let schema: String = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| {
+                !l.starts_with("--")
+                    && !l.starts_with("\\restrict")
+                    && !l.starts_with("\\unrestrict")
+                    && !l.trim().is_empty()
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        format!("TABLES\n{tables}\nSEQUENCES\n{sequences}\nLARGE OBJECTS\n{los}\nSCHEMA\n{schema}")
+    }
+}
+
+/// A database dropped at the end of the test.
+#[derive(Debug)]
+pub struct TestDb {
+    pg: Pg,
+    pub name: String,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = self.pg.try_psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+/// Assert two fingerprints are equal, showing the first differing line (they are long).
+#[track_caller]
+pub fn assert_same(a: &str, b: &str) {
+    if a == b {
+        return;
+    }
+    let (la, lb): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    for i in 0..la.len().max(lb.len()) {
+        let (x, y) = (
+            la.get(i).copied().unwrap_or("<end>"),
+            lb.get(i).copied().unwrap_or("<end>"),
+        );
+        if x != y {
+            panic!("databases differ at line {i}:\n  left:  {x}\n  right: {y}");
+        }
+    }
+}

@@ -1,0 +1,538 @@
+//! Issue 2: backup, restore and list on local storage, against real PostgreSQL.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use kaizen_backup_e2e::cli::{signal, wait};
+use kaizen_backup_e2e::pg::assert_same;
+use kaizen_backup_e2e::{Cli, Pg, free_port, unique};
+
+fn manifest(cli: &Cli, name: &str) -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(cli.backups().join(format!("{name}.manifest.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn sample_database_round_trips_exactly() {
+    let pg = Pg::get();
+    let src = pg.sample_db("kb_src");
+    let cli = Cli::for_db(&src.name);
+    let out = cli.run(&["backup", "first"]);
+    out.assert_code(0)
+        .assert_stderr_contains("[INFO] Starting backup: first")
+        .assert_stderr_contains("[SUCCESS] Backup completed successfully")
+        .assert_stderr_contains("[INFO] Backup size: ");
+    assert!(
+        out.stderr.contains(&format!(
+            "Backup file: {}",
+            cli.backups().join("first.dump").display()
+        )),
+        "{}",
+        out.stderr
+    );
+
+    // Manifest contract.
+    let m = manifest(&cli, "first");
+    for key in [
+        "format_version",
+        "name",
+        "database",
+        "server_version",
+        "pg_dump_version",
+        "format",
+        "compression",
+        "encryption",
+        "started_at",
+        "finished_at",
+        "size_bytes",
+        "sha256",
+        "tool_version",
+        "pinned",
+        "database_size_bytes",
+        "tables",
+        "counts",
+    ] {
+        assert!(m.get(key).is_some(), "manifest lacks {key}: {m}");
+    }
+    assert_eq!(m["database"], src.name.as_str());
+    assert_eq!(m["format"], "custom");
+    assert_eq!(m["compression"], "gzip");
+    let users = m["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "users")
+        .unwrap();
+    assert_eq!(users["schema"], "public");
+    assert_eq!(users["rows"], 2000);
+    let audit = m["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "audit_logs")
+        .unwrap();
+    assert_eq!(audit["rows"], 12000);
+    assert!(m["counts"]["tables"].as_i64().unwrap() >= 14);
+    assert!(m["counts"]["sequences"].as_i64().unwrap() >= 8);
+    let data = std::fs::read(cli.backups().join("first.dump")).unwrap();
+    assert_eq!(m["size_bytes"].as_u64().unwrap(), data.len() as u64);
+    assert!(data.starts_with(b"PGDMP"));
+
+    // Files are private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(cli.backups().join("first.dump"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "backup readable by others: {mode:o}");
+
+    // list --json
+    let list = cli.list();
+    assert_eq!(list.len(), 1);
+    for key in ["name", "created_at", "size_bytes", "sha256", "database"] {
+        assert!(list[0].get(key).is_some(), "list entry lacks {key}");
+    }
+    assert_eq!(list[0]["sha256"], m["sha256"]);
+
+    // Restore into a new database and compare everything.
+    let dst = pg.adopt(&unique("kb_dst"));
+    cli.run(&["restore", "first", &dst.name])
+        .assert_code(0)
+        .assert_stderr_contains("Restore completed successfully");
+    assert_same(&pg.fingerprint(&src.name), &pg.fingerprint(&dst.name));
+    assert!(
+        pg.databases_with_prefix("kaizen_restore_")
+            .iter()
+            .all(|d| !d.contains(&dst.name))
+    );
+}
+
+#[test]
+fn default_name_is_utc_timestamp_and_latest_resolves() {
+    let pg = Pg::get();
+    let src = pg.create_db("kb_name");
+    pg.psql(
+        &src.name,
+        "CREATE TABLE t(x int); INSERT INTO t VALUES (1),(2)",
+    );
+    let cli = Cli::for_db(&src.name);
+    cli.run(&["backup"]).assert_code(0);
+    let list = cli.list();
+    let name = list[0]["name"].as_str().unwrap().to_string();
+    assert!(
+        name.starts_with("backup_") && name.len() == "backup_20240115_143000".len(),
+        "{name}"
+    );
+    assert!(name[7..15].chars().all(|c| c.is_ascii_digit()) && &name[15..16] == "_");
+    let dst = pg.adopt(&unique("kb_latest"));
+    cli.run(&["restore", "latest", &dst.name]).assert_code(0);
+    assert_eq!(pg.psql(&dst.name, "SELECT sum(x) FROM t"), "3");
+}
+
+#[test]
+fn nonexistent_backup_fails_cleanly() {
+    let pg = Pg::get();
+    let src = pg.create_db("kb_none");
+    let cli = Cli::for_db(&src.name);
+    let dst = unique("kb_never");
+    let out = cli.run(&["restore", "no_such_backup", &dst]);
+    out.assert_code(1).assert_stderr_contains("not found");
+    assert!(!pg.db_exists(&dst));
+    cli.run(&["restore", "latest", &dst])
+        .assert_code(1)
+        .assert_stderr_contains("no backup");
+    cli.run(&["restore", "/nonexistent/x.dump", &dst])
+        .assert_code(1);
+    assert!(!pg.db_exists(&dst));
+}
+
+/// Target with known content, used by the corruption tests.
+fn target_with_content(pg: &Pg) -> kaizen_backup_e2e::TestDb {
+    let t = pg.create_db("kb_target");
+    pg.psql(
+        &t.name,
+        "CREATE TABLE keep_me(v text); INSERT INTO keep_me VALUES ('original')",
+    );
+    t
+}
+
+#[test]
+fn flipped_byte_is_refused_and_target_unchanged() {
+    let pg = Pg::get();
+    let src = pg.sample_db("kb_flip");
+    let cli = Cli::for_db(&src.name);
+    cli.run(&["backup", "b"]).assert_code(0);
+    let path = cli.backups().join("b.dump");
+    let mut data = std::fs::read(&path).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0x01;
+    std::fs::write(&path, &data).unwrap();
+
+    let target = target_with_content(&pg);
+    let before = pg.fingerprint(&target.name);
+    let out = cli.run(&["restore", "b", &target.name, "--no-safety-backup"]);
+    out.assert_code(1)
+        .assert_stderr_contains("Invalid backup file format or corrupted file")
+        .assert_stderr_contains("checksum mismatch");
+    assert_same(&pg.fingerprint(&target.name), &before);
+    assert!(
+        pg.databases_with_prefix(&format!("kaizen_restore_{}", target.name))
+            .is_empty()
+    );
+}
+
+#[test]
+fn truncated_backup_is_refused_and_target_unchanged() {
+    let pg = Pg::get();
+    let src = pg.sample_db("kb_trunc");
+    let cli = Cli::for_db(&src.name);
+    cli.run(&["backup", "b"]).assert_code(0);
+    let path = cli.backups().join("b.dump");
+    let data = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &data[..data.len() / 3]).unwrap();
+    let target = target_with_content(&pg);
+    let before = pg.fingerprint(&target.name);
+    cli.run(&["restore", "b", &target.name, "--no-safety-backup"])
+        .assert_code(1)
+        .assert_stderr_contains("Invalid backup file format or corrupted file");
+    assert_same(&pg.fingerprint(&target.name), &before);
+    // A truncated bare file (no manifest) is refused by pg_restore's own check.
+    let bare = cli.path().join("bare.dump");
+    std::fs::write(&bare, &data[..data.len() / 3]).unwrap();
+    let out = cli.run(&[
+        "restore",
+        bare.to_str().unwrap(),
+        &target.name,
+        "--no-safety-backup",
+    ]);
+    out.assert_code(1).assert_stderr_contains("no manifest");
+    assert_same(&pg.fingerprint(&target.name), &before);
+    assert!(
+        pg.databases_with_prefix(&format!("kaizen_restore_{}", target.name))
+            .is_empty()
+    );
+}
+
+#[test]
+fn bare_dump_file_restores_with_a_warning() {
+    let pg = Pg::get();
+    let src = pg.sample_db("kb_bare");
+    let cli = Cli::for_db(&src.name);
+    cli.run(&["backup", "b"]).assert_code(0);
+    let bare = cli.path().join("copied.dump");
+    std::fs::copy(cli.backups().join("b.dump"), &bare).unwrap();
+    let dst = pg.adopt(&unique("kb_bare_dst"));
+    let out = cli.run(&["restore", bare.to_str().unwrap(), &dst.name]);
+    out.assert_code(0)
+        .assert_stderr_contains("no manifest: its checksum cannot be checked");
+    assert_same(&pg.fingerprint(&src.name), &pg.fingerprint(&dst.name));
+}
+
+#[test]
+fn wrong_password_is_reported_without_the_password() {
+    let pg = Pg::get();
+    let src = pg.create_db("kb_pw");
+    let cli = Cli::for_db(&src.name).env("POSTGRES_PASSWORD", "Wr0ngSecret-xyz");
+    let out = cli.run(&["backup", "b", "-vv"]);
+    out.assert_code(1)
+        .assert_stderr_contains(&format!(
+            "Cannot connect to database: {}@{}:{}",
+            src.name, pg.host, pg.port
+        ))
+        .assert_stderr_contains("password authentication failed");
+    assert!(!out.all().contains("Wr0ngSecret-xyz"));
+    assert!(
+        cli.backup_files().iter().all(|f| !f.starts_with('b')),
+        "{:?}",
+        cli.backup_files()
+    );
+}
+
+#[test]
+fn unreachable_host_fails_clearly() {
+    let pg = Pg::get();
+    let cli = Cli::for_db("kaizen_studio")
+        .env("POSTGRES_PORT", &free_port().to_string())
+        .env("POSTGRES_HOST", &pg.host);
+    let started = Instant::now();
+    let out = cli.run(&["backup", "b"]);
+    out.assert_code(1)
+        .assert_stderr_contains("Cannot connect to database: kaizen_studio@");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(cli.backup_files().is_empty());
+}
+
+#[test]
+fn pg_dump_not_on_path() {
+    let pg = Pg::get();
+    let src = pg.create_db("kb_path");
+    let cli = Cli::for_db(&src.name).env("PATH", "/nonexistent");
+    let out = cli.run(&["backup", "b"]);
+    out.assert_code(1)
+        .assert_stderr_contains("pg_dump command not found")
+        .assert_stderr_contains("apt-get install postgresql-client");
+    assert!(cli.backup_files().is_empty());
+}
+
+#[test]
+fn invalid_names_are_refused_before_anything_runs() {
+    let cli = Cli::new().env("POSTGRES_PORT", "1");
+    for bad in ["../x", "/etc/passwd", "", "a b", "latest", ".hidden"] {
+        let out = cli.run(&["backup", bad]);
+        out.assert_code(2)
+            .assert_stderr_contains("invalid backup name");
+    }
+    assert!(!cli.backups().exists(), "nothing may be created");
+}
+
+#[test]
+fn existing_name_is_refused_and_original_kept() {
+    let pg = Pg::get();
+    let src = pg.create_db("kb_dup");
+    pg.psql(&src.name, "CREATE TABLE t(x int); INSERT INTO t VALUES (1)");
+    let cli = Cli::for_db(&src.name);
+    cli.run(&["backup", "dup"]).assert_code(0);
+    let before = std::fs::read(cli.backups().join("dup.dump")).unwrap();
+    let m_before = std::fs::read(cli.backups().join("dup.manifest.json")).unwrap();
+    pg.psql(&src.name, "INSERT INTO t VALUES (2)");
+    cli.run(&["backup", "dup"])
+        .assert_code(1)
+        .assert_stderr_contains("already exists");
+    assert_eq!(
+        std::fs::read(cli.backups().join("dup.dump")).unwrap(),
+        before
+    );
+    assert_eq!(
+        std::fs::read(cli.backups().join("dup.manifest.json")).unwrap(),
+        m_before
+    );
+}
+
+#[test]
+fn invalid_configuration_names_the_key() {
+    let cli = Cli::new().env("POSTGRES_PORT", "not-a-port");
+    let out = cli.run(&["backup", "x"]);
+    out.assert_code(2)
+        .assert_stderr_contains("database.port")
+        .assert_stderr_contains("POSTGRES_PORT");
+    cli.run(&["config", "check"]).assert_code(2);
+
+    let cli = Cli::new();
+    std::fs::write(
+        cli.path().join("kaizen-backup.toml"),
+        "[backup]\ncompression = \"rar\"\n",
+    )
+    .unwrap();
+    cli.run(&["config", "check"])
+        .assert_code(2)
+        .assert_stderr_contains("backup.compression");
+    let bad = cli.path().join("bad.toml");
+    std::fs::write(&bad, "[restore]\njobs = \"many\"\n").unwrap();
+    cli.run(&["--config", bad.to_str().unwrap(), "config", "check"])
+        .assert_code(2)
+        .assert_stderr_contains("restore.jobs");
+    cli.run(&["--config", "/nonexistent.toml", "list"])
+        .assert_code(2);
+    assert!(!cli.backups().exists());
+}
+
+#[test]
+fn config_show_redacts_secrets_and_names_sources() {
+    let cli = Cli::for_db("kaizen_studio")
+        .env("POSTGRES_PASSWORD", "Sup3rSecret!")
+        .env("BACKUP_RETENTION_COUNT", "5");
+    std::fs::write(cli.path().join(".env"), "POSTGRES_HOST=from-dotenv\n").unwrap();
+    let out = cli.env_remove("POSTGRES_HOST").run(&["config", "show"]);
+    out.assert_code(0);
+    assert!(!out.all().contains("Sup3rSecret!"));
+    assert!(out.stdout.contains("***"));
+    assert!(
+        out.stdout.contains("from-dotenv") && out.stdout.contains(".env file (POSTGRES_HOST)"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("POSTGRES_PASSWORD"), "{}", out.stdout);
+}
+
+#[test]
+fn production_restore_needs_confirmation() {
+    let pg = Pg::get();
+    let src = pg.create_db("kb_prodsrc");
+    pg.psql(
+        &src.name,
+        "CREATE TABLE t(v text); INSERT INTO t VALUES ('from backup')",
+    );
+    let cli = Cli::for_db(&src.name);
+    cli.run(&["backup", "b"]).assert_code(0);
+    let target = target_with_content(&pg);
+    let before = pg.fingerprint(&target.name);
+    let prod = Cli::for_db(&src.name)
+        .env("ENVIRONMENT", "production")
+        .env("BACKUP_DIR", cli.backups().to_str().unwrap());
+    let out = prod.run(&["restore", "b", &target.name]);
+    out.assert_code(1)
+        .assert_stderr_contains("[WARNING] PRODUCTION ENVIRONMENT DETECTED")
+        .assert_stderr_contains("--confirm-production");
+    assert_same(&pg.fingerprint(&target.name), &before);
+    prod.run(&[
+        "restore",
+        "b",
+        &target.name,
+        "--confirm-production",
+        "other_db",
+    ])
+    .assert_code(1);
+    assert_same(&pg.fingerprint(&target.name), &before);
+    prod.run(&[
+        "restore",
+        "b",
+        &target.name,
+        "--confirm-production",
+        &target.name,
+    ])
+    .assert_code(0);
+    assert_eq!(pg.psql(&target.name, "SELECT v FROM t"), "from backup");
+    // A safety backup of the replaced database was taken first.
+    let list = cli.list();
+    assert!(
+        list.iter()
+            .any(|b| b["kind"] == "safety" && b["database"] == target.name.as_str()),
+        "{list:?}"
+    );
+}
+
+#[test]
+fn failing_pg_restore_leaves_target_unchanged() {
+    let pg = Pg::get();
+    let role = unique("kb_gone_role");
+    pg.psql("postgres", &format!("CREATE ROLE {role}"));
+    let src = pg.create_db("kb_fail");
+    pg.psql(&src.name, &format!("CREATE TABLE a(x int); INSERT INTO a SELECT generate_series(1,1000); CREATE TABLE owned(x int); ALTER TABLE owned OWNER TO {role}"));
+    let cli = Cli::for_db(&src.name);
+    cli.run(&["backup", "b"]).assert_code(0);
+    // The owner role disappears: pg_restore fails midway at ALTER TABLE ... OWNER TO.
+    pg.psql(&src.name, "DROP TABLE owned");
+    pg.psql("postgres", &format!("DROP ROLE {role}"));
+    let target = target_with_content(&pg);
+    let before = pg.fingerprint(&target.name);
+    let out = cli.run(&["restore", "b", &target.name, "--no-safety-backup"]);
+    out.assert_code(1)
+        .assert_stderr_contains("pg_restore failed");
+    assert_same(&pg.fingerprint(&target.name), &before);
+    assert!(
+        pg.databases_with_prefix("kaizen_restore_")
+            .iter()
+            .all(|d| !d.contains(&target.name))
+    );
+    // With restore.no_owner the same backup restores.
+    let ok = Cli::for_db(&src.name)
+        .env("BACKUP_DIR", cli.backups().to_str().unwrap())
+        .env("KAIZEN_BACKUP_RESTORE__NO_OWNER", "true");
+    let dst = pg.adopt(&unique("kb_noowner"));
+    ok.run(&["restore", "b", &dst.name]).assert_code(0);
+    assert_eq!(pg.psql(&dst.name, "SELECT count(*) FROM a"), "1000");
+}
+
+#[test]
+fn sigterm_during_backup_leaves_nothing_and_next_backup_works() {
+    let pg = Pg::get();
+    let src = pg.create_db("kb_sig");
+    pg.psql(&src.name, "CREATE TABLE big AS SELECT g, md5(g::text) AS h, repeat(md5((g*7)::text), 4) AS pad FROM generate_series(1, 1500000) g");
+    let cli = Cli::for_db(&src.name).env("KAIZEN_BACKUP_BACKUP__COMPRESSION", "none");
+    let child = cli.spawn(&["backup", "interrupted"]);
+    // Wait until data is being written, then stop it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cli
+        .backup_files()
+        .iter()
+        .any(|f| f.starts_with(".partial.interrupted"))
+    {
+        assert!(Instant::now() < deadline, "backup never started writing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let out = wait(child);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("nothing was committed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        cli.backup_files().is_empty(),
+        "left behind: {:?}",
+        cli.backup_files()
+    );
+    assert!(cli.list().is_empty());
+    cli.run(&["backup", "after"]).assert_code(0);
+    assert_eq!(cli.list().len(), 1);
+}
+
+#[test]
+fn leftovers_without_manifest_are_listed_as_incomplete_only() {
+    let pg = Pg::get();
+    let src = pg.create_db("kb_left");
+    let cli = Cli::for_db(&src.name);
+    cli.run(&["backup", "good"]).assert_code(0);
+    std::fs::write(cli.backups().join("killed_run.dump"), b"PGDMP partial").unwrap();
+    let out = cli.run(&["list"]);
+    out.assert_code(0);
+    assert!(
+        out.stdout.contains("killed_run.dump") && out.stdout.contains("INCOMPLETE"),
+        "{}",
+        out.stdout
+    );
+    let list = cli.list();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["name"], "good");
+    // `latest` never resolves to a leftover.
+    let dst = pg.adopt(&unique("kb_left_dst"));
+    cli.run(&["restore", "latest", &dst.name])
+        .assert_code(0)
+        .assert_stderr_contains("good");
+}
+
+#[test]
+fn insufficient_disk_space_is_refused() {
+    let pg = Pg::get();
+    let src = pg.sample_db("kb_space");
+    let cli = Cli::for_db(&src.name).env("KAIZEN_BACKUP_BACKUP__SPACE_RATIO", "1000000000");
+    let out = cli.run(&["backup", "b"]);
+    out.assert_code(1)
+        .assert_stderr_contains("Insufficient disk space. Available: ")
+        .assert_stderr_contains("Required: ");
+    assert!(cli.backup_files().is_empty());
+}
+
+#[test]
+fn parallel_restore_round_trips() {
+    let pg = Pg::get();
+    let src = pg.sample_db("kb_jobs");
+    let cli = Cli::for_db(&src.name);
+    cli.run(&["backup", "b"]).assert_code(0);
+    let dst = pg.adopt(&unique("kb_jobs_dst"));
+    cli.run(&["restore", "b", &dst.name, "--jobs", "2"])
+        .assert_code(0);
+    assert_same(&pg.fingerprint(&src.name), &pg.fingerprint(&dst.name));
+}
+
+#[test]
+fn json_logs_and_log_file() {
+    let pg = Pg::get();
+    let src = pg.create_db("kb_logs");
+    let cli = Cli::for_db(&src.name).env("KAIZEN_BACKUP_LOG__FILE", "backups/backup.log");
+    let out = cli.run(&["--log-format", "json", "backup", "j"]);
+    out.assert_code(0);
+    let first = out.stderr.lines().next().unwrap();
+    let v: serde_json::Value = serde_json::from_str(first).unwrap();
+    assert!(
+        v["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Starting backup: j")
+    );
+    let log = std::fs::read_to_string(cli.backups().join("backup.log")).unwrap();
+    assert!(log.contains("Starting backup: j"));
+}
