@@ -141,10 +141,12 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::Config(ConfigCommand::Show { json }) => config_cmd::show(ctx, json),
         Command::Config(ConfigCommand::Check) => config_cmd::check(ctx),
         Command::Status { json, max_age } => status::run(ctx, json, max_age).await,
-        Command::Verify { .. }
-        | Command::Prune { .. }
-        | Command::Pin { .. }
-        | Command::Unpin { .. } => Err(Error::other(
+        Command::Verify {
+            backup,
+            quick,
+            json,
+        } => verify::run(ctx, &backup, quick, json).await,
+        Command::Prune { .. } | Command::Pin { .. } | Command::Unpin { .. } => Err(Error::other(
             "this command is not available in this build yet",
         )),
         Command::Completions { .. } | Command::Man { .. } => Ok(()),

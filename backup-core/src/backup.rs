@@ -563,7 +563,7 @@ async fn abort_all(tasks: &mut [TargetTask]) {
 }
 
 /// Stop pg_dump: SIGTERM first so it can tell the server, then SIGKILL.
-pub(crate) async fn terminate(child: &mut Child) {
+pub async fn terminate(child: &mut Child) {
     if let Some(pid) = child.id() {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
@@ -580,7 +580,7 @@ pub(crate) async fn terminate(child: &mut Child) {
 }
 
 /// Keep the last lines of a child's stderr for error messages.
-pub(crate) fn collect_stderr(child: &mut Child) -> JoinHandle<String> {
+pub fn collect_stderr(child: &mut Child) -> JoinHandle<String> {
     let stderr = child.stderr.take();
     tokio::spawn(async move {
         let Some(mut s) = stderr else {

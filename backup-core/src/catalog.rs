@@ -26,6 +26,7 @@ impl BackupEntry {
     /// `verified`, `FAILED`, or `unverified`.
     pub fn verify_state(&self) -> &'static str {
         match &self.verify {
+            Some(v) if v.passed && v.quick => "verified (quick)",
             Some(v) if v.passed => "verified",
             Some(_) => "FAILED",
             None => "unverified",

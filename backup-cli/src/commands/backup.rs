@@ -71,5 +71,8 @@ pub async fn run(ctx: &Ctx, args: BackupArgs) -> Result<()> {
     bar.finish();
     let outcome = result?;
     report(&outcome, &targets);
+    if args.verify || c.backup.verify {
+        crate::commands::verify::run(ctx, &outcome.manifest.name, false, false).await?;
+    }
     Ok(())
 }

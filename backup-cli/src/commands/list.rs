@@ -57,7 +57,9 @@ fn entry_json(storage: &dyn Storage, b: &catalog::BackupEntry) -> serde_json::Va
         "encryption": m.encryption,
         "pinned": m.pinned,
         "kind": m.kind.clone().unwrap_or_else(|| "backup".into()),
-        "verified": b.verify.as_ref().map(|v| v.passed),
+        // true: a full verification passed; false: the last verification failed;
+        // null: never verified by a test restore.
+        "verified": b.verify.as_ref().and_then(|v| if !v.passed { Some(false) } else if v.quick { None } else { Some(true) }),
         "verify_status": b.verify_state(),
         "verified_at": b.verify.as_ref().map(|v| v.finished_at),
         "data_present": b.data.is_some(),

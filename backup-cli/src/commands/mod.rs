@@ -5,3 +5,4 @@ pub mod config_cmd;
 pub mod list;
 pub mod restore;
 pub mod status;
+pub mod verify;

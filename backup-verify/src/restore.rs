@@ -1,0 +1,311 @@
+//! Checks 3–10: test restore into a temporary database, then compare it with what the
+//! manifest recorded at dump time. The temporary database is always dropped.
+
+use std::time::Instant;
+
+use backup_core::catalog::Resolved;
+use backup_core::manifest::Manifest;
+use backup_core::pg::{PgConfig, db_error, quote_ident};
+use backup_core::restore::{self, RestoreOptions, create_database, drop_database, temp_db_name};
+use backup_core::stats::{object_counts, table_counts};
+use backup_core::{CheckResult, Error, Result, VerifyContext};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{DecoderFactory, result};
+
+/// Prefix of temporary verification databases.
+pub const VERIFY_DB_PREFIX: &str = "kaizen_verify_";
+
+/// Restores into a temporary database and compares it with the manifest.
+pub struct TestRestore<'a> {
+    /// Cancels the restore (the database is still dropped).
+    pub cancel: CancellationToken,
+    /// Decoder for objects kaizen-backup compressed or encrypted.
+    pub decoder: Option<&'a DecoderFactory>,
+}
+
+impl std::fmt::Debug for TestRestore<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestRestore").finish_non_exhaustive()
+    }
+}
+
+/// Drop `kaizen_verify_*` databases nobody is connected to: leftovers of killed runs.
+pub async fn drop_stale_databases(admin: &Client) -> Result<Vec<String>> {
+    let rows = admin
+        .query(
+            "SELECT d.datname FROM pg_database d WHERE starts_with(d.datname, $1) \
+             AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)",
+            &[&VERIFY_DB_PREFIX],
+        )
+        .await
+        .map_err(|e| db_error("looking for stale verification databases", &e))?;
+    let mut dropped = Vec::new();
+    for r in rows {
+        let name: String = r.get(0);
+        match drop_database(admin, &name).await {
+            Ok(()) => {
+                warn!("Dropped {name}, left behind by an interrupted verification");
+                dropped.push(name);
+            }
+            Err(e) => warn!("Could not drop stale {name}: {e}"),
+        }
+    }
+    Ok(dropped)
+}
+
+impl TestRestore<'_> {
+    /// Run checks 3–10.
+    pub async fn run(&self, ctx: &VerifyContext) -> Result<Vec<CheckResult>> {
+        let started = Instant::now();
+        let Some(pg) = &ctx.pg else {
+            return Err(Error::usage(
+                "a test restore needs database connection settings",
+            ));
+        };
+        let admin = pg.connect_to(&pg.maintenance_db).await?;
+        drop_stale_databases(&admin).await?;
+        let tool = restore::pg_restore_tool(pg, &admin).await?;
+        let superuser: bool = admin
+            .query_one(
+                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(|e| db_error("checking privileges", &e))?
+            .get(0);
+        let base: String = ctx.name.chars().take(24).collect();
+        let db = temp_db_name(VERIFY_DB_PREFIX.trim_end_matches('_'), &base);
+        create_database(&admin, &db, ctx.manifest.as_ref()).await?;
+        info!("Temporary database: {db}");
+        let outcome = self
+            .restore_and_compare(ctx, pg, &tool, &db, superuser, started)
+            .await;
+        // Always dropped: success, failure or cancellation.
+        if let Err(e) = drop_database(&admin, &db).await {
+            warn!("Could not drop {db}: {e}; the next verify drops it");
+        }
+        if self.cancel.is_cancelled() {
+            return Err(Error::Interrupted("a signal".into()));
+        }
+        outcome
+    }
+
+    async fn restore_and_compare(
+        &self,
+        ctx: &VerifyContext,
+        pg: &PgConfig,
+        tool: &backup_core::pg::Tool,
+        db: &str,
+        superuser: bool,
+        started: Instant,
+    ) -> Result<Vec<CheckResult>> {
+        let resolved = Resolved {
+            name: ctx.name.clone(),
+            storage: ctx.storage.clone(),
+            data_key: ctx.data_key.clone(),
+            manifest: ctx.manifest.clone(),
+        };
+        let mut opts = RestoreOptions::new(db);
+        // A role that is not superuser cannot give objects to their original owners.
+        opts.no_owner = !superuser;
+        if let Some(f) = self.decoder {
+            opts.decoder = Some(f()?);
+        }
+        let loaded = restore::load(pg, tool, &resolved, db, &mut opts, &self.cancel).await;
+        let mut checks = Vec::new();
+        match loaded {
+            Ok(stats) => checks.push(result(
+                "test_restore",
+                true,
+                format!("restored {} bytes into {db}", stats.size),
+                started,
+            )),
+            Err(e @ Error::Interrupted(_)) => return Err(e),
+            Err(e) => {
+                checks.push(result("test_restore", false, e.to_string(), started));
+                return Ok(checks);
+            }
+        }
+        let client = pg.connect_to(db).await?;
+        let Some(m) = &ctx.manifest else {
+            checks.push(result(
+                "tables",
+                true,
+                "no manifest to compare with",
+                Instant::now(),
+            ));
+            return Ok(checks);
+        };
+        checks.extend(compare_counts(&client, m).await?);
+        checks.push(compare_rows(&client, m).await?);
+        checks.push(check_foreign_keys(&client).await?);
+        checks.push(compare_size(&client, m).await?);
+        Ok(checks)
+    }
+}
+
+/// Checks 4–7.
+async fn compare_counts(client: &Client, m: &Manifest) -> Result<Vec<CheckResult>> {
+    let t = Instant::now();
+    let got = object_counts(client).await?;
+    let want = &m.counts;
+    Ok([
+        ("tables", got.tables, want.tables),
+        ("sequences", got.sequences, want.sequences),
+        ("indexes", got.indexes, want.indexes),
+        ("constraints", got.constraints, want.constraints),
+    ]
+    .into_iter()
+    .map(|(name, g, w)| {
+        if g == w {
+            result(name, true, format!("{g}"), t)
+        } else {
+            result(
+                name,
+                false,
+                format!("restored copy has {g}, manifest recorded {w}"),
+                t,
+            )
+        }
+    })
+    .collect())
+}
+
+/// Check 8: exact row counts per table.
+async fn compare_rows(client: &Client, m: &Manifest) -> Result<CheckResult> {
+    let t = Instant::now();
+    if m.tables.is_empty() && m.counts.tables > 0 {
+        return Ok(result(
+            "row_counts",
+            true,
+            "skipped: the manifest has no row counts (backup.row_counts = false)",
+            t,
+        ));
+    }
+    let got = table_counts(client).await?;
+    let mut problems = Vec::new();
+    for want in &m.tables {
+        match got
+            .iter()
+            .find(|g| g.schema == want.schema && g.name == want.name)
+        {
+            Some(g) if g.rows == want.rows => {}
+            Some(g) => problems.push(format!(
+                "{}.{}: {} rows, manifest {}",
+                want.schema, want.name, g.rows, want.rows
+            )),
+            None => problems.push(format!("{}.{}: missing", want.schema, want.name)),
+        }
+    }
+    for g in &got {
+        if !m
+            .tables
+            .iter()
+            .any(|w| w.schema == g.schema && w.name == g.name)
+        {
+            problems.push(format!("{}.{}: not in the manifest", g.schema, g.name));
+        }
+    }
+    if problems.is_empty() {
+        let total: i64 = m.tables.iter().map(|t| t.rows).sum();
+        Ok(result(
+            "row_counts",
+            true,
+            format!("{} tables, {total} rows, all equal", m.tables.len()),
+            t,
+        ))
+    } else {
+        Ok(result(
+            "row_counts",
+            false,
+            problems.into_iter().take(10).collect::<Vec<_>>().join("; "),
+            t,
+        ))
+    }
+}
+
+/// Check 9: every foreign key validates (no orphan rows), by anti-join.
+async fn check_foreign_keys(client: &Client) -> Result<CheckResult> {
+    let t = Instant::now();
+    let rows = client
+        .query(
+            "SELECT con.conname::text, cn.nspname::text, c.relname::text, c.relkind::text, pn.nspname::text, p.relname::text, \
+                    ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(n, i) \
+                          JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.i), \
+                    ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY k(n, i) \
+                          JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.i) \
+             FROM pg_constraint con \
+             JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+             JOIN pg_class p ON p.oid = con.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace \
+             WHERE con.contype = 'f' AND con.conparentid = 0",
+            &[],
+        )
+        .await
+        .map_err(|e| db_error("listing foreign keys", &e))?;
+    let mut bad = Vec::new();
+    for r in &rows {
+        let (name, cs, ct, kind, ps, pt): (String, String, String, String, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        let fk: Vec<String> = r.get(6);
+        let pk: Vec<String> = r.get(7);
+        let only = if kind == "r" { "ONLY " } else { "" };
+        let not_null = fk
+            .iter()
+            .map(|c| format!("c.{} IS NOT NULL", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let join = fk
+            .iter()
+            .zip(&pk)
+            .map(|(f, p)| format!("p.{} = c.{}", quote_ident(p), quote_ident(f)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let sql = format!(
+            "SELECT count(*) FROM {only}{}.{} c WHERE {not_null} AND NOT EXISTS (SELECT 1 FROM {}.{} p WHERE {join})",
+            quote_ident(&cs),
+            quote_ident(&ct),
+            quote_ident(&ps),
+            quote_ident(&pt)
+        );
+        let orphans: i64 = client
+            .query_one(sql.as_str(), &[])
+            .await
+            .map_err(|e| db_error(format!("checking foreign key {name}"), &e))?
+            .get(0);
+        if orphans > 0 {
+            bad.push(format!("{cs}.{ct} {name}: {orphans} orphan row(s)"));
+        }
+    }
+    if bad.is_empty() {
+        Ok(result(
+            "foreign_keys",
+            true,
+            format!("{} foreign keys, no orphan rows", rows.len()),
+            t,
+        ))
+    } else {
+        Ok(result("foreign_keys", false, bad.join("; "), t))
+    }
+}
+
+/// Check 10: restored size beside the source size. Index bloat and free space make
+/// them differ; only a gross mismatch (under a tenth or over ten times) fails.
+async fn compare_size(client: &Client, m: &Manifest) -> Result<CheckResult> {
+    let t = Instant::now();
+    let size: i64 = client
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await
+        .map_err(|e| db_error("reading the restored size", &e))?
+        .get(0);
+    let src = m.database_size_bytes.max(1);
+    let ratio = size as f64 / src as f64;
+    let detail = format!(
+        "restored {} vs source {} (ratio {ratio:.2})",
+        backup_core::util::human_size(size.max(0) as u64),
+        backup_core::util::human_size(src as u64)
+    );
+    Ok(result("size", (0.1..=10.0).contains(&ratio), detail, t))
+}
