@@ -13,13 +13,13 @@ pub async fn run(ctx: &Ctx, spec: &str, quick: bool, json: bool) -> Result<()> {
     let c = ctx.config();
     let resolved = resolve(ctx, spec).await?;
     let started = Instant::now();
-    if let Some(m) = &resolved.manifest {
-        if m.compression == "zstd" || m.encryption != "none" {
-            return Err(Error::NotCompiled {
-                what: format!("verifying {}/{} backups", m.compression, m.encryption),
-                feature: "zstd/age".into(),
-            });
-        }
+    if let Some(m) = &resolved.manifest
+        && (m.compression == "zstd" || m.encryption != "none")
+    {
+        return Err(Error::NotCompiled {
+            what: format!("verifying {}/{} backups", m.compression, m.encryption),
+            feature: "zstd/age".into(),
+        });
     }
     let vctx = VerifyContext {
         name: resolved.name.clone(),
@@ -34,10 +34,10 @@ pub async fn run(ctx: &Ctx, spec: &str, quick: bool, json: bool) -> Result<()> {
         decoder: None,
     };
     let record = backup_verify::run(&vctx, &opts).await?;
-    if resolved.manifest.is_some() {
-        if let Err(e) = store_record(resolved.storage.as_ref(), &record).await {
-            warn!("Could not record the verification result beside the backup: {e}");
-        }
+    if resolved.manifest.is_some()
+        && let Err(e) = store_record(resolved.storage.as_ref(), &record).await
+    {
+        warn!("Could not record the verification result beside the backup: {e}");
     }
     if json {
         crate::app::emit(
