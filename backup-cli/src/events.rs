@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use backup_core::notify::notify_all;
 use backup_core::{Event, EventKind, Notifier};
 
+use backup_core::backup::{BackupOutcome, Target};
+
 use crate::app::Ctx;
 
 /// Where events go.
@@ -46,5 +48,34 @@ impl Reporter {
 pub async fn stale(ctx: &Ctx, message: &str) {
     let mut ev = Event::new(EventKind::BackupStale, &ctx.config().database.name);
     ev.error = Some(message.to_string());
+    ctx.reporter.send(&ev).await;
+}
+
+/// A backup committed.
+pub async fn backup_succeeded(ctx: &Ctx, outcome: &BackupOutcome) {
+    let m = &outcome.manifest;
+    let mut ev = Event::new(EventKind::BackupSucceeded, &m.database);
+    ev.backup = Some(m.name.clone());
+    ev.targets = outcome.committed.clone();
+    ev.size_bytes = Some(m.size_bytes);
+    ev.duration_seconds = Some(outcome.duration.as_secs_f64());
+    if !outcome.failed_optional.is_empty() {
+        ev.details = serde_json::json!({
+            "failed_optional_targets": outcome
+                .failed_optional
+                .iter()
+                .map(|(t, e)| serde_json::json!({ "target": t, "error": e }))
+                .collect::<Vec<_>>()
+        });
+    }
+    ctx.reporter.send(&ev).await;
+}
+
+/// A backup failed: nothing was committed.
+pub async fn backup_failed(ctx: &Ctx, name: &str, targets: &[Target], error: &backup_core::Error) {
+    let mut ev = Event::new(EventKind::BackupFailed, &ctx.config().database.name);
+    ev.backup = (!name.is_empty()).then(|| name.to_string());
+    ev.targets = targets.iter().map(|t| t.storage.url()).collect();
+    ev.error = Some(error.to_string());
     ctx.reporter.send(&ev).await;
 }

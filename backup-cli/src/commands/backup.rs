@@ -54,23 +54,35 @@ pub fn report(outcome: &BackupOutcome, targets: &[backup::Target]) {
     }
 }
 
-pub async fn run(ctx: &Ctx, args: BackupArgs) -> Result<()> {
+fn name_of(args: &BackupArgs) -> String {
+    args.name.clone().unwrap_or_default()
+}
+
+pub async fn run(ctx: &Ctx, mut args: BackupArgs) -> Result<()> {
     let c = ctx.config();
     let name = args
         .name
         .clone()
         .unwrap_or_else(backup_core::name::default_name);
+    args.name = Some(name.clone());
     backup_core::name::validate(&name)?;
     let targets = config::open_targets(c)?;
     let pg = c.database.pg();
-    let mut opts = options(ctx, name)?;
+    let mut opts = options(ctx, name.clone())?;
     opts.pinned = args.pin;
     let bar = crate::progress::Bar::start("backup", ctx.progress);
     opts.progress = bar.callback();
     let result = backup::run(&pg, &targets, opts, ctx.cancel.clone()).await;
     bar.finish();
-    let outcome = result?;
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) => {
+            crate::events::backup_failed(ctx, &name_of(&args), &targets, &e).await;
+            return Err(e);
+        }
+    };
     report(&outcome, &targets);
+    crate::events::backup_succeeded(ctx, &outcome).await;
     if args.verify || c.backup.verify {
         crate::commands::verify::run(ctx, &outcome.manifest.name, false, false).await?;
     }
