@@ -77,6 +77,14 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Write a small metadata object (manifest, verify record), replacing any previous
+    /// version. Backends make this atomic where they can (local: temp file + rename;
+    /// object stores: a single PUT). The default deletes, then writes.
+    async fn put_replace(&self, key: &str, data: Bytes) -> Result<()> {
+        self.delete(key).await?;
+        put_bytes(self, key, data).await.map(|_| ())
+    }
+
     /// Create `key` with `data` only if it does not exist yet (used for lock objects).
     /// Returns `false` when the key already existed. The default is check-then-put,
     /// which backends with conditional writes override.

@@ -296,6 +296,31 @@ impl Storage for LocalStorage {
         self.path(key).ok()
     }
 
+    async fn put_replace(&self, key: &str, data: Bytes) -> Result<()> {
+        let path = self.path(key)?;
+        self.ensure_root().await?;
+        let tmp = self.root.join(format!(
+            "{PARTIAL_PREFIX}{key}.{}",
+            backup_core::util::random_suffix(8)
+        ));
+        let res: std::io::Result<()> = async {
+            let mut opts = fs::OpenOptions::new();
+            opts.write(true).create_new(true).mode(0o600);
+            let mut f = opts.open(&tmp).await?;
+            f.write_all(&data).await?;
+            f.sync_all().await?;
+            drop(f);
+            fs::rename(&tmp, &path).await?;
+            sync_dir(&self.root).await
+        }
+        .await;
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp).await;
+            return Err(self.err("replace", key, e));
+        }
+        Ok(())
+    }
+
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool> {
         let path = self.path(key)?;
         self.ensure_root().await?;

@@ -20,7 +20,6 @@ mod restore;
 use std::time::Instant;
 
 use backup_core::manifest::Manifest;
-use backup_core::storage::put_bytes;
 use backup_core::{
     CheckResult, Error, Result, Storage, Verifier, VerifyContext, VerifyRecord, success,
 };
@@ -115,15 +114,14 @@ pub async fn run(ctx: &VerifyContext, opts: &VerifyOptions) -> Result<VerifyReco
     })
 }
 
-/// Store the record beside the backup as `NAME.verify.json`, replacing the previous one.
-/// Storage never overwrites, so the old record is deleted first; a crash in between
-/// leaves the backup "unverified", never wrongly "verified".
+/// Store the record beside the backup as `NAME.verify.json`, replacing the previous one
+/// (atomically where the backend can; otherwise a crash in between leaves the backup
+/// "unverified", never wrongly "verified").
 pub async fn store_record(storage: &dyn Storage, record: &VerifyRecord) -> Result<()> {
     let key = Manifest::verify_key_for(&record.name);
     let json = serde_json::to_vec_pretty(record)
         .map_err(|e| Error::other(format!("cannot serialize the verify record: {e}")))?;
-    storage.delete(&key).await?;
-    put_bytes(storage, &key, json.into()).await.map(|_| ())
+    storage.put_replace(&key, json.into()).await
 }
 
 /// A check result with its duration measured from `started`.
