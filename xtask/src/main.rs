@@ -2,6 +2,7 @@
 
 mod demo;
 mod pg;
+mod services;
 mod test;
 
 use std::path::PathBuf;
@@ -13,9 +14,13 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   demo                 start a throwaway PostgreSQL, load the Kaizen Studio sample database,
                        back it up, list, restore into a new database and compare
-  test [-- ARGS]       start PostgreSQL (and the local cloud emulators), run the whole test suite;
+  test [--services LIST] [-- ARGS]
+                       install (once, under target/test-env) and start the test services on free
+                       ports, build the binary, run the whole test suite, stop everything;
+                       LIST: any of pg,s3,azure,gcs,webdav,smtp,pushgateway (default: all);
                        ARGS go to cargo nextest (e.g. -- -E 'test(round_trip)')
-  env                  start the test services, write target/test-env/env.sh, wait for Ctrl-C
+  env [--services LIST]
+                       start the same services, write target/test-env/env.sh, wait for Ctrl-C
   dist                 build release binaries for a few feature sets and print their sizes
   man [DIR]            write man pages (default target/man)";
 
@@ -26,7 +31,17 @@ fn main() {
     }
 }
 
+/// Set by SIGINT/SIGTERM/SIGHUP; long waits check it so cleanup (Drop) always runs.
+pub static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a termination signal arrived.
+pub fn stopped() -> bool {
+    STOP.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 fn run() -> Result<()> {
+    // Ctrl-C also reaches child processes (same process group); we stay alive to clean up.
+    ctrlc::set_handler(|| STOP.store(true, std::sync::atomic::Ordering::SeqCst))?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
         println!("{USAGE}");
@@ -35,7 +50,10 @@ fn run() -> Result<()> {
     let rest = &args[1..];
     match cmd.as_str() {
         "demo" => demo::run(),
-        "test" => test::run(rest),
+        "test" => {
+            let code = test::run(rest)?;
+            std::process::exit(code)
+        }
         "env" => test::env(rest),
         "dist" => dist(),
         "man" => man(rest),

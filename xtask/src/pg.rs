@@ -50,7 +50,8 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn is_root() -> bool {
+/// Whether we run as root (then the server runs as the `postgres` OS user).
+pub fn is_root() -> bool {
     nix_uid() == 0
 }
 
@@ -253,6 +254,20 @@ impl Drop for Cluster {
         if !self.keep {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Stop a cluster left running by a killed run (best effort).
+pub fn stop_dir(dir: &Path) {
+    let data = dir.join("data");
+    if !data.join("postmaster.pid").is_file() {
+        return;
+    }
+    if let (Ok(bin), Ok(d)) = (server_bin(), path_str(&data)) {
+        let _ = run_as_pg(
+            &bin.join("pg_ctl"),
+            &["-D", d, "-m", "immediate", "-w", "stop"],
+        );
     }
 }
 
