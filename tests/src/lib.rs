@@ -9,9 +9,29 @@
 pub mod cli;
 pub mod http;
 pub mod pg;
+pub mod services;
 
 pub use cli::{Cli, Output};
-pub use pg::{Pg, TestDb};
+pub use http::Recorder;
+pub use pg::{Pg, TestDb, assert_same};
+pub use services::{Azure, Gcs, S3, Smtp};
+
+/// A uniquely named empty database on the test cluster (`PREFIX_<random>`), dropped
+/// (WITH FORCE) when the handle is dropped.
+pub fn fresh_db(prefix: &str) -> TestDb {
+    Pg::get().create_db(prefix)
+}
+
+/// Load the Kaizen Studio sample (`tests/fixtures/kaizen_sample.sql`) into `db`.
+pub fn load_sample(db: &str) {
+    Pg::get().load_sample(db)
+}
+
+/// Everything that makes a database what it is: every table's ordered content hash,
+/// sequence values, large objects and the schema; compare with [`assert_same`].
+pub fn db_fingerprint(db: &str) -> String {
+    Pg::get().fingerprint(db)
+}
 
 /// A variable set by `cargo xtask test`; panics with how to run the tests otherwise.
 pub fn env(name: &str) -> String {

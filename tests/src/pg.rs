@@ -84,7 +84,17 @@ impl Pg {
     /// A database with the Kaizen Studio sample loaded.
     pub fn sample_db(&self, prefix: &str) -> TestDb {
         let db = self.create_db(prefix);
-        let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/kaizen_sample.sql");
+        self.load_sample(&db.name);
+        db
+    }
+
+    /// Load `tests/fixtures/kaizen_sample.sql` into the existing database `db`.
+    pub fn load_sample(&self, db: &str) {
+        self.psql_file(db, &sample_sql());
+    }
+
+    /// Run a SQL file as superuser; panics on failure.
+    pub fn psql_file(&self, db: &str, file: &std::path::Path) {
         let out = Command::new(self.bin.join("psql"))
             .args([
                 "-X",
@@ -98,18 +108,18 @@ impl Pg {
                 "-U",
                 &self.user,
                 "-d",
-                &db.name,
+                db,
                 "-f",
             ])
-            .arg(&file)
+            .arg(file)
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "loading the sample failed: {}",
+            "loading {} into {db} failed: {}",
+            file.display(),
             String::from_utf8_lossy(&out.stderr)
         );
-        db
     }
 
     pub fn db_exists(&self, name: &str) -> bool {
@@ -180,6 +190,11 @@ impl Pg {
             .join("\n");
         format!("TABLES\n{tables}\nSEQUENCES\n{sequences}\nLARGE OBJECTS\n{los}\nSCHEMA\n{schema}")
     }
+}
+
+/// Path of the Kaizen Studio sample database script.
+pub fn sample_sql() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/kaizen_sample.sql")
 }
 
 /// A database dropped at the end of the test.
