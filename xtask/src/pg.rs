@@ -104,7 +104,7 @@ impl Cluster {
         let data = dir.join("data");
         let sock = dir.join("sock");
         std::fs::create_dir_all(&sock)?;
-        let password = format!("pw{}", std::process::id());
+        let password = random_password();
         let pwfile = dir.join("pwfile");
         std::fs::write(&pwfile, format!("{password}\n"))?;
         chown_pg(&dir)?;
@@ -255,6 +255,22 @@ impl Drop for Cluster {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// 32 hex characters from /dev/urandom (no rand crate in xtask).
+fn random_password() -> String {
+    use std::io::Read;
+    let mut buf = [0u8; 16];
+    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
+    if ok.is_err() {
+        // Throwaway cluster on 127.0.0.1 only; a weaker password is acceptable here.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        return format!("kb{nanos:x}{}", std::process::id());
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Stop a cluster left running by a killed run (best effort).
