@@ -536,3 +536,47 @@ fn json_logs_and_log_file() {
     let log = std::fs::read_to_string(cli.backups().join("backup.log")).unwrap();
     assert!(log.contains("Starting backup: j"));
 }
+
+#[test]
+fn restore_into_existing_database_takes_a_safety_backup_first() {
+    let pg = Pg::get();
+    let src = pg.create_db("kb_safe_src");
+    pg.psql(
+        &src.name,
+        "CREATE TABLE t(v text); INSERT INTO t VALUES ('from backup')",
+    );
+    let cli = Cli::for_db(&src.name);
+    cli.run(&["backup", "b"]).assert_code(0);
+    let target = target_with_content(&pg);
+    let before = pg.fingerprint(&target.name);
+
+    let out = cli.run(&["restore", "b", &target.name]);
+    out.assert_code(0).assert_stderr_contains("safety backup");
+    assert_eq!(pg.psql(&target.name, "SELECT v FROM t"), "from backup");
+    assert!(
+        pg.try_psql(&target.name, "SELECT 1 FROM keep_me").is_err(),
+        "the old content must be replaced, not merged"
+    );
+    let list = cli.list();
+    let safety: Vec<_> = list.iter().filter(|b| b["kind"] == "safety").collect();
+    assert_eq!(safety.len(), 1, "{list:?}");
+    assert_eq!(safety[0]["database"], target.name.as_str());
+    // `latest` still means the newest regular backup, not the safety copy.
+    let dst = pg.adopt(&unique("kb_safe_latest"));
+    cli.run(&["restore", "latest", &dst.name]).assert_code(0);
+    assert_eq!(pg.psql(&dst.name, "SELECT v FROM t"), "from backup");
+
+    // The safety backup holds exactly what the target had before.
+    let name = safety[0]["name"].as_str().unwrap();
+    let old = pg.adopt(&unique("kb_safe_old"));
+    cli.run(&["restore", name, &old.name]).assert_code(0);
+    assert_same(&pg.fingerprint(&old.name), &before);
+
+    // --no-safety-backup skips it.
+    cli.run(&["restore", "b", &target.name, "--no-safety-backup"])
+        .assert_code(0);
+    assert_eq!(
+        cli.list().iter().filter(|b| b["kind"] == "safety").count(),
+        1
+    );
+}
