@@ -29,6 +29,14 @@ impl Drop for Services {
     }
 }
 
+/// Where the test tools are installed and the services run: `target/test-env`, or
+/// `KAIZEN_TEST_ENV_DIR` (e.g. to share one install between clones).
+pub fn env_dir() -> PathBuf {
+    std::env::var_os("KAIZEN_TEST_ENV_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("test-env"))
+}
+
 /// A short random id for this run's directories (pid + clock, no rand crate needed).
 fn run_id() -> String {
     let nanos = std::time::SystemTime::now()
@@ -70,7 +78,7 @@ fn remove_stale(base: &Path) {
 /// Start the selected services (`pg` and/or the emulators) and copy `bin` into the run
 /// directory, so a concurrent `cargo build` cannot swap the binary under running tests.
 pub fn start(selected: &[String], bin: Option<&Path>) -> Result<Services> {
-    let base = target_dir().join("test-env");
+    let base = env_dir();
     std::fs::create_dir_all(&base)?;
     remove_stale(&base);
     let id = run_id();
@@ -173,7 +181,7 @@ pub fn env(args: &[String]) -> Result<()> {
     let (selected, _) = services::parse_services(args)?;
     let bin = build_binary(false, &["--all-features"])?;
     let services = start(&selected, None)?;
-    let file: PathBuf = target_dir().join("test-env").join("env.sh");
+    let file: PathBuf = env_dir().join("env.sh");
     // The real build output (not a copy): `cargo build` during development updates it.
     let mut text = format!("export KAIZEN_BACKUP_BIN='{}'\n", bin.display());
     for (k, v) in &services.env {
