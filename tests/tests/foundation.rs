@@ -265,6 +265,40 @@ fn unreachable_host_fails_clearly() {
 }
 
 #[test]
+fn silent_server_times_out_instead_of_hanging() {
+    // Accepts TCP connections but never speaks (a hung server or a half-open proxy).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in listener.incoming().take(8) {
+            conns.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    let cli = Cli::for_db("kaizen_studio")
+        .env("POSTGRES_HOST", "127.0.0.1")
+        .env("POSTGRES_PORT", &port.to_string())
+        .env("KAIZEN_BACKUP_DATABASE__CONNECT_TIMEOUT", "2");
+    let started = Instant::now();
+    let mut child = cli.spawn(&["backup", "b"]);
+    let deadline = started + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("backup still waiting for a silent server after 30 s (connect_timeout = 2 s)");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = wait(child);
+    out.assert_code(1).assert_stderr_contains(&format!(
+        "Cannot connect to database: kaizen_studio@127.0.0.1:{port}"
+    ));
+    assert!(cli.backup_files().is_empty());
+    drop(held);
+}
+
+#[test]
 fn pg_dump_not_on_path() {
     let pg = Pg::get();
     let src = pg.create_db("kb_path");
