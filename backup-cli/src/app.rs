@@ -146,9 +146,13 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
             quick,
             json,
         } => verify::run(ctx, &backup, quick, json).await,
-        Command::Prune { .. } | Command::Pin { .. } | Command::Unpin { .. } => Err(Error::other(
-            "this command is not available in this build yet",
-        )),
+        Command::Prune {
+            dry_run,
+            json,
+            lock_timeout,
+        } => prune::run(ctx, dry_run, json, lock_timeout).await,
+        Command::Pin { name } => prune::pin(ctx, &name, true).await,
+        Command::Unpin { name } => prune::pin(ctx, &name, false).await,
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
     }
 }

@@ -86,6 +86,9 @@ pub enum Command {
         /// Report as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Wait this many seconds for another run's lock (default from config).
+        #[arg(long, value_name = "SECS")]
+        lock_timeout: Option<u64>,
     },
     /// Pin a backup: retention never deletes it.
     #[command(after_help = "Example:\n  kaizen-backup pin pre_migration_backup")]
@@ -161,6 +164,9 @@ pub struct RestoreArgs {
     /// Parallel pg_restore jobs (downloads to a temporary file first).
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<u32>,
+    /// Wait this many seconds for another run's lock on the target (default from config).
+    #[arg(long, value_name = "SECS")]
+    pub lock_timeout: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -32,8 +32,7 @@ pub struct Config {
     pub restore: RestoreSection,
     pub log: LogSection,
     pub lock: LockSection,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retention: Option<serde_json::Value>,
+    pub retention: backup_core::retention::RetentionPolicy,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -283,6 +282,16 @@ impl Default for LockSection {
         Self {
             stale_after_secs: 600,
             timeout_secs: 0,
+        }
+    }
+}
+
+impl LockSection {
+    /// Lock options, with `--lock-timeout` overriding the configured wait.
+    pub fn options(&self, timeout_override: Option<u64>) -> backup_core::lock::LockOptions {
+        backup_core::lock::LockOptions {
+            stale_after: std::time::Duration::from_secs(self.stale_after_secs.max(10)),
+            timeout: std::time::Duration::from_secs(timeout_override.unwrap_or(self.timeout_secs)),
         }
     }
 }

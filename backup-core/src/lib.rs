@@ -9,12 +9,15 @@
 pub mod backup;
 pub mod catalog;
 pub mod error;
+pub mod lock;
 pub mod manifest;
 pub mod name;
 pub mod notify;
 pub mod pg;
 pub mod pgpass;
+pub mod prune;
 pub mod restore;
+pub mod retention;
 pub mod secret;
 pub mod stats;
 pub mod storage;

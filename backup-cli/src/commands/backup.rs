@@ -1,6 +1,7 @@
 //! `kaizen-backup backup [NAME]`.
 
 use backup_core::backup::{self, BackupOptions, BackupOutcome};
+use backup_core::lock;
 use backup_core::util::human_size;
 use backup_core::{Result, success};
 use tracing::{info, warn};
@@ -70,21 +71,68 @@ pub async fn run(ctx: &Ctx, mut args: BackupArgs) -> Result<()> {
     let pg = c.database.pg();
     let mut opts = options(ctx, name.clone())?;
     opts.pinned = args.pin;
+    // One run per database and storage at a time (across pods and hosts).
+    let mut guards = Vec::new();
+    for t in &targets {
+        match lock::acquire(
+            t.storage.clone(),
+            &pg.name,
+            "backup",
+            c.lock.options(args.lock_timeout),
+        )
+        .await
+        {
+            Ok(g) => guards.push(g),
+            Err(e) => {
+                release_all(guards).await;
+                return Err(e);
+            }
+        }
+    }
+    let result = locked_backup(ctx, &args, &pg, &targets, opts).await;
+    release_all(guards).await;
+    result
+}
+
+async fn release_all(guards: Vec<lock::LockGuard>) {
+    for g in guards {
+        if let Err(e) = g.release().await {
+            warn!("Could not release a lock: {e}");
+        }
+    }
+}
+
+async fn locked_backup(
+    ctx: &Ctx,
+    args: &BackupArgs,
+    pg: &backup_core::PgConfig,
+    targets: &[backup::Target],
+    mut opts: BackupOptions,
+) -> Result<()> {
+    let c = ctx.config();
     let bar = crate::progress::Bar::start("backup", ctx.progress);
     opts.progress = bar.callback();
-    let result = backup::run(&pg, &targets, opts, ctx.cancel.clone()).await;
+    let result = backup::run(pg, targets, opts, ctx.cancel.clone()).await;
     bar.finish();
     let outcome = match result {
         Ok(o) => o,
         Err(e) => {
-            crate::events::backup_failed(ctx, &name_of(&args), &targets, &e).await;
+            crate::events::backup_failed(ctx, &name_of(args), targets, &e).await;
             return Err(e);
         }
     };
-    report(&outcome, &targets);
+    report(&outcome, targets);
     crate::events::backup_succeeded(ctx, &outcome).await;
     if args.verify || c.backup.verify {
         crate::commands::verify::run(ctx, &outcome.manifest.name, false, false).await?;
+    }
+    // Retention runs only after a good backup, and only for this database.
+    if c.backup.prune && !args.no_prune && c.retention.is_active() {
+        let reports =
+            crate::commands::prune::prune_targets(ctx, Some(&pg.name), false, None, true).await?;
+        for r in &reports {
+            crate::commands::prune::log_report(r);
+        }
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod config_cmd;
 pub mod list;
+pub mod prune;
 pub mod restore;
 pub mod status;
 pub mod verify;

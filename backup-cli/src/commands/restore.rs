@@ -37,13 +37,41 @@ pub async fn resolve(ctx: &Ctx, spec: &str) -> Result<Resolved> {
 
 pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
     let c = ctx.config();
-    let pg = c.database.pg();
     let target_db = args
         .target_db
         .clone()
         .unwrap_or_else(|| c.database.name.clone());
     let resolved = resolve(ctx, &args.backup).await?;
     info!("Starting restore: {} -> {target_db}", resolved.name);
+    // Two restores into the same database never interleave.
+    let lock_storage = config::open_targets(c)?
+        .into_iter()
+        .next()
+        .map(|t| t.storage)
+        .ok_or_else(|| Error::usage("no storage target configured"))?;
+    let guard = backup_core::lock::acquire(
+        lock_storage,
+        &target_db,
+        "restore",
+        c.lock.options(args.lock_timeout),
+    )
+    .await?;
+    let result = locked_restore(ctx, &args, &target_db, resolved).await;
+    if let Err(e) = guard.release().await {
+        tracing::warn!("Could not release the restore lock: {e}");
+    }
+    result
+}
+
+async fn locked_restore(
+    ctx: &Ctx,
+    args: &RestoreArgs,
+    target_db: &str,
+    resolved: Resolved,
+) -> Result<()> {
+    let c = ctx.config();
+    let pg = c.database.pg();
+    let target_db = target_db.to_string();
 
     let admin = pg.connect_to(&pg.maintenance_db).await?;
     let exists = restore::database_exists(&admin, &target_db).await?;

@@ -1,0 +1,184 @@
+//! The prune pipeline: apply the retention policy to what a storage holds.
+//!
+//! Computed from the storage (manifests and verify records), never from local state.
+//! A removed backup loses its manifest first, then its verify record, then its data,
+//! so an interrupted prune never leaves something listed as a valid backup.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::catalog;
+use crate::error::Result;
+use crate::manifest::Manifest;
+use crate::retention::{Candidate, KeepReason, RetentionPolicy, decide};
+use crate::storage::Storage;
+
+/// How to prune.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Report only; delete nothing.
+    pub dry_run: bool,
+    /// Only this database's backups (None: every database in the storage).
+    pub database: Option<String>,
+    /// Leftovers without a manifest younger than this are left alone (they may be in progress).
+    pub incomplete_grace: Duration,
+    /// The current time (passed in for reproducible tests).
+    pub now: DateTime<Utc>,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            database: None,
+            incomplete_grace: Duration::from_secs(24 * 3600),
+            now: Utc::now(),
+        }
+    }
+}
+
+/// One backup's fate.
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneEntry {
+    /// Backup name.
+    pub name: String,
+    /// Its database.
+    pub database: String,
+    /// When it finished.
+    pub created_at: DateTime<Utc>,
+    /// Whether it is (or would be, with --dry-run) deleted.
+    pub removed: bool,
+    /// Why it is kept.
+    pub keep: Vec<KeepReason>,
+}
+
+/// What a prune did or would do.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    /// The storage (redacted URL).
+    pub target: String,
+    /// Whether nothing was deleted on purpose.
+    pub dry_run: bool,
+    /// Every backup considered, newest first per database.
+    pub backups: Vec<PruneEntry>,
+    /// Incomplete leftovers deleted (or that would be).
+    pub incomplete_removed: Vec<String>,
+    /// Deletions that failed.
+    pub errors: Vec<String>,
+}
+
+impl PruneReport {
+    /// Names of removed backups.
+    pub fn removed(&self) -> impl Iterator<Item = &PruneEntry> {
+        self.backups.iter().filter(|b| b.removed)
+    }
+}
+
+/// Apply `policy` to `storage`.
+pub async fn run(
+    storage: &dyn Storage,
+    policy: &RetentionPolicy,
+    opts: &PruneOptions,
+) -> Result<PruneReport> {
+    let cat = catalog::scan(storage).await?;
+    let mut report = PruneReport {
+        target: storage.url(),
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    let mut by_db: BTreeMap<String, Vec<&catalog::BackupEntry>> = BTreeMap::new();
+    for b in &cat.backups {
+        if opts
+            .database
+            .as_deref()
+            .is_none_or(|d| d == b.manifest.database)
+        {
+            by_db
+                .entry(b.manifest.database.clone())
+                .or_default()
+                .push(b);
+        }
+    }
+    for (db, entries) in by_db {
+        let candidates: Vec<Candidate> = entries
+            .iter()
+            .map(|b| Candidate {
+                name: b.manifest.name.clone(),
+                time: b.manifest.finished_at,
+                pinned: b.manifest.pinned,
+                verified: b.verify.as_ref().map(|v| v.passed && !v.quick),
+                in_progress: false,
+            })
+            .collect();
+        for d in decide(policy, &candidates, opts.now) {
+            let Some(entry) = entries.iter().find(|b| b.manifest.name == d.name) else {
+                continue;
+            };
+            let removed = d.remove();
+            if removed && !opts.dry_run {
+                if let Err(e) = delete_backup(storage, &entry.manifest).await {
+                    warn!("Could not delete {}: {e}", d.name);
+                    report.errors.push(format!("{}: {e}", d.name));
+                    continue;
+                }
+                info!("Deleted backup {} ({db})", d.name);
+            }
+            report.backups.push(PruneEntry {
+                name: d.name,
+                database: db.clone(),
+                created_at: entry.manifest.finished_at,
+                removed,
+                keep: d.keep,
+            });
+        }
+    }
+    let grace =
+        chrono::Duration::from_std(opts.incomplete_grace).unwrap_or(chrono::Duration::days(1));
+    for o in &cat.incomplete {
+        let old = o.last_modified.is_some_and(|t| opts.now - t > grace);
+        if !old {
+            continue;
+        }
+        if !opts.dry_run {
+            if let Err(e) = storage.delete(&o.key).await {
+                report.errors.push(format!("{}: {e}", o.key));
+                continue;
+            }
+            info!("Deleted incomplete leftover {}", o.key);
+        }
+        report.incomplete_removed.push(o.key.clone());
+    }
+    Ok(report)
+}
+
+/// Delete one backup: manifest first (it stops being listed), then the verify record, then data.
+pub async fn delete_backup(storage: &dyn Storage, m: &Manifest) -> Result<()> {
+    storage.delete(&Manifest::key_for(&m.name)).await?;
+    storage.delete(&Manifest::verify_key_for(&m.name)).await?;
+    storage.delete(&m.object).await
+}
+
+/// Set or clear a backup's `pinned` flag (rewrites its manifest).
+pub async fn set_pinned(storage: &dyn Storage, name: &str, pinned: bool) -> Result<Manifest> {
+    crate::name::validate(name)?;
+    let key = Manifest::key_for(name);
+    let mut m = match crate::storage::get_bytes(storage, &key).await {
+        Ok(b) => Manifest::from_json(&b)?,
+        Err(crate::Error::NotFound(_)) => {
+            return Err(crate::Error::NotFound(format!(
+                "backup {name:?} in {}",
+                storage.url()
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    m.pinned = pinned;
+    storage
+        .put_replace(&key, bytes::Bytes::from(m.to_json()?))
+        .await?;
+    Ok(m)
+}
