@@ -614,3 +614,128 @@ fn restore_into_existing_database_takes_a_safety_backup_first() {
         1
     );
 }
+
+/// Command lines of the live descendants of `pid` (read from /proc).
+fn descendant_cmdlines(pid: u32) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut parents = vec![pid];
+    while let Some(parent) = parents.pop() {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...: comm may hold spaces, so parse after the last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(parent) {
+                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                found.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
+                parents.push(child);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn password_never_in_argv_logs_or_manifest() {
+    let pg = Pg::get();
+    let src = pg.create_db("kb_secret");
+    pg.psql(&src.name, "CREATE TABLE big AS SELECT g, md5(g::text) AS h, repeat(md5((g*3)::text), 4) AS pad FROM generate_series(1, 400000) g");
+    let cli = Cli::for_db(&src.name)
+        .env("KAIZEN_BACKUP_BACKUP__COMPRESSION", "none")
+        .env("KAIZEN_BACKUP_LOG__FILE", "backup.log");
+    let child = cli.spawn(&["-vv", "backup", "s"]);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let cmds = descendant_cmdlines(child.id());
+        if cmds.is_empty() && !seen.is_empty() {
+            break;
+        }
+        seen.extend(cmds);
+        if Instant::now() > deadline || std::fs::metadata(format!("/proc/{}", child.id())).is_err()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = wait(child);
+    out.assert_code(0);
+    assert!(
+        seen.iter().any(|c| c.contains("pg_dump")),
+        "pg_dump was never seen running: {seen:?}"
+    );
+    for c in &seen {
+        assert!(!c.contains(&pg.password), "password in argv: {c}");
+    }
+    assert!(!out.all().contains(&pg.password), "password in output");
+    let log = std::fs::read_to_string(cli.path().join("backup.log")).unwrap();
+    assert!(log.contains("Starting backup: s"), "{log}");
+    assert!(!log.contains(&pg.password), "password in the log file");
+    let m = std::fs::read_to_string(cli.backups().join("s.manifest.json")).unwrap();
+    assert!(!m.contains(&pg.password), "password in the manifest");
+    // No passfile left behind anywhere in the working directory or temp dir.
+    for f in cli.backup_files() {
+        assert!(!f.contains("pgpass"), "left behind: {f}");
+    }
+}
+
+#[test]
+fn list_is_newest_first() {
+    let pg = Pg::get();
+    let src = pg.create_db("kb_order");
+    let cli = Cli::for_db(&src.name);
+    for name in ["one", "two", "three"] {
+        cli.run(&["backup", name]).assert_code(0);
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let names: Vec<String> = cli
+        .list()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["three", "two", "one"]);
+    let text = cli.run(&["list"]);
+    text.assert_code(0);
+    let pos = |n: &str| text.stdout.find(n).unwrap();
+    assert!(
+        pos("three") < pos("two") && pos("two") < pos("one"),
+        "{}",
+        text.stdout
+    );
+}
+
+#[test]
+fn database_url_and_storage_flag() {
+    let pg = Pg::get();
+    let src = pg.create_db("kb_url");
+    pg.psql(&src.name, "CREATE TABLE t(x int); INSERT INTO t VALUES (7)");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let cli = Cli::new().env(
+        "DATABASE_URL",
+        &format!(
+            "postgresql://{}:{}@{}:{}/{}",
+            pg.user, pg.password, pg.host, pg.port, src.name
+        ),
+    );
+    let storage = format!("file://{}", elsewhere.path().display());
+    let out = cli.run(&["--storage", &storage, "backup", "u"]);
+    out.assert_code(0);
+    assert!(!out.all().contains(&pg.password));
+    assert!(elsewhere.path().join("u.dump").is_file());
+    assert!(elsewhere.path().join("u.manifest.json").is_file());
+    assert!(
+        !cli.backups().exists(),
+        "BACKUP_DIR must not be used with --storage"
+    );
+    let dst = pg.adopt(&unique("kb_url_dst"));
+    cli.run(&["--storage", &storage, "restore", "u", &dst.name])
+        .assert_code(0);
+    assert_eq!(pg.psql(&dst.name, "SELECT x FROM t"), "7");
+}
