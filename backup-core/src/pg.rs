@@ -128,11 +128,19 @@ impl PgConfig {
                 reason: "sslmode requires TLS, but this build has no TLS support for database connections".into(),
             });
         }
-        let (client, conn) = self
-            .client_config(dbname)
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| connect_error(&target, &e))?;
+        // connect_timeout in tokio-postgres covers only the TCP connect; a server that
+        // accepts and never answers must not hang us, so the whole handshake is bounded.
+        let limit = Duration::from_secs(self.connect_timeout.max(1));
+        let (client, conn) = tokio::time::timeout(
+            limit,
+            self.client_config(dbname).connect(tokio_postgres::NoTls),
+        )
+        .await
+        .map_err(|_| Error::Connect {
+            target: target.clone(),
+            reason: format!("no answer within {}s (connect_timeout)", limit.as_secs()),
+        })?
+        .map_err(|e| connect_error(&target, &e))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!("database connection closed: {e}");
