@@ -36,7 +36,7 @@ pub fn db_fingerprint(db: &str) -> String {
 /// A variable set by `cargo xtask test`; panics with how to run the tests otherwise.
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the tests with `cargo xtask test` (it starts PostgreSQL and the emulators)")
+        panic!("{name} is not set: run the tests with `cargo xtask test` (it starts PostgreSQL and the emulators; a --services list must include the server this test needs)")
     })
 }
 

@@ -37,6 +37,36 @@ pub fn env_dir() -> PathBuf {
         .unwrap_or_else(|| target_dir().join("test-env"))
 }
 
+impl Services {
+    /// Copy every server's log (PostgreSQL's and the emulators') into `dest`, replacing
+    /// what an earlier run left there.
+    pub fn save_logs(&self, dest: &Path) -> Result<()> {
+        let _ = std::fs::remove_dir_all(dest);
+        std::fs::create_dir_all(dest)?;
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.run_dir.join("services"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        if let Some(pg) = &self._pg {
+            logs.push(pg.dir.join("server.log"));
+        }
+        for log in logs {
+            if let Some(name) = log.file_name() {
+                let target = if name == "server.log" {
+                    dest.join("postgresql.log")
+                } else {
+                    dest.join(name)
+                };
+                let _ = std::fs::copy(&log, target);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A short random id for this run's directories (pid + clock, no rand crate needed).
 fn run_id() -> String {
     let nanos = std::time::SystemTime::now()
@@ -142,13 +172,21 @@ pub fn run(args: &[String]) -> Result<i32> {
         .unwrap_or(false);
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(root());
+    // Run everything even after a failure (CI shows all of them), unless asked otherwise.
+    let fail_fast = passthrough.iter().any(|a| a == "--fail-fast");
     if has_nextest {
         cmd.args(["nextest", "run", "--workspace", "--all-features"]);
+        if !fail_fast {
+            cmd.arg("--no-fail-fast");
+        }
     } else {
         eprintln!(
             "xtask: cargo-nextest not found (cargo install cargo-nextest --locked); using cargo test"
         );
         cmd.args(["test", "--workspace", "--all-features"]);
+        if !fail_fast {
+            cmd.arg("--no-fail-fast");
+        }
     }
     cmd.args(&passthrough);
     for (k, v) in &services.env {
@@ -169,10 +207,19 @@ pub fn run(args: &[String]) -> Result<i32> {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    drop(services);
     if !status.success() {
-        eprintln!("xtask: tests failed ({status})");
+        let dest = env_dir().join("last-failure-logs");
+        match services.save_logs(&dest) {
+            Ok(()) => eprintln!(
+                "xtask: tests failed ({status}); server logs kept in {}",
+                dest.display()
+            ),
+            Err(e) => {
+                eprintln!("xtask: tests failed ({status}); could not keep the server logs: {e:#}")
+            }
+        }
     }
+    drop(services);
     Ok(status.code().unwrap_or(if signalled { 130 } else { 1 }))
 }
 
