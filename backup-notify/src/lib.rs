@@ -1,1 +1,395 @@
 //! Notifiers and metrics sinks for kaizen-backup, each behind a Cargo feature.
+//!
+//! | `type` | what | feature |
+//! |---|---|---|
+//! | `slack` | Slack incoming webhook, Block Kit message | `slack` |
+//! | `email` | SMTP (STARTTLS, implicit TLS or plain), plain-text body | `email` |
+//! | `webhook` | POST of the versioned JSON event, optional HMAC-SHA256 signature | `webhook` |
+//!
+//! Every variant of [`NotifierConfig`] always parses; only building one needs its feature,
+//! so a configuration naming a notifier that is not compiled in fails with
+//! "slack support is not compiled in (feature `slack`)". [`metrics::MetricsSink`] writes
+//! Prometheus metrics (textfile and/or Pushgateway) and is a [`Notifier`] too.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use backup_core::{Error, EventKind, Notifier, Result, Secret};
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "email")]
+mod email;
+#[cfg(any(feature = "slack", feature = "webhook", feature = "pushgateway"))]
+mod http;
+pub mod metrics;
+#[cfg(feature = "slack")]
+mod slack;
+#[cfg(feature = "webhook")]
+mod webhook;
+
+/// Settings every notifier has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Common {
+    /// Name in logs (default: the type).
+    pub name: Option<String>,
+    /// Events to send (`backup.failed`, ...). Default: failures, plus backup and verify successes.
+    pub on: Option<Vec<String>>,
+    /// Seconds per delivery attempt.
+    pub timeout_secs: u64,
+    /// Retries after the first attempt (with exponential backoff).
+    pub retries: u32,
+}
+
+impl Default for Common {
+    fn default() -> Self {
+        Self {
+            name: None,
+            on: None,
+            timeout_secs: 10,
+            retries: 3,
+        }
+    }
+}
+
+impl Common {
+    /// Parse the `on` filter into event kinds (an unknown name is a configuration error).
+    pub fn events(&self) -> Result<Vec<EventKind>> {
+        match &self.on {
+            None => Ok(vec![
+                EventKind::BackupFailed,
+                EventKind::VerifyFailed,
+                EventKind::BackupStale,
+                EventKind::BackupSucceeded,
+                EventKind::VerifySucceeded,
+            ]),
+            Some(list) => list
+                .iter()
+                .map(|s| {
+                    EventKind::parse(s).ok_or_else(|| Error::Config {
+                        key: "notify.on".into(),
+                        message: format!(
+                            "unknown event {s:?} (known: backup.succeeded, backup.failed, verify.succeeded, verify.failed, prune.completed, backup.stale, restore.completed)"
+                        ),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Per-attempt timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs.max(1))
+    }
+}
+
+/// SMTP transport security.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// STARTTLS on the submission port (587).
+    #[default]
+    Starttls,
+    /// Implicit TLS (465).
+    Tls,
+    /// No TLS (local relays, test servers).
+    None,
+}
+
+/// One notifier in the configuration (`[[notify]]`), tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum NotifierConfig {
+    /// Slack incoming webhook.
+    Slack {
+        /// `https://hooks.slack.com/services/...` (a secret: it grants posting).
+        webhook_url: Secret,
+        #[serde(flatten)]
+        common: Common,
+    },
+    /// Email over SMTP.
+    Email {
+        /// Recipients.
+        recipients: Vec<String>,
+        /// SMTP server.
+        smtp_host: String,
+        /// Port (default by TLS mode: 587, 465, 25).
+        #[serde(default)]
+        smtp_port: Option<u16>,
+        /// Login, if the server wants one.
+        #[serde(default)]
+        smtp_user: Option<String>,
+        /// Password.
+        #[serde(default)]
+        smtp_password: Option<Secret>,
+        /// Sender (default `kaizen-backup@<host>`).
+        #[serde(default)]
+        from: Option<String>,
+        /// Transport security.
+        #[serde(default)]
+        tls: SmtpTls,
+        #[serde(flatten)]
+        common: Common,
+    },
+    /// Generic JSON webhook.
+    Webhook {
+        /// Where to POST (a secret: URLs often carry tokens).
+        url: Secret,
+        /// Shared secret for the `X-Kaizen-Signature: sha256=<hex>` header.
+        #[serde(default)]
+        secret: Option<Secret>,
+        /// Extra headers (e.g. an authorization token).
+        #[serde(default)]
+        headers: BTreeMap<String, Secret>,
+        #[serde(flatten)]
+        common: Common,
+    },
+}
+
+impl NotifierConfig {
+    /// The type name (`slack`, `email`, `webhook`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Slack { .. } => "slack",
+            Self::Email { .. } => "email",
+            Self::Webhook { .. } => "webhook",
+        }
+    }
+
+    /// Common settings.
+    pub fn common(&self) -> &Common {
+        match self {
+            Self::Slack { common, .. }
+            | Self::Email { common, .. }
+            | Self::Webhook { common, .. } => common,
+        }
+    }
+}
+
+fn not_compiled(what: &str) -> Error {
+    Error::NotCompiled {
+        what: what.into(),
+        feature: what.into(),
+    }
+}
+
+/// Build one notifier.
+pub fn build(cfg: &NotifierConfig) -> Result<Box<dyn Notifier>> {
+    let common = cfg.common();
+    let events = common.events()?;
+    let name = common
+        .name
+        .clone()
+        .unwrap_or_else(|| cfg.kind().to_string());
+    match cfg {
+        #[cfg(feature = "slack")]
+        NotifierConfig::Slack { webhook_url, .. } => Ok(Box::new(slack::Slack::new(
+            name,
+            webhook_url.clone(),
+            events,
+            common,
+        )?)),
+        #[cfg(feature = "email")]
+        NotifierConfig::Email {
+            recipients,
+            smtp_host,
+            smtp_port,
+            smtp_user,
+            smtp_password,
+            from,
+            tls,
+            ..
+        } => Ok(Box::new(email::Email::new(
+            name,
+            email::Settings {
+                recipients: recipients.clone(),
+                host: smtp_host.clone(),
+                port: *smtp_port,
+                user: smtp_user.clone(),
+                password: smtp_password.clone(),
+                from: from.clone(),
+                tls: *tls,
+            },
+            events,
+            common,
+        )?)),
+        #[cfg(feature = "webhook")]
+        NotifierConfig::Webhook {
+            url,
+            secret,
+            headers,
+            ..
+        } => Ok(Box::new(webhook::Webhook::new(
+            name,
+            url.clone(),
+            secret.clone(),
+            headers.clone(),
+            events,
+            common,
+        )?)),
+        #[allow(unreachable_patterns)]
+        other => Err(not_compiled(other.kind())),
+    }
+}
+
+/// Build every configured notifier.
+pub fn build_all(cfgs: &[NotifierConfig]) -> Result<Vec<Box<dyn Notifier>>> {
+    cfgs.iter().map(build).collect()
+}
+
+/// The old scripts' variables as notifier configurations: `SLACK_WEBHOOK_URL`, and
+/// `BACKUP_EMAIL_RECIPIENT` (comma or space separated) with `SMTP_HOST`, `SMTP_PORT`,
+/// `SMTP_USER`, `SMTP_PASSWORD` (or `SMTP_PASSWORD_FILE`), `SMTP_FROM`, `SMTP_TLS`.
+pub fn legacy_from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Vec<NotifierConfig>> {
+    let mut out = Vec::new();
+    if let Some(url) = lookup("SLACK_WEBHOOK_URL").filter(|u| !u.trim().is_empty()) {
+        out.push(NotifierConfig::Slack {
+            webhook_url: Secret::new(url.trim()),
+            common: Common::default(),
+        });
+    }
+    if let Some(rcpt) = lookup("BACKUP_EMAIL_RECIPIENT").filter(|r| !r.trim().is_empty()) {
+        let recipients: Vec<String> = rcpt
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        let password = match (lookup("SMTP_PASSWORD"), lookup("SMTP_PASSWORD_FILE")) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config {
+                    key: "SMTP_PASSWORD".into(),
+                    message: "both SMTP_PASSWORD and SMTP_PASSWORD_FILE are set; set only one"
+                        .into(),
+                });
+            }
+            (Some(p), None) => Some(Secret::new(p)),
+            (None, Some(path)) => Some(Secret::new(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| Error::Config {
+                        key: "SMTP_PASSWORD_FILE".into(),
+                        message: format!("cannot read {path}: {e}"),
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            )),
+            (None, None) => None,
+        };
+        let tls = match lookup("SMTP_TLS")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("") | Some("starttls") => SmtpTls::Starttls,
+            Some("tls") | Some("ssl") => SmtpTls::Tls,
+            Some("none") | Some("off") | Some("false") => SmtpTls::None,
+            Some(other) => {
+                return Err(Error::Config {
+                    key: "SMTP_TLS".into(),
+                    message: format!("unknown mode {other:?} (starttls, tls or none)"),
+                });
+            }
+        };
+        let port = match lookup("SMTP_PORT") {
+            Some(p) => Some(p.trim().parse::<u16>().map_err(|_| Error::Config {
+                key: "SMTP_PORT".into(),
+                message: format!("not a port number: {p:?}"),
+            })?),
+            None => None,
+        };
+        out.push(NotifierConfig::Email {
+            recipients,
+            smtp_host: lookup("SMTP_HOST").unwrap_or_else(|| "localhost".into()),
+            smtp_port: port,
+            smtp_user: lookup("SMTP_USER"),
+            smtp_password: password,
+            from: lookup("SMTP_FROM"),
+            tls,
+            common: Common::default(),
+        });
+    }
+    Ok(out)
+}
+
+/// A short text for the body of email and Slack messages.
+pub fn describe(event: &backup_core::Event) -> Vec<(String, String)> {
+    let mut f = vec![("Database".to_string(), event.database.clone())];
+    if let Some(b) = &event.backup {
+        f.push(("Backup".into(), b.clone()));
+    }
+    if let Some(s) = event.size_bytes {
+        f.push(("Size".into(), backup_core::util::human_size(s)));
+    }
+    if let Some(d) = event.duration_seconds {
+        f.push(("Duration".into(), format!("{d:.1}s")));
+    }
+    if !event.targets.is_empty() {
+        f.push(("Targets".into(), event.targets.join(", ")));
+    }
+    f.push(("Host".into(), event.host.clone()));
+    f.push((
+        "Time".into(),
+        event.timestamp.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    ));
+    if let Some(e) = &event.error {
+        f.push(("Error".into(), e.clone()));
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_parses_and_unknown_events_are_refused() {
+        let cfg: Vec<NotifierConfig> = serde_json::from_value(serde_json::json!([
+            {"type": "slack", "webhook_url": "https://hooks.slack.com/services/T/B/X", "on": ["backup.failed"]},
+            {"type": "email", "recipients": ["ops@example.com"], "smtp_host": "smtp.example.com", "tls": "tls"},
+            {"type": "webhook", "url": "https://example.com/hook", "secret": "s", "headers": {"Authorization": "Bearer t"}}
+        ]))
+        .unwrap();
+        assert_eq!(cfg.len(), 3);
+        assert_eq!(
+            cfg[0].common().events().unwrap(),
+            vec![EventKind::BackupFailed]
+        );
+        let bad = Common {
+            on: Some(vec!["backup.exploded".into()]),
+            ..Common::default()
+        };
+        assert!(
+            bad.events()
+                .unwrap_err()
+                .to_string()
+                .contains("backup.exploded")
+        );
+    }
+
+    #[test]
+    fn legacy_variables() {
+        let env = |k: &str| match k {
+            "SLACK_WEBHOOK_URL" => Some("https://hooks.slack.com/services/A/B/C".to_string()),
+            "BACKUP_EMAIL_RECIPIENT" => Some("a@example.com, b@example.com".to_string()),
+            "SMTP_PORT" => Some("2525".to_string()),
+            "SMTP_TLS" => Some("none".to_string()),
+            _ => None,
+        };
+        let cfgs = legacy_from_env(env).unwrap();
+        assert_eq!(cfgs.len(), 2);
+        match &cfgs[1] {
+            NotifierConfig::Email {
+                recipients,
+                smtp_port,
+                tls,
+                ..
+            } => {
+                assert_eq!(recipients, &["a@example.com", "b@example.com"]);
+                assert_eq!(*smtp_port, Some(2525));
+                assert_eq!(*tls, SmtpTls::None);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Debug output of the configuration never shows the webhook URL.
+        assert!(!format!("{cfgs:?}").contains("hooks.slack.com"));
+    }
+}

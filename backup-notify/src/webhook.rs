@@ -1,0 +1,110 @@
+//! Generic webhook: POST of the versioned JSON event, optionally signed.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use backup_core::{Error, Event, EventKind, Notifier, Result, Secret};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::Common;
+use crate::http::{client, send_with_retries};
+
+/// Header carrying `sha256=<hex HMAC-SHA256 of the body>`.
+pub const SIGNATURE_HEADER: &str = "X-Kaizen-Signature";
+/// Header carrying the event kind.
+pub const EVENT_HEADER: &str = "X-Kaizen-Event";
+
+/// POSTs events as JSON.
+pub struct Webhook {
+    name: String,
+    url: Secret,
+    secret: Option<Secret>,
+    headers: BTreeMap<String, Secret>,
+    events: Vec<EventKind>,
+    retries: u32,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("name", &self.name)
+            .field("url", &crate::http::redact(self.url.expose()))
+            .finish()
+    }
+}
+
+/// `sha256=<hex>` over `body` with `secret`.
+pub fn signature(secret: &str, body: &[u8]) -> Result<String> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+        .map_err(|e| Error::other(format!("invalid HMAC key: {e}")))?;
+    mac.update(body);
+    Ok(format!(
+        "sha256={}",
+        hex::encode(mac.finalize().into_bytes())
+    ))
+}
+
+impl Webhook {
+    pub fn new(
+        name: String,
+        url: Secret,
+        secret: Option<Secret>,
+        headers: BTreeMap<String, Secret>,
+        events: Vec<EventKind>,
+        common: &Common,
+    ) -> Result<Self> {
+        if url::Url::parse(url.expose()).is_err() {
+            return Err(Error::Config {
+                key: "notify.url".into(),
+                message: format!("webhook {name}: not a valid URL"),
+            });
+        }
+        Ok(Self {
+            name,
+            url,
+            secret,
+            headers,
+            events,
+            retries: common.retries,
+            client: client(common.timeout())?,
+        })
+    }
+}
+
+#[async_trait]
+impl Notifier for Webhook {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn wants(&self, kind: EventKind) -> bool {
+        self.events.contains(&kind)
+    }
+
+    async fn notify(&self, event: &Event) -> Result<()> {
+        let body = serde_json::to_vec(event)
+            .map_err(|e| Error::other(format!("cannot serialize event: {e}")))?;
+        let sig = match &self.secret {
+            Some(s) => Some(signature(s.expose(), &body)?),
+            None => None,
+        };
+        send_with_retries(&self.name, self.url.expose(), self.retries, || {
+            let mut req = self
+                .client
+                .post(self.url.expose())
+                .header("Content-Type", "application/json")
+                .header(EVENT_HEADER, event.kind.as_str())
+                .body(body.clone());
+            if let Some(sig) = &sig {
+                req = req.header(SIGNATURE_HEADER, sig);
+            }
+            for (k, v) in &self.headers {
+                req = req.header(k, v.expose());
+            }
+            req
+        })
+        .await
+    }
+}
