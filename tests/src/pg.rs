@@ -156,7 +156,12 @@ impl Pg {
         );
         let sequences = self.psql(
             db,
-            "SELECT coalesce(string_agg(schemaname || '.' || sequencename || '=' || coalesce(last_value::text, 'null'), ',' ORDER BY schemaname, sequencename), '') FROM pg_sequences",
+            // last_value and is_called read from each sequence itself (pg_sequences hides
+            // is_called: setval(s, 5, false) and setval(s, 6, false) would look alike).
+            "SELECT coalesce(string_agg(n.nspname || '.' || c.relname || '=' || \
+               (xpath('/row/v/text()', query_to_xml(format('SELECT last_value || '':'' || is_called AS v FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text, \
+               ',' ORDER BY n.nspname, c.relname), '') \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'S'",
         );
         let los = self.psql(
             db,

@@ -21,7 +21,8 @@ commands:
                        ARGS go to cargo nextest (e.g. -- -E 'test(round_trip)')
   env [--services LIST]
                        start the same services, write target/test-env/env.sh, wait for Ctrl-C
-  dist                 build release binaries for a few feature sets and print their sizes
+  dist [SET...]        build release binaries for feature sets (local, default, all; default:
+                       all three) into target/dist-SET and print their sizes
   man [DIR]            write man pages (default target/man)";
 
 fn main() {
@@ -55,7 +56,7 @@ fn run() -> Result<()> {
             std::process::exit(code)
         }
         "env" => test::env(rest),
-        "dist" => dist(),
+        "dist" => dist(rest),
         "man" => man(rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
@@ -104,20 +105,29 @@ pub fn build_binary(profile_release: bool, extra: &[&str]) -> Result<PathBuf> {
     Ok(target_dir().join(dir).join("kaizen-backup"))
 }
 
-fn dist() -> Result<()> {
+fn dist(rest: &[String]) -> Result<()> {
     // Separate target dirs: each feature set keeps its own cache, and the dev
     // target dir used by the tests is not rebuilt with other features.
-    let sets: [(&str, &[&str]); 3] = [
+    let sets: [(&str, &str, &[&str]); 3] = [
         (
+            "local",
             "local only",
             &["--no-default-features", "--features", "local"],
         ),
-        ("default", &[]),
-        ("all features", &["--all-features"]),
+        ("default", "default", &[]),
+        ("all", "all features", &["--all-features"]),
     ];
+    for r in rest {
+        if !sets.iter().any(|(id, _, _)| id == r) {
+            bail!("unknown feature set {r:?}; known: local, default, all");
+        }
+    }
     let mut rows = Vec::new();
-    for (i, (label, args)) in sets.iter().enumerate() {
-        let target = target_dir().join(format!("dist-{i}"));
+    for (id, label, args) in sets.iter() {
+        if !rest.is_empty() && !rest.iter().any(|r| r == id) {
+            continue;
+        }
+        let target = target_dir().join(format!("dist-{id}"));
         let mut cmd =
             std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.current_dir(root())
