@@ -13,6 +13,14 @@ use crate::config::{self, Loaded};
 pub const FEATURES: &[&str] = &[
     #[cfg(feature = "local")]
     "local",
+    #[cfg(feature = "slack")]
+    "slack",
+    #[cfg(feature = "email")]
+    "email",
+    #[cfg(feature = "webhook")]
+    "webhook",
+    #[cfg(feature = "metrics")]
+    "metrics",
 ];
 
 /// Everything a command needs.
@@ -81,12 +89,19 @@ pub fn run(cli: Cli) -> u8 {
             return 1;
         }
     };
+    let reporter = match build_reporter(&loaded) {
+        Ok(r) => r,
+        Err(e) => {
+            error!("{e}");
+            return exit_code(&e);
+        }
+    };
     let cancel = CancellationToken::new();
     let ctx = Ctx {
         progress: verbosity >= 0 && loaded.config.log.format == crate::cli::LogFormat::Text,
         loaded,
         cancel: cancel.clone(),
-        reporter: crate::events::Reporter::new(Vec::new()),
+        reporter,
     };
     let result = rt.block_on(async move {
         tokio::spawn(watch_signals(cancel));
@@ -104,6 +119,17 @@ pub fn run(cli: Cli) -> u8 {
             exit_code(&e)
         }
     }
+}
+
+/// Notifiers from `[[notify]]` and the old variables, plus the metrics sink.
+fn build_reporter(loaded: &Loaded) -> Result<crate::events::Reporter, Error> {
+    let c = &loaded.config;
+    let mut sinks = backup_notify::build_all(&c.notify)?;
+    sinks.extend(backup_notify::build_all(&loaded.legacy_notify)?);
+    if let Some(m) = backup_notify::metrics::MetricsSink::from_config(&c.metrics)? {
+        sinks.push(Box::new(m));
+    }
+    Ok(crate::events::Reporter::new(sinks))
 }
 
 fn print_early_error(e: &Error) {

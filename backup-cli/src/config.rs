@@ -34,9 +34,8 @@ pub struct Config {
     pub lock: LockSection,
     pub retention: backup_core::retention::RetentionPolicy,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub notify: Vec<serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub metrics: Option<serde_json::Value>,
+    pub notify: Vec<backup_notify::NotifierConfig>,
+    pub metrics: backup_notify::metrics::MetricsConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encryption: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -301,6 +300,8 @@ impl LockSection {
 pub struct Loaded {
     pub config: Config,
     pub figment: Figment,
+    /// Notifiers from the old scripts' variables (SLACK_WEBHOOK_URL, BACKUP_EMAIL_RECIPIENT, SMTP_*).
+    pub legacy_notify: Vec<backup_notify::NotifierConfig>,
 }
 
 /// A provider built from environment-like variables, remembering which variable set each key.
@@ -648,9 +649,13 @@ pub fn load(global: &GlobalArgs) -> Result<Loaded> {
 
     let config: Config = fig.extract().map_err(figment_error)?;
     validate(&config)?;
+    // The real environment wins over .env for these too.
+    let legacy_notify =
+        backup_notify::legacy_from_env(|k| env.get(k).or_else(|| dotenv.get(k)).cloned())?;
     Ok(Loaded {
         config,
         figment: fig,
+        legacy_notify,
     })
 }
 
@@ -717,6 +722,9 @@ fn validate(c: &Config) -> Result<()> {
         );
     }
     c.backup.compression()?;
+    for n in &c.notify {
+        n.common().events()?;
+    }
     if c.backup.jobs == 0 {
         return cfg("backup.jobs", "must be at least 1".into());
     }
