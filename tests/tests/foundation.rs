@@ -739,3 +739,46 @@ fn database_url_and_storage_flag() {
         .assert_code(0);
     assert_eq!(pg.psql(&dst.name, "SELECT x FROM t"), "7");
 }
+
+#[test]
+fn pg_dump_older_than_the_server_is_refused_before_dumping() {
+    let pg = Pg::get();
+    let src = pg.create_db("kb_oldtool");
+    let server_major: u32 = pg
+        .psql("postgres", "SHOW server_version_num")
+        .parse::<u32>()
+        .unwrap()
+        / 10000;
+    let old = server_major - 3;
+    let cli = Cli::for_db(&src.name);
+    let fake = cli.path().join("oldbin");
+    std::fs::create_dir(&fake).unwrap();
+    let ran = cli.path().join("fake_pg_dump_ran");
+    for tool in ["pg_dump", "pg_restore"] {
+        let script = fake.join(tool);
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nif [ \"$1\" = --version ]; then echo '{tool} (PostgreSQL) {old}.4'; exit 0; fi\n: > '{}'\nexit 1\n",
+                ran.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let cli = cli.env("PATH", fake.to_str().unwrap());
+    let out = cli.run(&["backup", "b"]);
+    out.assert_code(1).assert_stderr_contains(&format!(
+        "pg_dump {old} is older than the server (PostgreSQL {server_major})"
+    ));
+    assert!(!ran.exists(), "the old pg_dump must not be run to dump");
+    assert!(cli.backup_files().is_empty(), "{:?}", cli.backup_files());
+
+    // database.bin_dir picks the right tools whatever PATH says.
+    let out = cli
+        .env("KAIZEN_BACKUP_DATABASE__BIN_DIR", pg.bin.to_str().unwrap())
+        .run(&["backup", "b"]);
+    out.assert_code(0);
+    assert!(!ran.exists());
+}
