@@ -471,37 +471,107 @@ fn failing_pg_restore_leaves_target_unchanged() {
 
 #[test]
 fn sigterm_during_backup_leaves_nothing_and_next_backup_works() {
+    use nix::sys::signal::Signal;
     let pg = Pg::get();
     let src = pg.create_db("kb_sig");
     pg.psql(&src.name, "CREATE TABLE big AS SELECT g, md5(g::text) AS h, repeat(md5((g*7)::text), 4) AS pad FROM generate_series(1, 1500000) g");
     let cli = Cli::for_db(&src.name).env("KAIZEN_BACKUP_BACKUP__COMPRESSION", "none");
-    let child = cli.spawn(&["backup", "interrupted"]);
-    // Wait until data is being written, then stop it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cli
-        .backup_files()
-        .iter()
-        .any(|f| f.starts_with(".partial.interrupted"))
-    {
-        assert!(Instant::now() < deadline, "backup never started writing");
-        std::thread::sleep(Duration::from_millis(20));
+    // SIGTERM (Kubernetes stopping the pod) and SIGINT (Ctrl-C) alike.
+    for (sig, name) in [(Signal::SIGTERM, "interrupted"), (Signal::SIGINT, "ctrl_c")] {
+        let child = cli.spawn(&["backup", name]);
+        // Wait until data is being written, then stop it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !cli.backup_files().iter().any(|f| f.contains(name)) {
+            assert!(Instant::now() < deadline, "backup never started writing");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let pid = child.id();
+        signal(&child, sig);
+        let out = wait(child);
+        assert_ne!(out.code, 0, "{sig}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("nothing was committed"),
+            "{sig}: {}",
+            out.stderr
+        );
+        assert!(
+            cli.backup_files().is_empty(),
+            "{sig}: left behind: {:?}",
+            cli.backup_files()
+        );
+        assert!(cli.list().is_empty());
+        // pg_dump did not outlive the tool: its session on the server ends too.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = pg.psql(
+                "postgres",
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'pg_dump'",
+                    src.name
+                ),
+            );
+            if left == "0" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{sig}: pg_dump still connected after the tool (pid {pid}) exited"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
-    signal(&child, nix::sys::signal::Signal::SIGTERM);
-    let out = wait(child);
-    assert_ne!(out.code, 0, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("nothing was committed"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        cli.backup_files().is_empty(),
-        "left behind: {:?}",
-        cli.backup_files()
-    );
-    assert!(cli.list().is_empty());
     cli.run(&["backup", "after"]).assert_code(0);
     assert_eq!(cli.list().len(), 1);
+}
+
+#[test]
+fn restore_replaces_a_database_that_has_open_connections() {
+    let pg = Pg::get();
+    let src = pg.create_db("kb_busy_src");
+    pg.psql(
+        &src.name,
+        "CREATE TABLE t(v text); INSERT INTO t VALUES ('from backup')",
+    );
+    let cli = Cli::for_db(&src.name);
+    cli.run(&["backup", "b"]).assert_code(0);
+    let target = target_with_content(&pg);
+    // An application still connected to the target.
+    let mut app = std::process::Command::new(pg.bin.join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            &pg.socket,
+            "-p",
+            &pg.port,
+            "-U",
+            &pg.user,
+            "-d",
+            &target.name,
+        ])
+        .args(["-c", "SELECT pg_sleep(120)"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg.psql(
+        "postgres",
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'",
+            target.name
+        ),
+    ) == "0"
+    {
+        assert!(Instant::now() < deadline, "the app never connected");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = cli.run(&["restore", "b", &target.name, "--no-safety-backup"]);
+    let _ = app.kill();
+    let _ = app.wait();
+    out.assert_code(0);
+    assert_eq!(pg.psql(&target.name, "SELECT v FROM t"), "from backup");
+    assert!(pg.try_psql(&target.name, "SELECT 1 FROM keep_me").is_err());
 }
 
 #[test]
