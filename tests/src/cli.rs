@@ -128,6 +128,18 @@ impl Cli {
         }
     }
 
+    /// Run to completion with extra variables for this run only.
+    pub fn run_with(&self, envs: &[(&str, &str)], args: &[&str]) -> Output {
+        let mut cmd = self.command(args);
+        cmd.envs(envs.iter().copied());
+        let out = cmd.output().unwrap();
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+
     /// Start in the background (stdout/stderr piped).
     pub fn spawn(&self, args: &[&str]) -> Child {
         self.command(args)

@@ -852,3 +852,39 @@ fn pg_dump_older_than_the_server_is_refused_before_dumping() {
     out.assert_code(0);
     assert!(!ran.exists());
 }
+
+#[test]
+fn production_is_detected_from_every_documented_source() {
+    let pg = Pg::get();
+    let src = pg.create_db("kb_prodenv");
+    pg.psql(
+        &src.name,
+        "CREATE TABLE t(v text); INSERT INTO t VALUES ('new')",
+    );
+    let cli = Cli::for_db(&src.name);
+    cli.run(&["backup", "b"]).assert_code(0);
+    let target = target_with_content(&pg);
+    let before = pg.fingerprint(&target.name);
+    for (k, v) in [
+        ("ENVIRONMENT", "prod"),
+        ("APP_ENV", "production"),
+        ("APP_ENV", "prod"),
+        ("KAIZEN_BACKUP_RESTORE__ENVIRONMENT", "production"),
+    ] {
+        let out = cli.run_with(
+            &[(k, v)],
+            &["restore", "b", &target.name, "--no-safety-backup"],
+        );
+        out.assert_code(1)
+            .assert_stderr_contains("--confirm-production");
+        assert_same(&pg.fingerprint(&target.name), &before);
+    }
+    // Creating a database that does not exist replaces nothing: no confirmation needed.
+    let fresh = pg.adopt(&unique("kb_prod_new"));
+    cli.run_with(
+        &[("ENVIRONMENT", "production")],
+        &["restore", "b", &fresh.name],
+    )
+    .assert_code(0);
+    assert_eq!(pg.psql(&fresh.name, "SELECT v FROM t"), "new");
+}
