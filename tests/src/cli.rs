@@ -140,6 +140,38 @@ impl Cli {
         }
     }
 
+    /// Run on a pseudo-terminal (util-linux `script`), typing `input`; stdout and stderr
+    /// both arrive in `Output::stdout` (a terminal has one output).
+    pub fn run_tty(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+        let mut line = quote(&env("KAIZEN_BACKUP_BIN"));
+        for a in args {
+            line.push(' ');
+            line.push_str(&quote(a));
+        }
+        let mut cmd = Command::new("script");
+        cmd.args(["-qefc", &line, "/dev/null"])
+            .current_dir(self.dir.path())
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .expect("util-linux `script` is needed for terminal tests");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        wait(child)
+    }
+
     /// Start in the background (stdout/stderr piped).
     pub fn spawn(&self, args: &[&str]) -> Child {
         self.command(args)

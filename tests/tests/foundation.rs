@@ -888,3 +888,45 @@ fn production_is_detected_from_every_documented_source() {
     .assert_code(0);
     assert_eq!(pg.psql(&fresh.name, "SELECT v FROM t"), "new");
 }
+
+#[test]
+fn production_restore_on_a_terminal_asks_for_restore() {
+    let pg = Pg::get();
+    let src = pg.create_db("kb_tty");
+    pg.psql(
+        &src.name,
+        "CREATE TABLE t(v text); INSERT INTO t VALUES ('new')",
+    );
+    let cli = Cli::for_db(&src.name);
+    cli.run(&["backup", "b"]).assert_code(0);
+    let target = target_with_content(&pg);
+    let before = pg.fingerprint(&target.name);
+    let prod = Cli::for_db(&src.name)
+        .env("ENVIRONMENT", "production")
+        .env("BACKUP_DIR", cli.backups().to_str().unwrap());
+    let args = ["restore", "b", &target.name, "--no-safety-backup"];
+
+    // Anything but the word RESTORE refuses.
+    let out = prod.run_tty(&args, "yes\n");
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    for warning in [
+        "[WARNING] PRODUCTION ENVIRONMENT DETECTED",
+        &format!(
+            "[WARNING] You are about to restore database: {}",
+            target.name
+        ),
+        "[WARNING] This will OVERWRITE existing data!",
+        "Type 'RESTORE' to continue or Ctrl+C to abort:",
+    ] {
+        assert!(
+            out.stdout.contains(warning),
+            "missing {warning:?}:\n{}",
+            out.stdout
+        );
+    }
+    assert_same(&pg.fingerprint(&target.name), &before);
+
+    let out = prod.run_tty(&args, "RESTORE\n");
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert_eq!(pg.psql(&target.name, "SELECT v FROM t"), "new");
+}
