@@ -8,15 +8,22 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::{Common, SmtpTls};
 
-/// SMTP settings.
+/// SMTP settings (from [`crate::NotifierConfig::Email`]).
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Recipient addresses.
     pub recipients: Vec<String>,
+    /// SMTP server.
     pub host: String,
+    /// Port (default by TLS mode).
     pub port: Option<u16>,
+    /// Login.
     pub user: Option<String>,
+    /// Password.
     pub password: Option<Secret>,
+    /// Sender.
     pub from: Option<String>,
+    /// Transport security.
     pub tls: SmtpTls,
 }
 
@@ -29,6 +36,8 @@ pub struct Email {
     retries: u32,
     transport: AsyncSmtpTransport<Tokio1Executor>,
     server: String,
+    /// Kept only to scrub it from server or library messages before they are shown.
+    password: Option<Secret>,
 }
 
 impl std::fmt::Debug for Email {
@@ -48,6 +57,7 @@ fn cfg_err(message: String) -> Error {
 }
 
 impl Email {
+    /// An email notifier; addresses are checked here (a typo is a configuration error).
     pub fn new(name: String, s: Settings, events: Vec<EventKind>, common: &Common) -> Result<Self> {
         if s.recipients.is_empty() {
             return Err(cfg_err("no recipients".into()));
@@ -92,7 +102,17 @@ impl Email {
             retries: common.retries,
             transport: builder.build(),
             server: format!("{}:{port}", s.host),
+            password: s.password.filter(|p| !p.is_empty()),
         })
+    }
+
+    /// A lettre error as text, without the password even if a server echoed it.
+    fn describe_error(&self, e: &lettre::transport::smtp::Error) -> String {
+        let text = e.to_string();
+        match &self.password {
+            Some(p) => text.replace(p.expose(), "***"),
+            None => text,
+        }
     }
 }
 
@@ -133,26 +153,45 @@ impl Notifier for Email {
             .body(body(event))
             .map_err(|e| Error::other(format!("cannot build the email: {e}")))?;
         let mut last = String::new();
+        let mut attempts = 0;
         for attempt in 0..=self.retries {
             if attempt > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(
-                    250 * (1u64 << (attempt - 1).min(6)),
-                ))
-                .await;
+                tokio::time::sleep(crate::backoff(attempt)).await;
             }
+            attempts += 1;
             match self.transport.send(msg.clone()).await {
                 Ok(_) => return Ok(()),
                 Err(e) => {
-                    last = e.to_string();
+                    last = self.describe_error(&e);
+                    // A 5xx answer (bad recipient, refused login) will not change on retry.
                     if e.is_permanent() {
                         break;
                     }
+                    tracing::debug!("{}: attempt {attempts} failed: {last}", self.name);
                 }
             }
         }
         Err(Error::Notify {
             notifier: self.name.clone(),
-            message: format!("SMTP {}: {last}", self.server),
+            message: format!(
+                "cannot send mail through SMTP server {}: {last} (after {attempts} attempt(s))",
+                self.server
+            ),
         })
+    }
+
+    /// Connects to the server (and logs in, if configured) without sending anything.
+    async fn check(&self) -> Result<()> {
+        match self.transport.test_connection().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::Notify {
+                notifier: self.name.clone(),
+                message: format!("SMTP server {} did not answer NOOP", self.server),
+            }),
+            Err(e) => Err(Error::Notify {
+                notifier: self.name.clone(),
+                message: format!("SMTP server {}: {}", self.server, self.describe_error(&e)),
+            }),
+        }
     }
 }

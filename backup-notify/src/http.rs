@@ -30,19 +30,22 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client> {
         .map_err(|e| Error::other(format!("cannot build the HTTP client: {e}")))
 }
 
-/// Send with retries. `make` builds a fresh request for each attempt.
+/// Send with retries. `make` builds a fresh request for each attempt; `timeout` is the
+/// client's per-attempt timeout, named in the message when an attempt times out.
+/// 5xx, 429, timeouts and connection errors are retried; other 4xx answers are not
+/// (the request itself is wrong, repeating it cannot help).
 pub async fn send_with_retries(
     notifier: &str,
     url: &str,
     retries: u32,
+    timeout: Duration,
     make: impl Fn() -> reqwest::RequestBuilder,
 ) -> Result<()> {
     let target = redact(url);
     let mut last = String::new();
     for attempt in 0..=retries {
         if attempt > 0 {
-            let backoff = Duration::from_millis(250 * (1u64 << (attempt - 1).min(6)));
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(crate::backoff(attempt)).await;
         }
         match make().send().await {
             Ok(resp) if resp.status().is_success() => return Ok(()),
@@ -56,11 +59,15 @@ pub async fn send_with_retries(
             Err(e) => {
                 // Never print reqwest's error with its URL: describe the kind only.
                 let kind = if e.is_timeout() {
-                    "timed out"
+                    format!("no answer within {}s (timed out)", timeout.as_secs())
                 } else if e.is_connect() {
-                    "connection failed"
+                    "connection failed".to_string()
+                } else if e.is_builder() {
+                    // Not transient: a bad header or URL stays bad.
+                    last = format!("{target}: invalid request");
+                    break;
                 } else {
-                    "request failed"
+                    "request failed".to_string()
                 };
                 last = format!("{target}: {kind}");
             }

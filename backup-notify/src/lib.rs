@@ -166,6 +166,20 @@ impl NotifierConfig {
     }
 }
 
+/// Pause before retry number `attempt` (1-based): 250 ms, 500 ms, 1 s, ... capped at 16 s.
+#[cfg_attr(
+    not(any(
+        feature = "slack",
+        feature = "webhook",
+        feature = "email",
+        feature = "pushgateway"
+    )),
+    allow(dead_code)
+)]
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(250 * (1u64 << attempt.saturating_sub(1).min(6)))
+}
+
 fn not_compiled(what: &str) -> Error {
     Error::NotCompiled {
         what: what.into(),

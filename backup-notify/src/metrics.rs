@@ -1,12 +1,18 @@
 //! Prometheus metrics: a node_exporter textfile (written atomically) and/or a
-//! Pushgateway. The sink is a [`Notifier`] that listens to every event.
+//! Pushgateway. The sink is a [`Notifier`] that listens to backup, verify and prune events.
 //!
-//! A failed attempt never erases the last success: the textfile is merged with its
-//! previous content, and the Pushgateway gets a POST (which replaces only the metrics
-//! sent) rather than a PUT (which would replace the whole group).
+//! A failed attempt never erases the last success:
+//! - the textfile is read back and merged with the new values (under an advisory lock, so
+//!   a backup and a verify finishing at once do not lose each other's update);
+//! - the Pushgateway gets a POST, which replaces only the metric names sent in that push
+//!   within the group (`job`, [`MetricsConfig::instance`], `database`); a failure sends
+//!   `last_status` and `last_attempt_timestamp_seconds` only, so `last_success_*`,
+//!   `last_size_bytes` and `last_duration_seconds` of the last success stay. (A PUT would
+//!   replace the whole group and lose them.)
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use backup_core::{Error, Event, EventKind, Notifier, Result};
@@ -16,13 +22,22 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// node_exporter textfile path, e.g. `/var/lib/node_exporter/textfile/kaizen_backup.prom`.
+    /// node_exporter textfile path, e.g. `/var/lib/node_exporter/textfile/kaizen_backup.prom`
+    /// (node_exporter reads only files ending in `.prom`).
     pub textfile: Option<PathBuf>,
     /// Pushgateway base URL, e.g. `http://pushgateway:9091`.
     pub pushgateway: Option<String>,
     /// Pushgateway job name (default `kaizen_backup`).
     pub job: Option<String>,
+    /// Optional `instance` grouping label for the Pushgateway (e.g. the cluster name), so
+    /// several installations pushing the same database name do not overwrite each other.
+    pub instance: Option<String>,
+    /// Seconds per Pushgateway request (default 10).
+    pub timeout_secs: Option<u64>,
 }
+
+/// Default Pushgateway job name.
+pub const DEFAULT_JOB: &str = "kaizen_backup";
 
 impl MetricsConfig {
     /// Whether any sink is configured.
@@ -31,7 +46,7 @@ impl MetricsConfig {
     }
 }
 
-/// Help text of every metric we write.
+/// Every metric we write: name, type, help.
 pub const METRICS: &[(&str, &str, &str)] = &[
     (
         "kaizen_backup_last_success_timestamp_seconds",
@@ -41,12 +56,12 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     (
         "kaizen_backup_last_success_timestamp",
         "gauge",
-        "Same as kaizen_backup_last_success_timestamp_seconds (old name).",
+        "Same as kaizen_backup_last_success_timestamp_seconds (old name, kept for existing alerts).",
     ),
     (
         "kaizen_backup_last_attempt_timestamp_seconds",
         "gauge",
-        "Unix time of the last backup attempt.",
+        "Unix time of the last backup attempt, successful or not.",
     ),
     (
         "kaizen_backup_last_duration_seconds",
@@ -69,25 +84,60 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "Unix time of the last passed verification.",
     ),
     (
+        "kaizen_backup_verify_last_attempt_timestamp_seconds",
+        "gauge",
+        "Unix time of the last verification, passed or not.",
+    ),
+    (
         "kaizen_backup_verify_last_status",
         "gauge",
         "1 if the last verification passed, 0 if it failed.",
     ),
+    (
+        "kaizen_backup_prune_last_timestamp_seconds",
+        "gauge",
+        "Unix time retention (prune) last ran.",
+    ),
 ];
 
-/// (metric, labels as rendered) -> value.
-type Samples = BTreeMap<(String, String), f64>;
-
-fn labels(database: &str, target: &str) -> String {
-    let esc = |s: &str| {
-        s.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-    };
-    format!("database=\"{}\",target=\"{}\"", esc(database), esc(target))
+/// Identity of one series: metric name, `database` label, `target` label.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeriesKey {
+    /// Metric name.
+    pub name: String,
+    /// `database` label.
+    pub database: String,
+    /// `target` label (a redacted storage URL; empty when the event named no target).
+    pub target: String,
 }
 
-/// The samples an event sets.
+/// Series -> value.
+pub type Samples = BTreeMap<SeriesKey, f64>;
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn unesc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some(o) => out.push(o),
+                None => out.push('\\'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The samples an event sets (nothing for events metrics do not track).
 pub fn samples_for(event: &Event) -> Samples {
     let mut s = Samples::new();
     let now = event.timestamp.timestamp() as f64;
@@ -97,9 +147,15 @@ pub fn samples_for(event: &Event) -> Samples {
         event.targets.clone()
     };
     for t in &targets {
-        let l = labels(&event.database, t);
         let mut set = |name: &str, v: f64| {
-            s.insert((name.to_string(), l.clone()), v);
+            s.insert(
+                SeriesKey {
+                    name: name.to_string(),
+                    database: event.database.clone(),
+                    target: t.clone(),
+                },
+                v,
+            );
         };
         match event.kind {
             EventKind::BackupSucceeded => {
@@ -120,32 +176,103 @@ pub fn samples_for(event: &Event) -> Samples {
             }
             EventKind::VerifySucceeded => {
                 set("kaizen_backup_verify_last_success_timestamp_seconds", now);
+                set("kaizen_backup_verify_last_attempt_timestamp_seconds", now);
                 set("kaizen_backup_verify_last_status", 1.0);
             }
-            EventKind::VerifyFailed => set("kaizen_backup_verify_last_status", 0.0),
+            EventKind::VerifyFailed => {
+                set("kaizen_backup_verify_last_attempt_timestamp_seconds", now);
+                set("kaizen_backup_verify_last_status", 0.0);
+            }
+            EventKind::PruneCompleted => set("kaizen_backup_prune_last_timestamp_seconds", now),
             _ => {}
         }
     }
     s
 }
 
-/// Render samples in the Prometheus text exposition format.
+/// Merge `new` into `old`. A sample without a target (the event named none, e.g. the
+/// backup failed before storage was opened) applies to every target already known for
+/// its database, so an old `last_status 1` of a real target cannot hide the failure;
+/// a sample with a target replaces an earlier target-less one of the same metric.
+pub fn merge(old: &mut Samples, new: &Samples) {
+    for (k, v) in new {
+        if k.target.is_empty() {
+            let known: Vec<String> = old
+                .keys()
+                .filter(|o| o.database == k.database && !o.target.is_empty())
+                .map(|o| o.target.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            if !known.is_empty() {
+                for target in known {
+                    old.insert(
+                        SeriesKey {
+                            target,
+                            ..k.clone()
+                        },
+                        *v,
+                    );
+                }
+                continue;
+            }
+        } else {
+            old.remove(&SeriesKey {
+                target: String::new(),
+                ..k.clone()
+            });
+        }
+        old.insert(k.clone(), *v);
+    }
+}
+
+/// Render samples in the Prometheus text exposition format (0.0.4).
 pub fn render(samples: &Samples) -> String {
     let mut out = String::new();
     for (name, kind, help) in METRICS {
-        let rows: Vec<_> = samples.iter().filter(|((n, _), _)| n == name).collect();
+        let rows: Vec<_> = samples.iter().filter(|(k, _)| k.name == *name).collect();
         if rows.is_empty() {
             continue;
         }
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for ((_, l), v) in rows {
-            out.push_str(&format!("{name}{{{l}}} {v}\n"));
+        for (k, v) in rows {
+            out.push_str(&format!(
+                "{name}{{database=\"{}\",target=\"{}\"}} {v}\n",
+                esc(&k.database),
+                esc(&k.target)
+            ));
         }
     }
     out
 }
 
-/// Parse our own earlier output back (lines `name{labels} value`).
+/// Parse `key="value",...` (our own label syntax).
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = s;
+    while let Some(eq) = rest.find("=\"") {
+        let key = rest[..eq].trim_start_matches(',').trim().to_string();
+        let body = &rest[eq + 2..];
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in body.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = Some(i);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        let Some(end) = end else { break };
+        out.insert(key, unesc(&body[..end]));
+        rest = &body[end + 1..];
+    }
+    out
+}
+
+/// Parse our own earlier output back (lines `name{labels} value`); foreign lines are ignored.
 pub fn parse(text: &str) -> Samples {
     let mut s = Samples::new();
     for line in text
@@ -157,14 +284,67 @@ pub fn parse(text: &str) -> Samples {
             continue;
         };
         let name = &line[..open];
-        if !METRICS.iter().any(|(n, _, _)| *n == name) {
+        if close < open || !METRICS.iter().any(|(n, _, _)| *n == name) {
             continue;
         }
-        if let Ok(v) = line[close + 1..].trim().parse::<f64>() {
-            s.insert((name.to_string(), line[open + 1..close].to_string()), v);
-        }
+        let labels = parse_labels(&line[open + 1..close]);
+        let Ok(v) = line[close + 1..].trim().parse::<f64>() else {
+            continue;
+        };
+        s.insert(
+            SeriesKey {
+                name: name.to_string(),
+                database: labels.get("database").cloned().unwrap_or_default(),
+                target: labels.get("target").cloned().unwrap_or_default(),
+            },
+            v,
+        );
     }
     s
+}
+
+/// URL-safe base64 with padding, for Pushgateway path segments (`label@base64/value`):
+/// label values may hold `/`, which a plain path segment cannot.
+fn base64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    if out.is_empty() {
+        // The Pushgateway's spelling of an empty value.
+        out.push('=');
+    }
+    out
+}
+
+/// `<base>/metrics/job@base64/<job>[/instance@base64/<instance>]/database@base64/<db>`.
+pub fn pushgateway_url(base: &str, job: &str, instance: Option<&str>, database: &str) -> String {
+    let mut url = format!(
+        "{}/metrics/job@base64/{}",
+        base.trim_end_matches('/'),
+        base64url(job.as_bytes())
+    );
+    if let Some(i) = instance {
+        url.push_str(&format!("/instance@base64/{}", base64url(i.as_bytes())));
+    }
+    url.push_str(&format!(
+        "/database@base64/{}",
+        base64url(database.as_bytes())
+    ));
+    url
 }
 
 /// Writes metrics for every event it is given.
@@ -174,81 +354,117 @@ pub struct MetricsSink {
 }
 
 impl MetricsSink {
-    /// A sink for `cfg` (None when nothing is configured).
+    /// A sink for `cfg` (`None` when nothing is configured). A Pushgateway URL without the
+    /// `pushgateway` feature is refused with the feature's name.
     pub fn from_config(cfg: &MetricsConfig) -> Result<Option<Self>> {
         if !cfg.is_enabled() {
             return Ok(None);
         }
-        #[cfg(not(feature = "pushgateway"))]
-        if cfg.pushgateway.is_some() {
+        #[cfg(not(feature = "metrics"))]
+        if cfg.textfile.is_some() {
             return Err(Error::NotCompiled {
-                what: "pushgateway".into(),
-                feature: "pushgateway".into(),
+                what: "metrics textfile".into(),
+                feature: "metrics".into(),
             });
+        }
+        if let Some(pg) = &cfg.pushgateway {
+            #[cfg(not(feature = "pushgateway"))]
+            {
+                let _ = pg;
+                return Err(Error::NotCompiled {
+                    what: "pushgateway".into(),
+                    feature: "pushgateway".into(),
+                });
+            }
+            #[cfg(feature = "pushgateway")]
+            if url::Url::parse(pg).is_err() {
+                return Err(Error::Config {
+                    key: "metrics.pushgateway".into(),
+                    message: "not a valid URL (e.g. http://pushgateway:9091)".into(),
+                });
+            }
         }
         Ok(Some(Self { cfg: cfg.clone() }))
     }
 
-    /// Merge `samples` into the textfile, atomically (temp file + rename in the same directory).
-    /// Mode 0644: node_exporter usually runs as another user and must read it; metrics hold no secrets.
-    pub fn write_textfile(path: &std::path::Path, samples: &Samples) -> Result<()> {
+    /// Record one event on every configured sink (same as [`Notifier::notify`]).
+    pub async fn record(&self, event: &Event) -> Result<()> {
+        let samples = samples_for(event);
+        if samples.is_empty() {
+            return Ok(());
+        }
+        if let Some(path) = &self.cfg.textfile {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || Self::write_textfile(&path, &samples))
+                .await
+                .map_err(|e| Error::other(format!("metrics writer stopped: {e}")))??;
+        }
+        #[cfg(feature = "pushgateway")]
+        if let Some(base) = &self.cfg.pushgateway {
+            self.push(base, event).await?;
+        }
+        Ok(())
+    }
+
+    /// Merge `samples` into the textfile at `path`, atomically: a temporary file in the same
+    /// directory, fsync, rename. A reader (node_exporter) sees the old or the new file, never
+    /// half of one. Mode 0644, set explicitly whatever the umask: node_exporter usually runs
+    /// as another user and must read the file, and metrics hold no secrets. An advisory lock
+    /// on a sidecar `.<name>.lock` file serializes concurrent writers (a backup and a verify
+    /// job finishing together), so neither loses the other's values.
+    pub fn write_textfile(path: &Path, samples: &Samples) -> Result<()> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut all = std::fs::read_to_string(path)
-            .map(|t| parse(&t))
-            .unwrap_or_default();
-        all.extend(samples.clone());
+        use std::os::unix::fs::PermissionsExt;
+        let io_err =
+            |e: std::io::Error| Error::io(format!("writing metrics to {}", path.display()), e);
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let tmp = dir.join(format!(
-            ".{}.tmp.{}",
-            path.file_name()
-                .and_then(|f| f.to_str())
-                .unwrap_or("metrics"),
-            std::process::id()
-        ));
+        let file_name = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or("metrics");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!(".{file_name}.lock")))
+            .map_err(io_err)?;
+        fs4::fs_std::FileExt::lock_exclusive(&lock).map_err(io_err)?;
+        let mut all = match std::fs::read_to_string(path) {
+            Ok(t) => parse(&t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Samples::new(),
+            Err(e) => return Err(io_err(e)),
+        };
+        merge(&mut all, samples);
+        let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
         let res = (|| -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o644)
-                .open(&tmp)?;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
             f.write_all(render(&all).as_bytes())?;
             f.sync_all()?;
             std::fs::rename(&tmp, path)
         })();
         if let Err(e) = res {
             let _ = std::fs::remove_file(&tmp);
-            return Err(Error::io(
-                format!("writing metrics to {}", path.display()),
-                e,
-            ));
+            return Err(io_err(e));
         }
+        // Dropping `lock` releases it.
         Ok(())
     }
 
     #[cfg(feature = "pushgateway")]
-    async fn push(&self, base: &str, event: &Event, samples: &Samples) -> Result<()> {
-        let job = self
-            .cfg
-            .job
-            .clone()
-            .unwrap_or_else(|| "kaizen_backup".into());
-        let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-        let url = format!(
-            "{}/metrics/job/{}/database/{}",
-            base.trim_end_matches('/'),
-            enc(&job),
-            enc(&event.database)
-        );
-        let body = render(samples);
-        let client = crate::http::client(std::time::Duration::from_secs(10))?;
-        crate::http::send_with_retries("pushgateway", &url, 2, || {
+    async fn push(&self, base: &str, event: &Event) -> Result<()> {
+        let job = self.cfg.job.as_deref().unwrap_or(DEFAULT_JOB);
+        let url = pushgateway_url(base, job, self.cfg.instance.as_deref(), &event.database);
+        let body = render(&samples_for(event));
+        let timeout = Duration::from_secs(self.cfg.timeout_secs.unwrap_or(10).max(1));
+        let client = crate::http::client(timeout)?;
+        // POST, not PUT: see the module documentation.
+        crate::http::send_with_retries("pushgateway", &url, 2, timeout, || {
             client
                 .post(&url)
                 .header("Content-Type", "text/plain; version=0.0.4")
@@ -271,22 +487,12 @@ impl Notifier for MetricsSink {
                 | EventKind::BackupFailed
                 | EventKind::VerifySucceeded
                 | EventKind::VerifyFailed
+                | EventKind::PruneCompleted
         )
     }
 
     async fn notify(&self, event: &Event) -> Result<()> {
-        let samples = samples_for(event);
-        if samples.is_empty() {
-            return Ok(());
-        }
-        if let Some(path) = &self.cfg.textfile {
-            Self::write_textfile(path, &samples)?;
-        }
-        #[cfg(feature = "pushgateway")]
-        if let Some(base) = &self.cfg.pushgateway {
-            self.push(base, event, &samples).await?;
-        }
-        Ok(())
+        self.record(event).await
     }
 }
 
@@ -294,38 +500,54 @@ impl Notifier for MetricsSink {
 mod tests {
     use super::*;
 
+    fn key(name: &str, target: &str) -> SeriesKey {
+        SeriesKey {
+            name: name.into(),
+            database: "kaizen_studio".into(),
+            target: target.into(),
+        }
+    }
+
     #[test]
-    fn failure_keeps_the_last_success() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kb.prom");
-        let mut ok = Event::new(EventKind::BackupSucceeded, "kaizen_studio");
-        ok.targets = vec!["file:///b".into()];
-        ok.size_bytes = Some(1234);
-        ok.duration_seconds = Some(2.5);
-        MetricsSink::write_textfile(&path, &samples_for(&ok)).unwrap();
-        let mut bad = Event::new(EventKind::BackupFailed, "kaizen_studio");
-        bad.targets = vec!["file:///b".into()];
-        MetricsSink::write_textfile(&path, &samples_for(&bad)).unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let s = parse(&text);
-        let l = labels("kaizen_studio", "file:///b");
+    fn labels_round_trip_through_the_text_format() {
+        let mut s = Samples::new();
+        let k = SeriesKey {
+            name: "kaizen_backup_last_status".into(),
+            database: "we\"ird\\db".into(),
+            target: "s3://b/p,x=\"y\"}".into(),
+        };
+        s.insert(k.clone(), 1.0);
+        assert_eq!(parse(&render(&s)), s);
+    }
+
+    #[test]
+    fn targetless_failure_applies_to_known_targets() {
+        let mut old = Samples::new();
+        old.insert(key("kaizen_backup_last_status", "file:///b"), 1.0);
+        let mut new = Samples::new();
+        new.insert(key("kaizen_backup_last_status", ""), 0.0);
+        merge(&mut old, &new);
+        assert_eq!(old.len(), 1);
+        assert_eq!(old[&key("kaizen_backup_last_status", "file:///b")], 0.0);
+        // And a later success with a target replaces a target-less sample.
+        let mut only_blank = Samples::new();
+        only_blank.insert(key("kaizen_backup_last_status", ""), 0.0);
+        let mut ok = Samples::new();
+        ok.insert(key("kaizen_backup_last_status", "file:///b"), 1.0);
+        merge(&mut only_blank, &ok);
+        assert_eq!(only_blank.len(), 1);
+    }
+
+    #[test]
+    fn base64_matches_the_pushgateway_spelling() {
+        assert_eq!(base64url(b""), "=");
+        assert_eq!(base64url(b"f"), "Zg==");
+        assert_eq!(base64url(b"fo"), "Zm8=");
+        assert_eq!(base64url(b"foo"), "Zm9v");
+        assert_eq!(base64url(b"a/b?"), "YS9iPw==");
         assert_eq!(
-            s[&("kaizen_backup_last_status".to_string(), l.clone())],
-            0.0
-        );
-        assert_eq!(
-            s[&("kaizen_backup_last_size_bytes".to_string(), l.clone())],
-            1234.0
-        );
-        assert!(s.contains_key(&(
-            "kaizen_backup_last_success_timestamp".to_string(),
-            l.clone()
-        )));
-        assert!(text.contains("# TYPE kaizen_backup_last_success_timestamp_seconds gauge"));
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o644
+            pushgateway_url("http://pg:9091/", "kaizen_backup", None, "kaizen_studio"),
+            "http://pg:9091/metrics/job@base64/a2FpemVuX2JhY2t1cA==/database@base64/a2FpemVuX3N0dWRpbw=="
         );
     }
 }

@@ -1,7 +1,9 @@
 //! Slack incoming webhook with a Block Kit message.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
-use backup_core::{Event, EventKind, Notifier, Result, Secret};
+use backup_core::{Error, Event, EventKind, Notifier, Result, Secret};
 
 use crate::Common;
 use crate::http::{client, send_with_retries};
@@ -12,6 +14,7 @@ pub struct Slack {
     url: Secret,
     events: Vec<EventKind>,
     retries: u32,
+    timeout: Duration,
     client: reqwest::Client,
 }
 
@@ -25,29 +28,52 @@ impl std::fmt::Debug for Slack {
 }
 
 impl Slack {
+    /// A Slack notifier posting to `url` (validated here, never printed beyond scheme and host).
     pub fn new(name: String, url: Secret, events: Vec<EventKind>, common: &Common) -> Result<Self> {
+        if url::Url::parse(url.expose()).is_err() {
+            return Err(Error::Config {
+                key: "notify.webhook_url".into(),
+                message: format!("{name}: the Slack webhook URL is not a valid URL"),
+            });
+        }
         Ok(Self {
             name,
             url,
             events,
             retries: common.retries,
+            timeout: common.timeout(),
             client: client(common.timeout())?,
         })
     }
 }
 
-/// The Block Kit payload for an event.
+/// At most `max` characters (Slack refuses blocks with longer texts).
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// The Block Kit payload for an event: a header with the summary, a section of fields
+/// (database, backup, size, duration, targets, host, time), the error if any, and a context line.
+/// `text` repeats the summary for notifications and clients without Block Kit.
 pub fn message(event: &Event) -> serde_json::Value {
     let icon = if event.kind.is_failure() {
         ":x:"
     } else {
         ":white_check_mark:"
     };
-    let title = format!("{icon} {}", event.summary());
+    // Slack limits: header 150 chars, 10 fields of 2000 chars, section text 3000 chars.
+    let title = clip(&format!("{icon} {}", event.summary()), 150);
     let fields: Vec<serde_json::Value> = crate::describe(event)
         .into_iter()
         .filter(|(k, _)| k != "Error")
-        .map(|(k, v)| serde_json::json!({ "type": "mrkdwn", "text": format!("*{k}*\n{v}") }))
+        .take(10)
+        .map(|(k, v)| serde_json::json!({ "type": "mrkdwn", "text": clip(&format!("*{k}*\n{v}"), 2000) }))
         .collect();
     let mut blocks = vec![
         serde_json::json!({ "type": "header", "text": { "type": "plain_text", "text": title } }),
@@ -56,7 +82,7 @@ pub fn message(event: &Event) -> serde_json::Value {
     if let Some(e) = &event.error {
         blocks.push(serde_json::json!({
             "type": "section",
-            "text": { "type": "mrkdwn", "text": format!("*Error*\n```{e}```") }
+            "text": { "type": "mrkdwn", "text": format!("*Error*\n```{}```", clip(e, 2900)) }
         }));
     }
     blocks.push(serde_json::json!({
@@ -78,9 +104,13 @@ impl Notifier for Slack {
 
     async fn notify(&self, event: &Event) -> Result<()> {
         let body = message(event);
-        send_with_retries(&self.name, self.url.expose(), self.retries, || {
-            self.client.post(self.url.expose()).json(&body)
-        })
+        send_with_retries(
+            &self.name,
+            self.url.expose(),
+            self.retries,
+            self.timeout,
+            || self.client.post(self.url.expose()).json(&body),
+        )
         .await
     }
 }

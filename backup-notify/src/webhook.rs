@@ -23,6 +23,7 @@ pub struct Webhook {
     headers: BTreeMap<String, Secret>,
     events: Vec<EventKind>,
     retries: u32,
+    timeout: std::time::Duration,
     client: reqwest::Client,
 }
 
@@ -47,6 +48,8 @@ pub fn signature(secret: &str, body: &[u8]) -> Result<String> {
 }
 
 impl Webhook {
+    /// A webhook notifier; the URL and header names/values are checked here so a typo is a
+    /// configuration error at start-up, not a failed delivery after a backup.
     pub fn new(
         name: String,
         url: Secret,
@@ -58,8 +61,19 @@ impl Webhook {
         if url::Url::parse(url.expose()).is_err() {
             return Err(Error::Config {
                 key: "notify.url".into(),
-                message: format!("webhook {name}: not a valid URL"),
+                message: format!("{name}: the webhook URL is not a valid URL"),
             });
+        }
+        for (k, v) in &headers {
+            let bad = reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err()
+                || reqwest::header::HeaderValue::from_str(v.expose()).is_err();
+            if bad {
+                // The value may be a token: name the header only.
+                return Err(Error::Config {
+                    key: "notify.headers".into(),
+                    message: format!("{name}: header {k:?} has an invalid name or value"),
+                });
+            }
         }
         Ok(Self {
             name,
@@ -68,6 +82,7 @@ impl Webhook {
             headers,
             events,
             retries: common.retries,
+            timeout: common.timeout(),
             client: client(common.timeout())?,
         })
     }
@@ -90,21 +105,27 @@ impl Notifier for Webhook {
             Some(s) => Some(signature(s.expose(), &body)?),
             None => None,
         };
-        send_with_retries(&self.name, self.url.expose(), self.retries, || {
-            let mut req = self
-                .client
-                .post(self.url.expose())
-                .header("Content-Type", "application/json")
-                .header(EVENT_HEADER, event.kind.as_str())
-                .body(body.clone());
-            if let Some(sig) = &sig {
-                req = req.header(SIGNATURE_HEADER, sig);
-            }
-            for (k, v) in &self.headers {
-                req = req.header(k, v.expose());
-            }
-            req
-        })
+        send_with_retries(
+            &self.name,
+            self.url.expose(),
+            self.retries,
+            self.timeout,
+            || {
+                let mut req = self
+                    .client
+                    .post(self.url.expose())
+                    .header("Content-Type", "application/json")
+                    .header(EVENT_HEADER, event.kind.as_str())
+                    .body(body.clone());
+                if let Some(sig) = &sig {
+                    req = req.header(SIGNATURE_HEADER, sig);
+                }
+                for (k, v) in &self.headers {
+                    req = req.header(k, v.expose());
+                }
+                req
+            },
+        )
         .await
     }
 }
