@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use backup_core::{Error, PgConfig, Result, Secret};
+use backup_core::{Error, PgConfig, Result};
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
@@ -26,7 +26,7 @@ pub const ENV_PREFIX: &str = "KAIZEN_BACKUP_";
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
-    pub database: DatabaseSection,
+    pub database: PgConfig,
     pub storage: StorageSection,
     pub backup: BackupSection,
     pub restore: RestoreSection,
@@ -40,64 +40,6 @@ pub struct Config {
     pub encryption: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit: Option<serde_json::Value>,
-}
-
-/// `[database]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DatabaseSection {
-    pub host: String,
-    pub port: u16,
-    pub name: String,
-    pub user: String,
-    pub password: Option<Secret>,
-    pub sslmode: Option<String>,
-    pub sslrootcert: Option<PathBuf>,
-    pub sslcert: Option<PathBuf>,
-    pub sslkey: Option<PathBuf>,
-    pub bin_dir: Option<PathBuf>,
-    pub connect_timeout: u64,
-    pub maintenance_db: String,
-}
-
-impl Default for DatabaseSection {
-    fn default() -> Self {
-        let d = PgConfig::default();
-        Self {
-            host: d.host,
-            port: d.port,
-            name: d.name,
-            user: d.user,
-            password: None,
-            sslmode: None,
-            sslrootcert: None,
-            sslcert: None,
-            sslkey: None,
-            bin_dir: None,
-            connect_timeout: d.connect_timeout,
-            maintenance_db: d.maintenance_db,
-        }
-    }
-}
-
-impl DatabaseSection {
-    /// Connection settings for the core.
-    pub fn pg(&self) -> PgConfig {
-        PgConfig {
-            host: self.host.clone(),
-            port: self.port,
-            name: self.name.clone(),
-            user: self.user.clone(),
-            password: self.password.clone(),
-            sslmode: self.sslmode.clone(),
-            sslrootcert: self.sslrootcert.clone(),
-            sslcert: self.sslcert.clone(),
-            sslkey: self.sslkey.clone(),
-            bin_dir: self.bin_dir.clone(),
-            connect_timeout: self.connect_timeout,
-            maintenance_db: self.maintenance_db.clone(),
-        }
-    }
 }
 
 /// One storage target: a URL, or `{ url, optional }`.

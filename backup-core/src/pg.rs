@@ -12,7 +12,7 @@ use crate::secret::Secret;
 /// How to reach the database. Shared by our own connections and by pg_dump/pg_restore,
 /// which receive it through libpq environment variables (never argv).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct PgConfig {
     /// Host name, IP address, or a Unix socket directory (starting with `/`).
     pub host: String,

@@ -68,7 +68,7 @@ pub async fn run(ctx: &Ctx, mut args: BackupArgs) -> Result<()> {
     args.name = Some(name.clone());
     backup_core::name::validate(&name)?;
     let targets = config::open_targets(c)?;
-    let pg = c.database.pg();
+    let pg = c.database.clone();
     let mut opts = options(ctx, name.clone())?;
     opts.pinned = args.pin;
     // One run per database and storage at a time (across pods and hosts).

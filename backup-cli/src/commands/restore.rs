@@ -70,7 +70,7 @@ async fn locked_restore(
     resolved: Resolved,
 ) -> Result<()> {
     let c = ctx.config();
-    let pg = c.database.pg();
+    let pg = c.database.clone();
     let target_db = target_db.to_string();
 
     let admin = pg.connect_to(&pg.maintenance_db).await?;
@@ -181,7 +181,7 @@ async fn safety_backup(ctx: &Ctx, db: &str) -> Result<()> {
     info!("Taking a safety backup of {db} first: {name}");
     let mut opts = crate::commands::backup::options(ctx, name)?;
     opts.kind = "safety".into();
-    let pg = c.database.pg().with_dbname(db);
+    let pg = c.database.clone().with_dbname(db);
     let target = Target {
         storage: first.storage,
         optional: false,

@@ -26,7 +26,7 @@ pub async fn run(ctx: &Ctx, spec: &str, quick: bool, json: bool) -> Result<()> {
         storage: resolved.storage.clone(),
         data_key: resolved.data_key.clone(),
         manifest: resolved.manifest.clone(),
-        pg: Some(c.database.pg()),
+        pg: Some(c.database.clone()),
     };
     let opts = VerifyOptions {
         quick,
