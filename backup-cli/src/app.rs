@@ -165,7 +165,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::Restore(args) => restore::run(ctx, args).await,
         Command::List { json } => list::run(ctx, json).await,
         Command::Config(ConfigCommand::Show { json }) => config_cmd::show(ctx, json),
-        Command::Config(ConfigCommand::Check) => config_cmd::check(ctx),
+        Command::Config(ConfigCommand::Check { connect }) => config_cmd::check(ctx, connect).await,
         Command::Status { json, max_age } => status::run(ctx, json, max_age).await,
         Command::Verify {
             backup,

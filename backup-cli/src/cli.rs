@@ -178,5 +178,9 @@ pub enum ConfigCommand {
         json: bool,
     },
     /// Validate the configuration; exit 2 naming the first invalid key.
-    Check,
+    Check {
+        /// Also reach the database, every storage target and every notifier (exit 1 if one fails).
+        #[arg(long)]
+        connect: bool,
+    },
 }

@@ -38,6 +38,18 @@ impl Reporter {
         }
     }
 
+    /// Run every sink's cheap health check; returns the failures.
+    pub async fn check_all(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in &self.notifiers {
+            match n.check().await {
+                Ok(()) => backup_core::success!("Notifier {} is reachable", n.name()),
+                Err(e) => out.push(e.to_string()),
+            }
+        }
+        out
+    }
+
     /// Delivery failures so far.
     pub fn failures(&self) -> Vec<String> {
         self.failures.lock().map(|f| f.clone()).unwrap_or_default()

@@ -26,9 +26,39 @@ pub fn show(ctx: &Ctx, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn check(ctx: &Ctx) -> Result<()> {
+pub async fn check(ctx: &Ctx, connect: bool) -> Result<()> {
     // Loading already validated every value; opening the targets checks their URLs and features.
-    config::open_targets(ctx.config())?;
+    let targets = config::open_targets(ctx.config())?;
     backup_core::success!("Configuration is valid");
-    Ok(())
+    if !connect {
+        return Ok(());
+    }
+    let mut failures = Vec::new();
+    let pg = &ctx.config().database;
+    match pg.connect().await {
+        Ok(_) => backup_core::success!("Database {} answers", pg.target()),
+        Err(e) => failures.push(e.to_string()),
+    }
+    for t in &targets {
+        match t.storage.check().await {
+            Ok(()) => {
+                backup_core::success!("Storage {} is reachable and writable", t.storage.url())
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    for f in ctx.reporter.check_all().await {
+        failures.push(f);
+    }
+    for f in &failures {
+        tracing::error!("{f}");
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(backup_core::Error::other(format!(
+            "{} check(s) failed",
+            failures.len()
+        )))
+    }
 }
