@@ -930,3 +930,55 @@ fn production_restore_on_a_terminal_asks_for_restore() {
     assert_eq!(out.code, 0, "{}", out.stdout);
     assert_eq!(pg.psql(&target.name, "SELECT v FROM t"), "new");
 }
+
+/// Peak resident memory of a live process, in KiB (VmHWM).
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn backup_memory_stays_bounded_whatever_the_database_size() {
+    let pg = Pg::get();
+    let src = pg.create_db("kb_mem");
+    pg.psql(&src.name, "CREATE TABLE big AS SELECT g, repeat(md5(g::text), 5) AS pad FROM generate_series(1, 1000000) g");
+    let cli = Cli::for_db(&src.name).env("KAIZEN_BACKUP_BACKUP__COMPRESSION", "none");
+    let child = cli.spawn(&["backup", "big"]);
+    let pid = child.id();
+    let mut peak = 0;
+    while std::fs::metadata(format!("/proc/{pid}/status")).is_ok() {
+        if let Some(kib) = peak_rss_kib(pid) {
+            peak = peak.max(kib);
+        }
+        // A zombie has no VmHWM any more: stop sampling once it exited.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = wait(child);
+    out.assert_code(0);
+    let size = std::fs::metadata(cli.backups().join("big.dump"))
+        .unwrap()
+        .len();
+    let bound_kib = 64 * 1024;
+    assert!(
+        size > 2 * bound_kib * 1024,
+        "the dump ({size} bytes) must be much larger than the memory bound for this test to mean anything"
+    );
+    eprintln!("peak RSS {peak} KiB for a {size}-byte dump");
+    assert!(
+        peak > 0 && peak < bound_kib,
+        "peak RSS {peak} KiB for a {size}-byte dump: the backup is not streaming"
+    );
+}
