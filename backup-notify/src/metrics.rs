@@ -377,10 +377,12 @@ impl MetricsSink {
                 });
             }
             #[cfg(feature = "pushgateway")]
-            if url::Url::parse(pg).is_err() {
+            let ok = url::Url::parse(pg)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+            if !ok {
                 return Err(Error::Config {
                     key: "metrics.pushgateway".into(),
-                    message: "not a valid URL (e.g. http://pushgateway:9091)".into(),
+                    message: "not an http(s) URL (e.g. http://pushgateway:9091)".into(),
                 });
             }
         }
