@@ -33,7 +33,14 @@ mod webhook;
 pub struct Common {
     /// Name in logs (default: the type).
     pub name: Option<String>,
-    /// Events to send (`backup.failed`, ...). Default: failures, plus backup and verify successes.
+    /// Events to send, by name: `backup.succeeded`, `backup.failed`, `verify.succeeded`,
+    /// `verify.failed`, `prune.completed`, `backup.stale`, `restore.completed`.
+    ///
+    /// Unset: every failure (`backup.failed`, `verify.failed`, `backup.stale`) plus
+    /// `backup.succeeded` and `verify.succeeded`, which is what the old scripts announced
+    /// ("backup success with size and duration ... verification results"). Set, it is the
+    /// exact list, e.g. `on = ["backup.failed", "verify.failed", "backup.stale"]` for a
+    /// pager that must only hear about failures. An unknown name is a configuration error.
     pub on: Option<Vec<String>>,
     /// Seconds per delivery attempt.
     pub timeout_secs: u64,
@@ -187,7 +194,12 @@ fn not_compiled(what: &str) -> Error {
     }
 }
 
-/// Build one notifier.
+/// Build one notifier. A type whose feature is not compiled in fails with
+/// [`Error::NotCompiled`] ("slack support is not compiled in (feature `slack`)").
+#[cfg_attr(
+    not(all(feature = "slack", feature = "email", feature = "webhook")),
+    allow(unused_variables)
+)]
 pub fn build(cfg: &NotifierConfig) -> Result<Box<dyn Notifier>> {
     let common = cfg.common();
     let events = common.events()?;
@@ -377,6 +389,22 @@ mod tests {
                 .to_string()
                 .contains("backup.exploded")
         );
+    }
+
+    /// Runs in builds without the feature (`cargo test -p backup-notify --no-default-features`).
+    #[cfg(not(feature = "slack"))]
+    #[test]
+    fn a_notifier_that_is_not_compiled_in_parses_and_names_its_feature() {
+        let cfg: NotifierConfig = serde_json::from_value(serde_json::json!(
+            {"type": "slack", "webhook_url": "https://hooks.slack.com/services/T/B/X"}
+        ))
+        .unwrap();
+        let err = build(&cfg).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "slack support is not compiled in (feature `slack`)"
+        );
+        assert_eq!(err.exit_code(), 2);
     }
 
     #[test]

@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use backup_core::{Error, Event, EventKind, Notifier, Result};
@@ -360,29 +359,25 @@ impl MetricsSink {
         if !cfg.is_enabled() {
             return Ok(None);
         }
-        #[cfg(not(feature = "metrics"))]
-        if cfg.textfile.is_some() {
+        if cfg.textfile.is_some() && !cfg!(feature = "metrics") {
             return Err(Error::NotCompiled {
                 what: "metrics textfile".into(),
                 feature: "metrics".into(),
             });
         }
         if let Some(pg) = &cfg.pushgateway {
-            #[cfg(not(feature = "pushgateway"))]
-            {
-                let _ = pg;
-                return Err(Error::NotCompiled {
-                    what: "pushgateway".into(),
-                    feature: "pushgateway".into(),
-                });
-            }
-            #[cfg(feature = "pushgateway")]
             let ok = url::Url::parse(pg)
                 .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
             if !ok {
                 return Err(Error::Config {
                     key: "metrics.pushgateway".into(),
                     message: "not an http(s) URL (e.g. http://pushgateway:9091)".into(),
+                });
+            }
+            if !cfg!(feature = "pushgateway") {
+                return Err(Error::NotCompiled {
+                    what: "pushgateway".into(),
+                    feature: "pushgateway".into(),
                 });
             }
         }
@@ -463,7 +458,7 @@ impl MetricsSink {
         let job = self.cfg.job.as_deref().unwrap_or(DEFAULT_JOB);
         let url = pushgateway_url(base, job, self.cfg.instance.as_deref(), &event.database);
         let body = render(&samples_for(event));
-        let timeout = Duration::from_secs(self.cfg.timeout_secs.unwrap_or(10).max(1));
+        let timeout = std::time::Duration::from_secs(self.cfg.timeout_secs.unwrap_or(10).max(1));
         let client = crate::http::client(timeout)?;
         // POST, not PUT: see the module documentation.
         crate::http::send_with_retries("pushgateway", &url, 2, timeout, || {
