@@ -982,3 +982,67 @@ fn backup_memory_stays_bounded_whatever_the_database_size() {
         "peak RSS {peak} KiB for a {size}-byte dump: the backup is not streaming"
     );
 }
+
+/// A 1 MiB tmpfs mounted on `dir` (root only), unmounted on drop.
+struct TinyFs(std::path::PathBuf);
+
+impl TinyFs {
+    fn mount(dir: &std::path::Path) -> Option<Self> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("not root: cannot mount a small filesystem for the disk-full tests");
+            return None;
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount -t tmpfs failed");
+        Some(Self(dir.to_path_buf()))
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_disk_is_refused_up_front_or_aborts_cleanly() {
+    let pg = Pg::get();
+    let src = pg.sample_db("kb_full");
+    let cli = Cli::for_db(&src.name);
+    let Some(fs) = TinyFs::mount(&cli.backups()) else {
+        return;
+    };
+    // The preflight estimate (from pg_database_size) does not fit in 1 MiB.
+    let out = cli.run(&["backup", "b"]);
+    out.assert_code(1)
+        .assert_stderr_contains("Insufficient disk space. Available: ")
+        .assert_stderr_contains("Required: ");
+    assert!(cli.backup_files().is_empty(), "{:?}", cli.backup_files());
+
+    // Without the preflight, the disk fills up midway: nothing is committed, nothing left.
+    pg.psql(
+        &src.name,
+        "CREATE TABLE filler AS SELECT g, md5(g::text) AS h FROM generate_series(1, 100000) g",
+    );
+    let out = cli.run_with(
+        &[
+            ("KAIZEN_BACKUP_BACKUP__SPACE_CHECK", "false"),
+            ("KAIZEN_BACKUP_BACKUP__COMPRESSION", "none"),
+        ],
+        &["backup", "b"],
+    );
+    out.assert_code(1);
+    assert!(
+        cli.backup_files().is_empty(),
+        "left on the full disk: {:?}\n{}",
+        cli.backup_files(),
+        out.stderr
+    );
+    assert!(cli.list().is_empty());
+    drop(fs);
+}
