@@ -1,15 +1,50 @@
-//! Notifiers and metrics sinks for kaizen-backup, each behind a Cargo feature.
+//! Notifiers and metrics sinks for kaizen-backup, each behind a Cargo feature (all on by default).
 //!
 //! | `type` | what | feature |
 //! |---|---|---|
 //! | `slack` | Slack incoming webhook, Block Kit message | `slack` |
-//! | `email` | SMTP (STARTTLS, implicit TLS or plain), plain-text body | `email` |
-//! | `webhook` | POST of the versioned JSON event, optional HMAC-SHA256 signature | `webhook` |
+//! | `email` | SMTP (STARTTLS, implicit TLS or none, optional login), plain-text body | `email` |
+//! | `webhook` | POST of the versioned JSON [`backup_core::Event`], optional HMAC-SHA256 signature | `webhook` |
 //!
 //! Every variant of [`NotifierConfig`] always parses; only building one needs its feature,
 //! so a configuration naming a notifier that is not compiled in fails with
-//! "slack support is not compiled in (feature `slack`)". [`metrics::MetricsSink`] writes
-//! Prometheus metrics (textfile and/or Pushgateway) and is a [`Notifier`] too.
+//! "slack support is not compiled in (feature `slack`)".
+//!
+//! ```toml
+//! [[notify]]
+//! type = "slack"
+//! webhook_url = "https://hooks.slack.com/services/T000/B000/XXXX"
+//!
+//! [[notify]]
+//! type = "email"
+//! name = "ops-mail"
+//! recipients = ["ops@example.com", "dba@example.com"]
+//! smtp_host = "smtp.example.com"   # smtp_port defaults by tls: 587, 465, 25
+//! smtp_user = "backup"
+//! smtp_password = "..."
+//! tls = "starttls"                 # or "tls" (implicit) or "none"
+//! on = ["backup.failed", "verify.failed", "backup.stale"]
+//!
+//! [[notify]]
+//! type = "webhook"
+//! url = "https://example.com/hooks/backup"
+//! secret = "shared"                # X-Kaizen-Signature: sha256=<hex HMAC of the body>
+//! headers = { Authorization = "Bearer ..." }
+//! timeout_secs = 10                # per attempt (default 10)
+//! retries = 3                      # after the first attempt, backoff 250 ms, 500 ms, 1 s, ...
+//!
+//! [metrics]
+//! textfile = "/var/lib/node_exporter/textfile/kaizen_backup.prom"
+//! pushgateway = "http://pushgateway:9091"
+//! job = "kaizen_backup"
+//! ```
+//!
+//! Use: [`build_all`] the `[[notify]]` list (plus [`legacy_from_env`] for `SLACK_WEBHOOK_URL`
+//! and `BACKUP_EMAIL_RECIPIENT`), add [`metrics::MetricsSink::from_config`] (itself a
+//! [`Notifier`]), and hand every event to [`backup_core::notify::notify_all`]. Delivery
+//! retries 5xx, 429, timeouts and connection errors (not other 4xx, nor SMTP 5xx answers);
+//! errors name the notifier and the server (scheme and host only: webhook URLs, header
+//! values, the HMAC secret and the SMTP password never appear in errors, logs or `Debug`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -400,3 +400,55 @@ fn nothing_configured_means_no_sink_and_bad_urls_are_refused() {
     .unwrap_err();
     assert_eq!(err.exit_code(), 2, "{err}");
 }
+
+#[tokio::test]
+async fn pushgateway_failure_without_targets_replaces_the_old_status() {
+    let base = service_var("KAIZEN_TEST_PUSHGATEWAY_URL");
+    let db = unique_db("pg_notarget");
+    let sink = MetricsSink::from_config(&MetricsConfig {
+        pushgateway: Some(base.clone()),
+        ..MetricsConfig::default()
+    })
+    .unwrap()
+    .unwrap();
+    sink.notify(&at(
+        EventKind::BackupSucceeded,
+        &db,
+        "2024-01-15T14:30:00Z",
+        &[T1],
+    ))
+    .await
+    .unwrap();
+    sink.notify(&at(
+        EventKind::BackupFailed,
+        &db,
+        "2024-01-16T14:30:00Z",
+        &[],
+    ))
+    .await
+    .unwrap();
+    let exposed = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mine: Vec<&str> = exposed
+        .lines()
+        .filter(|l| l.contains(&format!("database=\"{db}\"")))
+        .collect();
+    let status: Vec<&&str> = mine
+        .iter()
+        .filter(|l| l.starts_with("kaizen_backup_last_status{"))
+        .collect();
+    // No stale `1` left for the target: the only status series says failed.
+    assert_eq!(status.len(), 1, "{mine:#?}");
+    assert!(status[0].ends_with(" 0"), "{mine:#?}");
+    assert!(
+        mine.iter().any(
+            |l| l.starts_with("kaizen_backup_last_success_timestamp_seconds{")
+                && l.ends_with(" 1.705329e+09")
+        ),
+        "{mine:#?}"
+    );
+}
