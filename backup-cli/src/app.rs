@@ -13,6 +13,14 @@ use crate::config::{self, Loaded};
 pub const FEATURES: &[&str] = &[
     #[cfg(feature = "local")]
     "local",
+    #[cfg(feature = "s3")]
+    "s3",
+    #[cfg(feature = "gcs")]
+    "gcs",
+    #[cfg(feature = "azure")]
+    "azure",
+    #[cfg(feature = "opendal")]
+    "opendal",
     #[cfg(feature = "slack")]
     "slack",
     #[cfg(feature = "email")]

@@ -1,33 +1,110 @@
-//! Storage backends for kaizen-backup, chosen by URL scheme.
+//! Storage backends for kaizen-backup, chosen by URL scheme in one registry ([`open`]).
 //!
 //! | scheme | backend | feature |
 //! |---|---|---|
-//! | `file://` or a plain path | [`local::LocalStorage`] | `local` |
+//! | `file://` or a plain path | [`local::LocalStorage`] (directory, Kubernetes PVC) | `local` |
+//! | `s3://bucket/prefix` | object_store, multipart upload | `s3` |
+//! | `az://container/prefix` | object_store, block upload | `azure` |
+//! | `gs://bucket/prefix` | opendal, JSON API resumable upload | `gcs` |
+//! | `webdav://`, `webdavs://`, `sftp://` | opendal | `opendal` |
 //!
 //! Asking for a scheme that was not compiled in fails with a message naming the feature.
 
 use std::sync::Arc;
 
 use backup_core::{Error, Result, Storage};
+use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "azure")]
+pub mod azure;
+#[cfg(any(feature = "gcs", feature = "opendal"))]
+pub mod dal;
 #[cfg(feature = "local")]
 pub mod local;
+#[cfg(any(feature = "s3", feature = "azure"))]
+pub mod objstore;
+pub mod options;
+#[cfg(feature = "s3")]
+pub mod s3;
 
-/// Options shared by every backend (per-cloud settings live in their sections).
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub use options::{AzureOptions, GcsOptions, S3Options, UploadOptions};
+
+/// The `[storage.*]` sections.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct StorageOptions {}
+pub struct StorageOptions {
+    /// `[storage.upload]`
+    pub upload: UploadOptions,
+    /// `[storage.s3]`
+    pub s3: S3Options,
+    /// `[storage.azure]`
+    pub azure: AzureOptions,
+    /// `[storage.gcs]`
+    pub gcs: GcsOptions,
+}
 
-/// Open the storage a URL names.
-pub fn open(url: &str, _opts: &StorageOptions) -> Result<Arc<dyn Storage>> {
+#[allow(dead_code)]
+fn not_compiled(what: &str, feature: &str) -> Error {
+    Error::NotCompiled {
+        what: what.into(),
+        feature: feature.into(),
+    }
+}
+
+/// Split `scheme://bucket/prefix` into bucket and prefix.
+#[allow(dead_code)]
+fn bucket_and_prefix(url: &str) -> Result<(String, String)> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(Error::usage(format!("no bucket or container in {url:?}")));
+    }
+    Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
+}
+
+/// Open the storage a URL names. The `#[cfg]` lines below are the only place that
+/// knows which backends exist.
+pub fn open(url: &str, opts: &StorageOptions) -> Result<Arc<dyn Storage>> {
     let scheme = match url.split_once("://") {
         Some((s, _)) => s.to_ascii_lowercase(),
         None => "file".to_string(),
     };
     match scheme.as_str() {
+        #[cfg(feature = "local")]
         "file" => open_local(url),
+        #[cfg(feature = "s3")]
+        "s3" => {
+            let (b, p) = bucket_and_prefix(url)?;
+            s3::open(&b, &p, &opts.s3, opts.upload)
+        }
+        #[cfg(feature = "azure")]
+        "az" | "azure" => {
+            let (b, p) = bucket_and_prefix(url)?;
+            azure::open(&b, &p, &opts.azure, opts.upload)
+        }
+        #[cfg(feature = "gcs")]
+        "gs" | "gcs" => {
+            let (b, p) = bucket_and_prefix(url)?;
+            dal::gcs::open(&b, &p, &opts.gcs, opts.upload)
+        }
+        #[cfg(feature = "opendal")]
+        "webdav" | "webdavs" | "sftp" => {
+            let parsed = url::Url::parse(url)
+                .map_err(|e| Error::usage(format!("invalid storage URL: {e}")))?;
+            dal::other::open(&parsed, opts.upload)
+        }
+        #[allow(unreachable_patterns)]
+        "file" => Err(not_compiled("local storage", "local")),
+        #[allow(unreachable_patterns)]
+        "s3" => Err(not_compiled("s3 storage", "s3")),
+        #[allow(unreachable_patterns)]
+        "az" | "azure" => Err(not_compiled("azure storage", "azure")),
+        #[allow(unreachable_patterns)]
+        "gs" | "gcs" => Err(not_compiled("gcs storage", "gcs")),
+        #[allow(unreachable_patterns)]
+        "webdav" | "webdavs" | "sftp" => Err(not_compiled(&format!("{scheme} storage"), "opendal")),
         other => Err(Error::usage(format!(
-            "unknown storage scheme `{other}://` in {url:?} (known: file://, s3://, gs://, az://)"
+            "unknown storage scheme `{other}://` (known: file://, s3://, gs://, az://, webdav://, sftp://)"
         ))),
     }
 }
@@ -42,12 +119,4 @@ fn open_local(url: &str) -> Result<Arc<dyn Storage>> {
     let abs = std::path::absolute(path)
         .map_err(|e| Error::usage(format!("invalid storage path {path:?}: {e}")))?;
     Ok(Arc::new(local::LocalStorage::new(abs)))
-}
-
-#[cfg(not(feature = "local"))]
-fn open_local(_url: &str) -> Result<Arc<dyn Storage>> {
-    Err(Error::NotCompiled {
-        what: "local storage".into(),
-        feature: "local".into(),
-    })
 }

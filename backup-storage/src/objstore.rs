@@ -1,0 +1,354 @@
+//! A [`Storage`] over any `object_store` backend (S3, Azure), rooted at a key prefix.
+//!
+//! Writes are multipart uploads that stream: parts of `part_size` bytes are uploaded
+//! while the next ones are produced, at most `concurrency` at a time (so memory stays
+//! below part_size × concurrency). An aborted or failed write aborts the multipart
+//! upload: no part stays behind and nothing appears under the final key.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use backup_core::storage::{ByteStream, ObjectMeta, ObjectWriter, Storage, storage_error};
+use backup_core::{Error, Result};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+
+use crate::options::UploadOptions;
+use object_store::{
+    Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions,
+    PutPayload, WriteMultipart,
+};
+
+/// A bucket (or container) and a prefix inside it.
+#[derive(Debug, Clone)]
+pub struct ObjStore {
+    store: Arc<dyn ObjectStore>,
+    url: String,
+    prefix: String,
+    upload: UploadOptions,
+    attributes: Attributes,
+}
+
+impl ObjStore {
+    /// Wrap `store`; `url` is the redacted display URL (`s3://bucket/prefix`).
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        url: String,
+        prefix: &str,
+        upload: UploadOptions,
+        storage_class: Option<String>,
+    ) -> Self {
+        let mut attributes = Attributes::new();
+        if let Some(c) = storage_class {
+            attributes.insert(Attribute::StorageClass, c.into());
+        }
+        Self {
+            store,
+            url,
+            prefix: prefix.trim_matches('/').to_string(),
+            upload: UploadOptions {
+                part_size: upload.part_size.max(5 * 1024 * 1024),
+                concurrency: upload.concurrency.max(1),
+            },
+            attributes,
+        }
+    }
+
+    fn path(&self, key: &str) -> Result<Path> {
+        if key.is_empty() || key.contains('/') {
+            return Err(storage_error(
+                &self.url,
+                "resolve",
+                key,
+                "invalid object key",
+                false,
+            ));
+        }
+        Ok(if self.prefix.is_empty() {
+            Path::from(key)
+        } else {
+            Path::from(format!("{}/{key}", self.prefix))
+        })
+    }
+
+    fn key_of(&self, p: &Path) -> Option<String> {
+        let s = p.as_ref();
+        let rest = if self.prefix.is_empty() {
+            s
+        } else {
+            s.strip_prefix(&self.prefix)?.strip_prefix('/')?
+        };
+        (!rest.contains('/')).then(|| rest.to_string())
+    }
+
+    fn err(&self, op: &'static str, key: &str, e: object_store::Error) -> Error {
+        map_error(&self.url, op, key, e)
+    }
+}
+
+/// Map an object_store error to ours: the message names the operation and key, never credentials.
+pub fn map_error(url: &str, op: &'static str, key: &str, e: object_store::Error) -> Error {
+    match e {
+        object_store::Error::NotFound { .. } => Error::NotFound(format!("{url}/{key}")),
+        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
+            Error::AlreadyExists(format!("{url}/{key}"))
+        }
+        other => {
+            let text = other.to_string();
+            let retryable = [
+                "timed out",
+                "timeout",
+                "connection",
+                "reset",
+                "Server error",
+                "500",
+                "502",
+                "503",
+                "504",
+            ]
+            .iter()
+            .any(|p| text.contains(p));
+            storage_error(url, op, key, scrub(&text), retryable)
+        }
+    }
+}
+
+/// Remove anything that looks like a signature or credential from an error text.
+fn scrub(text: &str) -> String {
+    let mut out = text.to_string();
+    for marker in [
+        "X-Amz-Signature=",
+        "X-Amz-Credential=",
+        "sig=",
+        "Signature=",
+    ] {
+        while let Some(i) = out.find(marker) {
+            let start = i + marker.len();
+            let end = out[start..]
+                .find(['&', ' ', '"', ')'])
+                .map(|e| start + e)
+                .unwrap_or(out.len());
+            out.replace_range(start..end, "***");
+            if !out[start + 3..].contains(marker) {
+                break;
+            }
+        }
+    }
+    out
+}
+
+struct MultipartWriter {
+    url: String,
+    key: String,
+    inner: Option<WriteMultipart>,
+    concurrency: usize,
+    written: u64,
+}
+
+#[async_trait]
+impl ObjectWriter for MultipartWriter {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        let Some(w) = self.inner.as_mut() else {
+            return Err(storage_error(
+                &self.url,
+                "write",
+                &self.key,
+                "writer already closed",
+                false,
+            ));
+        };
+        // Backpressure: wait while `concurrency` parts are in flight.
+        w.wait_for_capacity(self.concurrency)
+            .await
+            .map_err(|e| map_error(&self.url, "upload part", &self.key, e))?;
+        self.written += data.len() as u64;
+        w.put(data);
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<ObjectMeta> {
+        let Some(w) = self.inner.take() else {
+            return Err(storage_error(
+                &self.url,
+                "finish",
+                &self.key,
+                "writer already closed",
+                false,
+            ));
+        };
+        w.finish()
+            .await
+            .map_err(|e| map_error(&self.url, "complete upload", &self.key, e))?;
+        Ok(ObjectMeta {
+            key: self.key.clone(),
+            size: self.written,
+            last_modified: Some(chrono::Utc::now()),
+        })
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        match self.inner.take() {
+            Some(w) => w
+                .abort()
+                .await
+                .map_err(|e| map_error(&self.url, "abort upload", &self.key, e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for MultipartWriter {
+    fn drop(&mut self) {
+        // Dropped without finish/abort (a panic or a cancelled task): abort in the background.
+        if let Some(w) = self.inner.take()
+            && let Ok(h) = tokio::runtime::Handle::try_current()
+        {
+            h.spawn(async move {
+                let _ = w.abort().await;
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for ObjStore {
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    async fn put(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
+        let path = self.path(key)?;
+        if self.head(key).await?.is_some() {
+            return Err(Error::AlreadyExists(format!("{}/{key}", self.url)));
+        }
+        let opts = PutMultipartOptions {
+            attributes: self.attributes.clone(),
+            ..Default::default()
+        };
+        let upload = self
+            .store
+            .put_multipart_opts(&path, opts)
+            .await
+            .map_err(|e| self.err("start upload", key, e))?;
+        Ok(Box::new(MultipartWriter {
+            url: self.url.clone(),
+            key: key.to_string(),
+            inner: Some(WriteMultipart::new_with_chunk_size(
+                upload,
+                self.upload.part_size,
+            )),
+            concurrency: self.upload.concurrency,
+            written: 0,
+        }))
+    }
+
+    async fn get(&self, key: &str) -> Result<ByteStream> {
+        let path = self.path(key)?;
+        let res = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| self.err("get", key, e))?;
+        let url = self.url.clone();
+        let key = key.to_string();
+        Ok(res
+            .into_stream()
+            .map(move |r| r.map_err(|e| map_error(&url, "read", &key, e)))
+            .boxed())
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        let path = self.path(key)?;
+        match self.store.head(&path).await {
+            Ok(m) => Ok(Some(ObjectMeta {
+                key: key.to_string(),
+                size: m.size,
+                last_modified: Some(m.last_modified),
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err("head", key, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<BoxStream<'static, Result<ObjectMeta>>> {
+        let root = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
+        let this = self.clone();
+        let want = prefix.to_string();
+        let stream = self.store.list(root.as_ref()).filter_map(move |r| {
+            let out = match r {
+                Ok(m) => this
+                    .key_of(&m.location)
+                    .filter(|k| k.starts_with(&want))
+                    .map(|key| {
+                        Ok(ObjectMeta {
+                            key,
+                            size: m.size,
+                            last_modified: Some(m.last_modified),
+                        })
+                    }),
+                Err(e) => Some(Err(map_error(&this.url, "list", "", e))),
+            };
+            futures::future::ready(out)
+        });
+        Ok(stream.boxed())
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err("delete", key, e)),
+        }
+    }
+
+    async fn check(&self) -> Result<()> {
+        let key = format!(".kaizen-check.{}", backup_core::util::random_suffix(8));
+        let path = self.path(&key)?;
+        self.store
+            .put(&path, PutPayload::from_static(b"ok"))
+            .await
+            .map_err(|e| self.err("check (write)", &key, e))?;
+        self.store
+            .delete(&path)
+            .await
+            .map_err(|e| self.err("check (delete)", &key, e))
+    }
+
+    async fn put_replace(&self, key: &str, data: Bytes) -> Result<()> {
+        let path = self.path(key)?;
+        self.store
+            .put(&path, PutPayload::from(data))
+            .await
+            .map_err(|e| self.err("put", key, e))?;
+        Ok(())
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool> {
+        let path = self.path(key)?;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(data.clone()), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            // Stores without conditional writes: check, then write (a small race, documented).
+            Err(object_store::Error::NotImplemented { .. })
+            | Err(object_store::Error::NotSupported { .. }) => {
+                if self.head(key).await?.is_some() {
+                    return Ok(false);
+                }
+                self.put_replace(key, data).await?;
+                Ok(true)
+            }
+            Err(e) => Err(self.err("put", key, e)),
+        }
+    }
+}
