@@ -248,38 +248,32 @@ pub async fn run(
     );
     let manifest_key = Manifest::key_for(&opts.name);
 
-    // Never overwrite: refuse a name that exists (manifest or data) on any target.
+    // Never overwrite: refuse a name that exists (manifest or data) on any target. An
+    // optional target that cannot be reached, or lacks space, is left out (and reported).
+    let required_space = ((pre.server.database_size as f64) * opts.space_ratio) as u64;
+    let mut active: Vec<Target> = Vec::with_capacity(targets.len());
+    let mut skipped: Vec<(String, String)> = Vec::new();
     for t in targets {
-        for key in [&manifest_key, &data_key] {
-            if t.storage.head(key).await?.is_some() {
-                return Err(Error::AlreadyExists(format!(
-                    "backup {:?} already exists in {} ({key}); choose another name",
-                    opts.name,
-                    t.storage.url()
-                )));
+        match precheck(
+            t,
+            &[&manifest_key, &data_key],
+            &opts.name,
+            opts.space_check.then_some(required_space),
+        )
+        .await
+        {
+            Ok(()) => active.push(t.clone()),
+            Err(e) if t.optional && !matches!(e, Error::AlreadyExists(_)) => {
+                warn!("Optional target {} left out: {e}", t.storage.url());
+                skipped.push((t.storage.url(), e.to_string()));
             }
+            Err(e) => return Err(e),
         }
     }
-
-    if opts.space_check {
-        let required = ((pre.server.database_size as f64) * opts.space_ratio) as u64;
-        for t in targets {
-            if let Some(avail) = t.storage.available_space().await?
-                && avail < required
-            {
-                let err = Error::InsufficientSpace {
-                    available: human_size(avail),
-                    required: human_size(required),
-                    location: t.storage.url(),
-                };
-                if t.optional {
-                    warn!("{err}; skipping optional target");
-                    continue;
-                }
-                return Err(err);
-            }
-        }
+    if active.is_empty() {
+        return Err(Error::other("no storage target is usable for this backup"));
     }
+    let targets = &active[..];
 
     // A REPEATABLE READ snapshot shared with pg_dump: the counts describe exactly what is dumped.
     client
@@ -365,7 +359,7 @@ pub async fn run(
 
     // Commit the data objects.
     let mut committed: Vec<(usize, ObjectMeta)> = Vec::new();
-    let mut failed_optional = Vec::new();
+    let mut failed_optional = skipped;
     let mut failure: Option<Error> = None;
     for t in tasks.iter_mut() {
         if let Some(tx) = t.tx.take() {
@@ -603,4 +597,32 @@ pub fn collect_stderr(child: &mut Child) -> JoinHandle<String> {
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         lines[lines.len().saturating_sub(10)..].join("\n")
     })
+}
+
+/// Checks on one target before anything is written: the name is free, and there is room.
+async fn precheck(
+    t: &Target,
+    keys: &[&String],
+    name: &str,
+    required_space: Option<u64>,
+) -> Result<()> {
+    for key in keys {
+        if t.storage.head(key).await?.is_some() {
+            return Err(Error::AlreadyExists(format!(
+                "backup {name:?} already exists in {} ({key}); choose another name",
+                t.storage.url()
+            )));
+        }
+    }
+    if let Some(required) = required_space
+        && let Some(avail) = t.storage.available_space().await?
+        && avail < required
+    {
+        return Err(Error::InsufficientSpace {
+            available: human_size(avail),
+            required: human_size(required),
+            location: t.storage.url(),
+        });
+    }
+    Ok(())
 }

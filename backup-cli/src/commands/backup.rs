@@ -73,7 +73,8 @@ pub async fn run(ctx: &Ctx, mut args: BackupArgs) -> Result<()> {
     opts.pinned = args.pin;
     // One run per database and storage at a time (across pods and hosts).
     let mut guards = Vec::new();
-    for t in &targets {
+    let mut usable = Vec::with_capacity(targets.len());
+    for t in targets {
         match lock::acquire(
             t.storage.clone(),
             &pg.name,
@@ -82,14 +83,21 @@ pub async fn run(ctx: &Ctx, mut args: BackupArgs) -> Result<()> {
         )
         .await
         {
-            Ok(g) => guards.push(g),
+            Ok(g) => {
+                guards.push(g);
+                usable.push(t);
+            }
+            // An optional target that cannot be locked (unreachable, busy) is left out.
+            Err(e) if t.optional => {
+                warn!("Optional target {} left out: {e}", t.storage.url());
+            }
             Err(e) => {
                 release_all(guards).await;
                 return Err(e);
             }
         }
     }
-    let result = locked_backup(ctx, &args, &pg, &targets, opts).await;
+    let result = locked_backup(ctx, &args, &pg, &usable, opts).await;
     release_all(guards).await;
     result
 }

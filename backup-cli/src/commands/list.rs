@@ -12,7 +12,15 @@ pub async fn run(ctx: &Ctx, json: bool) -> Result<()> {
     let targets = config::open_targets(ctx.config())?;
     let mut rows = Vec::new();
     for (i, t) in targets.iter().enumerate() {
-        let cat = catalog::scan(t.storage.as_ref()).await?;
+        let cat = match catalog::scan(t.storage.as_ref()).await {
+            Ok(cat) => cat,
+            // An optional target that is down does not hide the others.
+            Err(e) if t.optional => {
+                warn!("Optional target {} cannot be listed: {e}", t.storage.url());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         for (key, why) in &cat.unreadable {
             warn!("Unreadable manifest {key} in {}: {why}", t.storage.url());
         }
