@@ -57,6 +57,18 @@ pub fn run(cli: Cli) -> u8 {
             return 0;
         }
         Command::Man { dir } => return write_man(dir),
+        Command::Keygen { output } => {
+            return match backup_core::codec::keygen(output) {
+                Ok(recipient) => {
+                    emit(recipient);
+                    0
+                }
+                Err(e) => {
+                    print_early_error(&e);
+                    exit_code(&e)
+                }
+            };
+        }
         _ => {}
     }
     // Names are checked before anything else runs.
@@ -187,7 +199,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         } => prune::run(ctx, dry_run, json, lock_timeout).await,
         Command::Pin { name } => prune::pin(ctx, &name, true).await,
         Command::Unpin { name } => prune::pin(ctx, &name, false).await,
-        Command::Completions { .. } | Command::Man { .. } => Ok(()),
+        Command::Completions { .. } | Command::Man { .. } | Command::Keygen { .. } => Ok(()),
     }
 }
 

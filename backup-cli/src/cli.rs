@@ -115,6 +115,15 @@ pub enum Command {
     /// Show or check the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Create an age identity for encrypted backups; prints the public recipient.
+    #[command(
+        after_help = "Example:\n  kaizen-backup keygen --output /secure/kaizen-backup.agekey\n  # put the printed age1... recipient in [encryption] recipients; keep the file off the backup host"
+    )]
+    Keygen {
+        /// Where to write the identity (created 0600; never overwritten).
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  kaizen-backup completions bash > /etc/bash_completion.d/kaizen-backup"

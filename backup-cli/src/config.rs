@@ -36,8 +36,7 @@ pub struct Config {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<backup_notify::NotifierConfig>,
     pub metrics: backup_notify::metrics::MetricsConfig,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub encryption: Option<serde_json::Value>,
+    pub encryption: backup_core::codec::EncryptionConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit: Option<serde_json::Value>,
 }
@@ -664,6 +663,7 @@ fn validate(c: &Config) -> Result<()> {
         );
     }
     c.backup.compression()?;
+    c.encryption.validate()?;
     for n in &c.notify {
         n.common().events()?;
     }

@@ -2,6 +2,7 @@
 
 mod app;
 mod cli;
+mod codecs;
 mod commands;
 mod config;
 mod events;

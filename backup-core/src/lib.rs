@@ -8,6 +8,7 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod codec;
 pub mod error;
 pub mod lock;
 pub mod manifest;

@@ -19,12 +19,7 @@ pub fn options(ctx: &Ctx, name: String) -> Result<BackupOptions> {
     opts.space_ratio = c.backup.space_ratio;
     opts.row_counts = c.backup.row_counts;
     opts.extra_args = c.backup.pg_dump_args.clone();
-    if matches!(opts.compression, backup::Compression::Zstd(_)) {
-        return Err(backup_core::Error::NotCompiled {
-            what: "zstd compression".into(),
-            feature: "zstd".into(),
-        });
-    }
+    crate::codecs::add_encoders(c, &mut opts)?;
     Ok(opts)
 }
 

@@ -70,6 +70,8 @@ async fn locked_restore(
     resolved: Resolved,
 ) -> Result<()> {
     let c = ctx.config();
+    // Keys are checked before anything is touched (a missing key refuses at once).
+    let decoder = crate::codecs::decoder(c, resolved.manifest.as_ref())?;
     let pg = c.database.clone();
     let target_db = target_db.to_string();
 
@@ -89,14 +91,7 @@ async fn locked_restore(
     opts.role = c.restore.role.clone();
     opts.temp_dir = c.restore.temp_dir.clone();
     opts.allow_replace = true;
-    if let Some(m) = &resolved.manifest
-        && (m.compression == "zstd" || m.encryption != "none")
-    {
-        return Err(Error::NotCompiled {
-            what: format!("decoding {}/{} backups", m.compression, m.encryption),
-            feature: "zstd/age".into(),
-        });
-    }
+    opts.decoder = decoder;
     let bar = crate::progress::Bar::start("restore", ctx.progress);
     opts.progress = bar.callback();
     let result = restore::run(&pg, &resolved, opts, ctx.cancel.clone()).await;

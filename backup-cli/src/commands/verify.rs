@@ -13,14 +13,18 @@ pub async fn run(ctx: &Ctx, spec: &str, quick: bool, json: bool) -> Result<()> {
     let c = ctx.config();
     let resolved = resolve(ctx, spec).await?;
     let started = Instant::now();
-    if let Some(m) = &resolved.manifest
-        && (m.compression == "zstd" || m.encryption != "none")
-    {
-        return Err(Error::NotCompiled {
-            what: format!("verifying {}/{} backups", m.compression, m.encryption),
-            feature: "zstd/age".into(),
-        });
-    }
+    // Decoding (zstd, age) is needed only by the test restore: --quick needs no key.
+    let decoder: Option<backup_verify::DecoderFactory> = match &resolved.manifest {
+        Some(m) if m.compression == "zstd" || m.encryption == "age" => {
+            let cfg = c.clone();
+            let m = m.clone();
+            Some(Box::new(move || {
+                crate::codecs::decoder(&cfg, Some(&m))?
+                    .ok_or_else(|| Error::other("no decoder for this backup"))
+            }))
+        }
+        _ => None,
+    };
     let vctx = VerifyContext {
         name: resolved.name.clone(),
         storage: resolved.storage.clone(),
@@ -31,7 +35,7 @@ pub async fn run(ctx: &Ctx, spec: &str, quick: bool, json: bool) -> Result<()> {
     let opts = VerifyOptions {
         quick,
         cancel: ctx.cancel.clone(),
-        decoder: None,
+        decoder,
     };
     let record = backup_verify::run(&vctx, &opts).await?;
     if resolved.manifest.is_some()

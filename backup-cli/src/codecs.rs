@@ -1,0 +1,67 @@
+//! The stream codecs a configuration asks for: zstd and age on the way to storage,
+//! and the matching decoders for restore and verify.
+
+use backup_core::backup::{BackupOptions, Compression};
+use backup_core::codec::{self, DecryptKeys};
+use backup_core::manifest::Manifest;
+use backup_core::restore::Decoder;
+use backup_core::{Result, Secret};
+
+use crate::config::{Config, var_or_file};
+
+/// Add the encoders to a backup's options.
+pub fn add_encoders(c: &Config, opts: &mut BackupOptions) -> Result<()> {
+    if let Compression::Zstd(level) = opts.compression {
+        opts.transforms
+            .push(Box::new(codec::ZstdEncoder::new(level)?));
+    }
+    if c.encryption.enabled() {
+        opts.transforms
+            .push(Box::new(codec::AgeEncryptor::new(&c.encryption)?));
+        opts.encryption = "age".into();
+        opts.recipients = c.encryption.public_recipients();
+    }
+    Ok(())
+}
+
+/// The keys for decrypting: configuration first, then `KAIZEN_BACKUP_AGE_IDENTITY_FILE`
+/// and `KAIZEN_BACKUP_AGE_PASSPHRASE` (or `_FILE`).
+pub fn keys(c: &Config) -> Result<DecryptKeys> {
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let identity_file = c.encryption.identity_file.clone().or_else(|| {
+        env.get("KAIZEN_BACKUP_AGE_IDENTITY_FILE")
+            .filter(|v| !v.is_empty())
+            .map(Into::into)
+    });
+    let passphrase = match &c.encryption.passphrase {
+        Some(p) => Some(p.clone()),
+        None => var_or_file(&env, "KAIZEN_BACKUP_AGE_PASSPHRASE")?.map(|(v, _)| Secret::new(v)),
+    };
+    Ok(DecryptKeys {
+        identity_file,
+        passphrase,
+    })
+}
+
+/// The decoder for a stored object (None for plain custom-format archives).
+pub fn decoder(c: &Config, manifest: Option<&Manifest>) -> Result<Option<Decoder>> {
+    let Some(m) = manifest else { return Ok(None) };
+    let encrypted = m.encryption == "age";
+    let zstd = m.compression == "zstd";
+    if !encrypted && !zstd {
+        return Ok(None);
+    }
+    let keys = if encrypted { Some(keys(c)?) } else { None };
+    let recipients = m.recipients.clone();
+    Ok(Some(Box::new(move |stream| {
+        let stream = match &keys {
+            Some(k) => codec::age_decode(stream, k, &recipients)?,
+            None => stream,
+        };
+        Ok(if zstd {
+            codec::zstd_decode(stream)
+        } else {
+            stream
+        })
+    })))
+}
