@@ -125,7 +125,23 @@ pub fn run(cli: Cli) -> u8 {
     };
     let result = rt.block_on(async move {
         tokio::spawn(watch_signals(cancel));
+        let audit = audit_subject(&ctx, &cli.command);
+        if let Some((action, detail)) = &audit {
+            audit_record(&ctx, action, "started", detail);
+        }
         let result = dispatch(&ctx, cli.command).await;
+        if let Some((action, detail)) = &audit {
+            let outcome = match &result {
+                Ok(()) => "succeeded",
+                Err(Error::Refused(_)) => "refused",
+                Err(_) => "failed",
+            };
+            let detail = match &result {
+                Err(e) => format!("{detail}: {e}"),
+                Ok(()) => detail.clone(),
+            };
+            audit_record(&ctx, action, outcome, &detail);
+        }
         (result, ctx.reporter.failures())
     });
     let (result, notify_failures) = result;
@@ -243,4 +259,65 @@ pub fn emit(line: impl std::fmt::Display) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
+}
+
+/// The audited action of a command and its subject (None for read-only commands).
+fn audit_subject(ctx: &Ctx, command: &Command) -> Option<(&'static str, String)> {
+    let _ = ctx;
+    match command {
+        Command::Backup(a) => Some(("backup", a.name.clone().unwrap_or_default())),
+        Command::Restore(a) => Some((
+            "restore",
+            format!(
+                "{} -> {}",
+                a.backup,
+                a.target_db
+                    .clone()
+                    .unwrap_or_else(|| ctx.config().database.name.clone())
+            ),
+        )),
+        Command::Verify { backup, quick, .. } => Some((
+            "verify",
+            format!("{backup}{}", if *quick { " (quick)" } else { "" }),
+        )),
+        Command::Prune { dry_run, .. } => Some((
+            "prune",
+            if *dry_run {
+                "dry run".into()
+            } else {
+                String::new()
+            },
+        )),
+        Command::Pin { name } => Some(("pin", name.clone())),
+        Command::Unpin { name } => Some(("unpin", name.clone())),
+        Command::Config(ConfigCommand::Check { .. }) => Some(("config", "check".into())),
+        _ => None,
+    }
+}
+
+fn audit_record(ctx: &Ctx, action: &str, outcome: &str, detail: &str) {
+    let c = ctx.config();
+    let storage = c
+        .storage
+        .targets
+        .iter()
+        .map(|t| redact_url(t.url()))
+        .collect();
+    let ev =
+        backup_core::audit::AuditEvent::new(action, &c.database.name, storage, outcome, detail);
+    if let Err(e) = backup_core::audit::record(&c.audit, &ev) {
+        tracing::warn!("Could not write the audit record: {e}");
+    }
+}
+
+/// A storage URL without user information (credentials never reach the audit trail).
+fn redact_url(u: &str) -> String {
+    match url::Url::parse(u) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        _ => u.to_string(),
+    }
 }

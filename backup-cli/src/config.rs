@@ -37,8 +37,7 @@ pub struct Config {
     pub notify: Vec<backup_notify::NotifierConfig>,
     pub metrics: backup_notify::metrics::MetricsConfig,
     pub encryption: backup_core::codec::EncryptionConfig,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub audit: Option<serde_json::Value>,
+    pub audit: backup_core::audit::AuditConfig,
 }
 
 /// One storage target: a URL, or `{ url, optional }`.

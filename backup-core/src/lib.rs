@@ -6,6 +6,7 @@
 //! client and no SMTP. Plugins (storage backends, notifiers, verifiers) depend on
 //! it and implement its traits.
 
+pub mod audit;
 pub mod backup;
 pub mod catalog;
 pub mod codec;

@@ -629,14 +629,23 @@ fn json_logs_and_log_file() {
     let cli = Cli::for_db(&src.name).env("KAIZEN_BACKUP_LOG__FILE", "backups/backup.log");
     let out = cli.run(&["--log-format", "json", "backup", "j"]);
     out.assert_code(0);
-    let first = out.stderr.lines().next().unwrap();
-    let v: serde_json::Value = serde_json::from_str(first).unwrap();
-    assert!(
+    // Every line is a JSON object; one is the start of the backup, one the audit record.
+    let lines: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.iter().any(|v| {
         v["fields"]["message"]
             .as_str()
-            .unwrap()
+            .unwrap_or_default()
             .contains("Starting backup: j")
-    );
+    }));
+    let audit = lines
+        .iter()
+        .find(|v| v["target"] == "kaizen_backup::audit" && v["fields"]["outcome"] == "succeeded")
+        .unwrap_or_else(|| panic!("no audit record: {}", out.stderr));
+    assert_eq!(audit["fields"]["action"], "backup");
     let log = std::fs::read_to_string(cli.backups().join("backup.log")).unwrap();
     assert!(log.contains("Starting backup: j"));
 }
@@ -1045,4 +1054,51 @@ fn full_disk_is_refused_up_front_or_aborts_cleanly() {
     );
     assert!(cli.list().is_empty());
     drop(fs);
+}
+
+#[test]
+fn audit_file_records_who_did_what() {
+    let pg = Pg::get();
+    let src = pg.create_db("kb_audit");
+    let cli = Cli::for_db(&src.name).env("KAIZEN_BACKUP_AUDIT__FILE", "audit/audit.jsonl");
+    cli.run(&["backup", "a1"]).assert_code(0);
+    let dst = pg.adopt(&unique("kb_audit_dst"));
+    cli.run(&["restore", "a1", &dst.name]).assert_code(0);
+    let bad = Cli::for_db(&src.name)
+        .env("BACKUP_DIR", cli.backups().to_str().unwrap())
+        .env(
+            "KAIZEN_BACKUP_AUDIT__FILE",
+            cli.path().join("audit/audit.jsonl").to_str().unwrap(),
+        )
+        .env("POSTGRES_PASSWORD", "Audit-Wrong-Pw");
+    bad.run(&["backup", "a2"]).assert_code(1);
+    let path = cli.path().join("audit/audit.jsonl");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("Audit-Wrong-Pw"));
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |action: &str, outcome: &str| {
+        events
+            .iter()
+            .any(|e| e["action"] == action && e["outcome"] == outcome)
+    };
+    assert!(
+        find("backup", "started") && find("backup", "succeeded") && find("backup", "failed"),
+        "{text}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["user"].as_str().is_some_and(|u| !u.is_empty())
+                && e["host"].as_str().is_some())
+    );
+    assert!(find("restore", "succeeded"), "{text}");
+    assert!(events.iter().all(|e| e["database"] == src.name.as_str()));
 }
