@@ -424,7 +424,25 @@ fn var_layer(name: &'static str, vars: &HashMap<String, String>) -> Result<VarLa
         if !rest.contains("__") {
             continue; // e.g. KAIZEN_BACKUP_AGE_IDENTITY_FILE, read where it is used
         }
-        let key = rest.to_ascii_lowercase().replace("__", ".");
+        let mut key = rest.to_ascii_lowercase().replace("__", ".");
+        // Any key can be read from a file (Docker/Kubernetes secrets): KEY_FILE=/path.
+        if let Some(base) = key.strip_suffix("_file")
+            && !key.ends_with("identity_file")
+            && base.contains('.')
+        {
+            let text = std::fs::read_to_string(v).map_err(|e| Error::Config {
+                key: var.clone(),
+                message: format!("cannot read {v}: {e}"),
+            })?;
+            key = base.to_string();
+            set(
+                &key,
+                Value::from(text.trim_end_matches(['\n', '\r']).to_string()),
+                var,
+                &mut dict,
+            );
+            continue;
+        }
         let value = if key == "storage.targets" {
             Value::from(
                 v.split(',')
@@ -830,6 +848,28 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("set only one"));
         assert!(!err.to_string().contains("from-file"));
+    }
+
+    #[test]
+    fn any_key_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s3key");
+        std::fs::write(&f, "aws-secret-from-file\n").unwrap();
+        let c = extract(&vars(&[(
+            "KAIZEN_BACKUP_STORAGE__S3__SECRET_ACCESS_KEY_FILE",
+            f.to_str().unwrap(),
+        )]))
+        .unwrap();
+        assert_eq!(
+            c.storage.options.s3.secret_access_key.unwrap().expose(),
+            "aws-secret-from-file"
+        );
+        let err = extract(&vars(&[(
+            "KAIZEN_BACKUP_DATABASE__PASSWORD_FILE",
+            "/nonexistent/pw",
+        )]))
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
     }
 
     #[test]
