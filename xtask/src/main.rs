@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask demo | test | env | dist | man`.
+//! Project tasks: `cargo xtask demo | test | env | dist | man | bench`.
 
+mod bench;
 mod demo;
 mod pg;
 mod services;
@@ -23,7 +24,10 @@ commands:
                        start the same services, write target/test-env/env.sh, wait for Ctrl-C
   dist [SET...]        build release binaries for feature sets (local, default, all; default:
                        all three) into target/dist-SET and print their sizes
-  man [DIR]            write man pages (default target/man)";
+  man [DIR]            write man pages (default target/man)
+  bench [--quick] [--scale N] [--runs N]
+                       measure backup, restore and verify against pg_dump/pg_restore in the same
+                       run and write BENCHMARKS.md (--quick: small smoke run)";
 
 fn main() {
     if let Err(e) = run() {
@@ -58,6 +62,7 @@ fn run() -> Result<()> {
         "env" => test::env(rest),
         "dist" => dist(rest),
         "man" => man(rest),
+        "bench" => bench::run(rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(())

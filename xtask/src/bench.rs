@@ -1,0 +1,421 @@
+//! `cargo xtask bench [--quick] [--scale N] [--runs N]`: measure kaizen-backup against the
+//! tools it replaces, in the same run, on a generated database, and write BENCHMARKS.md.
+//!
+//! Each case runs several times, alternating ours and the baseline; medians are
+//! reported. Peak RSS and CPU come from `wait4` on our process alone (pg_dump and the
+//! server are separate processes). `--quick` is a smoke run on a small database (CI runs
+//! it so the harness cannot rot); only a full run enforces the ratio goal.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{build_binary, root, target_dir};
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    wall: f64,
+    cpu: f64,
+    rss_mib: f64,
+}
+
+/// Run `cmd` to completion; wall time, user+sys CPU and peak RSS of that process.
+#[allow(unsafe_code)]
+fn measure(cmd: &mut Command) -> Result<Sample> {
+    let start = Instant::now();
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data written by the kernel; pid is our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let wall = start.elapsed().as_secs_f64();
+    if r < 0 {
+        bail!("wait4 failed for {cmd:?}");
+    }
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("{cmd:?} failed:\n{stderr}");
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Sample {
+        wall,
+        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+        rss_mib: ru.ru_maxrss as f64 / 1024.0,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+struct Env {
+    bin: PathBuf,
+    pgbin: PathBuf,
+    vars: Vec<(String, String)>,
+    work: PathBuf,
+}
+
+impl Env {
+    fn ours(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(args)
+            .envs(self.vars.iter().cloned())
+            .current_dir(&self.work);
+        c
+    }
+    fn tool(&self, name: &str) -> Command {
+        let mut c = Command::new(self.pgbin.join(name));
+        c.envs(self.vars.iter().cloned()).current_dir(&self.work);
+        c
+    }
+    fn psql(&self, db: &str, sql: &str) -> Result<()> {
+        let out = self
+            .tool("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql])
+            .output()?;
+        if !out.status.success() {
+            bail!("psql: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    let scale = value("--scale").unwrap_or(if quick { 2 } else { 60 });
+    let runs = value("--runs").unwrap_or(3).max(1) as usize;
+    // A quick run measures the debug build (it only proves the harness works).
+    let bin = if quick {
+        build_binary(false, &[])?
+    } else {
+        build_binary(true, &[])?
+    };
+    let services = crate::test::start(&["pg".to_string(), "s3".to_string()], Some(&bin))?;
+    let get = |k: &str| {
+        services
+            .env
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let work = target_dir()
+        .join("bench")
+        .join(format!("run-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let env = Env {
+        bin: PathBuf::from(get("KAIZEN_BACKUP_BIN")),
+        pgbin: PathBuf::from(get("KAIZEN_TEST_PG_BIN")),
+        vars: vec![
+            ("PGHOST".into(), get("KAIZEN_TEST_PG_HOST")),
+            ("PGPORT".into(), get("KAIZEN_TEST_PG_PORT")),
+            ("PGUSER".into(), "postgres".into()),
+            ("PGPASSWORD".into(), get("KAIZEN_TEST_PG_PASSWORD")),
+            ("PGDATABASE".into(), "bench".into()),
+            (
+                "BACKUP_DIR".into(),
+                work.join("backups").display().to_string(),
+            ),
+            ("AWS_ACCESS_KEY_ID".into(), "bench".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "bench".into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ENDPOINT_URL".into(), get("KAIZEN_TEST_S3_ENDPOINT")),
+            ("AWS_ALLOW_HTTP".into(), "true".into()),
+            ("KAIZEN_BACKUP_BACKUP__PRUNE".into(), "false".into()),
+        ],
+        work: work.clone(),
+    };
+    let s3 = get("KAIZEN_TEST_S3_ENDPOINT");
+    let bucket = get("KAIZEN_TEST_S3_BUCKET");
+
+    eprintln!("bench: generating the database (pgbench scale {scale} + an incompressible table)");
+    env.psql("postgres", "CREATE DATABASE bench")?;
+    let st = env
+        .tool("pgbench")
+        .args(["-i", "-q", "-s", &scale.to_string(), "bench"])
+        .output()?;
+    if !st.status.success() {
+        bail!("pgbench -i: {}", String::from_utf8_lossy(&st.stderr));
+    }
+    env.psql("bench", &format!("CREATE TABLE noise AS SELECT g, md5(g::text) || md5((g * 7)::text) AS h FROM generate_series(1, {}) g", scale * 50_000))?;
+    let db_size = String::from_utf8_lossy(
+        &env.tool("psql")
+            .args([
+                "-X",
+                "-At",
+                "-d",
+                "bench",
+                "-c",
+                "SELECT pg_size_pretty(pg_database_size('bench'))",
+            ])
+            .output()?
+            .stdout,
+    )
+    .trim()
+    .to_string();
+
+    let mut results: BTreeMap<&str, (Vec<Sample>, Vec<Sample>)> = BTreeMap::new();
+    let counter = std::cell::Cell::new(0u32);
+    let next = || {
+        counter.set(counter.get() + 1);
+        format!("b{}", counter.get())
+    };
+    for i in 0..runs {
+        // Alternate which side goes first.
+        let ours_first = i % 2 == 0;
+        // 1. backup to local storage vs pg_dump -Fc -Z6 -f
+        let name = next();
+        let dump = work.join(format!("{name}.pgdump"));
+        let ours = || measure(&mut env.ours(&["backup", &name, "-q"]));
+        let base = || {
+            measure(env.tool("pg_dump").args([
+                "-Fc",
+                "-Z6",
+                "-f",
+                dump.to_str().unwrap_or_default(),
+            ]))
+        };
+        let (o, b) = if ours_first {
+            let o = ours()?;
+            (o, base()?)
+        } else {
+            let b = base()?;
+            (ours()?, b)
+        };
+        let e = results.entry("1. backup, local").or_default();
+        e.0.push(o);
+        e.1.push(b);
+
+        // 2. backup to S3 vs dump to a file, then upload it
+        let name = next();
+        let url = format!("s3://{bucket}/bench");
+        let dump2 = work.join(format!("{name}.pgdump"));
+        let base_cmd = format!(
+            "{} -Fc -Z6 -f {f} && curl -sf -T {f} {s3}/{bucket}/upload/{name}.dump",
+            env.pgbin.join("pg_dump").display(),
+            f = dump2.display()
+        );
+        let o = measure(&mut env.ours(&["--storage", &url, "backup", &name, "-q"]))?;
+        let mut sh = Command::new("sh");
+        sh.args(["-c", &base_cmd]).envs(env.vars.iter().cloned());
+        let b = measure(&mut sh)?;
+        let e = results.entry("2. backup, S3 (moto)").or_default();
+        e.0.push(o);
+        e.1.push(b);
+
+        // 4. restore vs pg_restore, single and 2 jobs
+        for (label, jobs) in [("4a. restore", "1"), ("4b. restore --jobs 2", "2")] {
+            let (d1, d2) = (
+                format!("r{}_{jobs}_a", counter.get()),
+                format!("r{}_{jobs}_b", counter.get()),
+            );
+            let o = measure(&mut env.ours(&["restore", "b1", &d1, "--jobs", jobs, "-q"]))?;
+            env.psql("postgres", &format!("CREATE DATABASE {d2}"))?;
+            let b = measure(env.tool("pg_restore").args([
+                "-j",
+                jobs,
+                "-d",
+                &d2,
+                dump.to_str().unwrap_or_default(),
+            ]))?;
+            env.psql("postgres", &format!("DROP DATABASE {d1}; "))?;
+            env.psql("postgres", &format!("DROP DATABASE {d2}"))?;
+            let e = results.entry(label).or_default();
+            e.0.push(o);
+            e.1.push(b);
+        }
+
+        // 5. verify (full) vs restore + count queries by hand
+        let o = measure(&mut env.ours(&["verify", "b1", "-q"]))?;
+        let d = format!("v{}", counter.get());
+        let script = format!(
+            "{psql} -X -q -d postgres -c 'CREATE DATABASE {d}' && {pr} -d {d} {f} && {psql} -X -q -d {d} -c 'SELECT count(*) FROM pgbench_accounts; SELECT count(*) FROM pgbench_history; SELECT count(*) FROM pgbench_branches; SELECT count(*) FROM pgbench_tellers; SELECT count(*) FROM noise' && {psql} -X -q -d postgres -c 'DROP DATABASE {d}'",
+            psql = env.pgbin.join("psql").display(),
+            pr = env.pgbin.join("pg_restore").display(),
+            f = dump.display()
+        );
+        let mut sh = Command::new("sh");
+        sh.args(["-c", &script]).envs(env.vars.iter().cloned());
+        let b = measure(&mut sh)?;
+        let e = results.entry("5. verify (full)").or_default();
+        e.0.push(o);
+        e.1.push(b);
+    }
+
+    // Compression modes: one run each (speed and size).
+    let mut modes = Vec::new();
+    for (label, comp) in [
+        ("gzip-6", "gzip"),
+        ("zstd-3 (in-process, all cores)", "zstd"),
+        ("none", "none"),
+    ] {
+        let name = next();
+        let s = measure(
+            env.ours(&["backup", &name, "-q"])
+                .env("KAIZEN_BACKUP_BACKUP__COMPRESSION", comp),
+        )?;
+        let size = std::fs::read_dir(work.join("backups"))?
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{name}.dump"))
+            })
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum::<u64>();
+        modes.push((label, s, size));
+    }
+
+    // 3. peak RSS at two sizes: double the database and back up again.
+    let rss_small = median(
+        results["1. backup, local"]
+            .0
+            .iter()
+            .map(|s| s.rss_mib)
+            .collect(),
+    );
+    env.psql(
+        "bench",
+        "INSERT INTO noise SELECT g + 100000000, h FROM noise",
+    )?;
+    env.psql("bench", "INSERT INTO pgbench_accounts SELECT aid + 100000000, bid, abalance, filler FROM pgbench_accounts")?;
+    let big_name = next();
+    let big = measure(&mut env.ours(&["backup", &big_name, "-q"]))?;
+    let db_size_big = String::from_utf8_lossy(
+        &env.tool("psql")
+            .args([
+                "-X",
+                "-At",
+                "-d",
+                "bench",
+                "-c",
+                "SELECT pg_size_pretty(pg_database_size('bench'))",
+            ])
+            .output()?
+            .stdout,
+    )
+    .trim()
+    .to_string();
+
+    // Report.
+    let mut md = String::new();
+    let machine = machine();
+    md.push_str("# Benchmarks\n\nNumbers from `cargo xtask bench");
+    if quick {
+        md.push_str(" --quick");
+    }
+    md.push_str(&format!(
+        "` (scale {scale}, {runs} alternating runs per case, medians).\n\n"
+    ));
+    md.push_str(&format!("- Machine: {machine}\n- Database: {db_size} (pgbench scale {scale} plus an incompressible table)\n"));
+    md.push_str(&format!(
+        "- Binary: {} build\n\n",
+        if quick {
+            "debug (quick smoke run)"
+        } else {
+            "release"
+        }
+    ));
+    md.push_str("| case | ours (s) | baseline (s) | ratio | our CPU (s) | our peak RSS (MiB) |\n|---|---:|---:|---:|---:|---:|\n");
+    let mut ratio1 = 0.0;
+    for (label, (o, b)) in &results {
+        let ow = median(o.iter().map(|s| s.wall).collect());
+        let bw = median(b.iter().map(|s| s.wall).collect());
+        let ratio = if bw > 0.0 { ow / bw } else { 0.0 };
+        if label.starts_with("1.") {
+            ratio1 = ratio;
+        }
+        md.push_str(&format!(
+            "| {label} | {ow:.2} | {bw:.2} | {ratio:.2} | {:.2} | {:.1} |\n",
+            median(o.iter().map(|s| s.cpu).collect()),
+            median(o.iter().map(|s| s.rss_mib).collect())
+        ));
+    }
+    md.push_str("\nBaselines: 1 `pg_dump -Fc -Z6 -f FILE`; 2 the same, then `curl -T FILE` to the S3 emulator; 4 `pg_restore [-j2] -d DB FILE`; 5 create database, `pg_restore`, `count(*)` of every table, drop.\n\n");
+    md.push_str(&format!(
+        "3. Peak RSS of our process: {rss_small:.1} MiB at {db_size}, {:.1} MiB at {db_size_big} (goal: flat, at most 64 MiB).\n\n",
+        big.rss_mib
+    ));
+    md.push_str("| compression | backup (s) | stored size |\n|---|---:|---:|\n");
+    for (label, s, size) in &modes {
+        md.push_str(&format!(
+            "| {label} | {:.2} | {:.1} MiB |\n",
+            s.wall,
+            *size as f64 / 1048576.0
+        ));
+    }
+    md.push_str(&format!(
+        "\nReproduce: `cargo xtask bench{}`{}\n",
+        if quick { " --quick" } else { "" },
+        if quick {
+            ""
+        } else {
+            " (default scale 60, about 1 GB)"
+        }
+    ));
+    let out = if quick {
+        target_dir().join("bench").join("BENCHMARKS.quick.md")
+    } else {
+        root().join("BENCHMARKS.md")
+    };
+    std::fs::write(&out, &md)?;
+    println!("{md}");
+    println!("written to {}", out.display());
+    drop(services);
+    let _ = std::fs::remove_dir_all(&work);
+    if !quick && ratio1 > 1.10 {
+        bail!("regression: backup to local storage takes {ratio1:.2}x pg_dump's time (limit 1.10)");
+    }
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|k| k.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+                    / 1048576.0
+            })
+        })
+        .unwrap_or(0.0);
+    let pg = Command::new("pg_dump")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, {mem:.0} GiB; {pg}")
+}
