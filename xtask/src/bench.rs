@@ -7,7 +7,7 @@
 //! it so the harness cannot rot); only a full run enforces the ratio goal.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
