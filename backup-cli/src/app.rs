@@ -128,7 +128,7 @@ pub fn run(cli: Cli) -> u8 {
         tokio::spawn(watch_signals(cancel));
         let audit = audit_subject(&ctx, &cli.command);
         if let Some((action, detail)) = &audit {
-            audit_record(&ctx, action, "started", detail);
+            audit_record(&ctx, action, "started", detail).await;
         }
         let result = dispatch(&ctx, cli.command).await;
         if let Some((action, detail)) = &audit {
@@ -141,7 +141,7 @@ pub fn run(cli: Cli) -> u8 {
                 Err(e) => format!("{detail}: {e}"),
                 Ok(()) => detail.clone(),
             };
-            audit_record(&ctx, action, outcome, &detail);
+            audit_record(&ctx, action, outcome, &detail).await;
         }
         (result, ctx.reporter.failures())
     });
@@ -296,7 +296,7 @@ fn audit_subject(ctx: &Ctx, command: &Command) -> Option<(&'static str, String)>
     }
 }
 
-fn audit_record(ctx: &Ctx, action: &str, outcome: &str, detail: &str) {
+async fn audit_record(ctx: &Ctx, action: &str, outcome: &str, detail: &str) {
     let c = ctx.config();
     let storage = c
         .storage
@@ -309,6 +309,11 @@ fn audit_record(ctx: &Ctx, action: &str, outcome: &str, detail: &str) {
     if let Err(e) = backup_core::audit::record(&c.audit, &ev) {
         tracing::warn!("Could not write the audit record: {e}");
     }
+    // Also to notifiers that asked for audit events (`on = ["audit"]`).
+    let mut event = backup_core::Event::new(backup_core::EventKind::Audit, &c.database.name);
+    event.targets = ev.storage.clone();
+    event.details = serde_json::to_value(&ev).unwrap_or_default();
+    ctx.reporter.send(&event).await;
 }
 
 /// A storage URL without user information (credentials never reach the audit trail).

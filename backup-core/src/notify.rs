@@ -34,6 +34,9 @@ pub enum EventKind {
     /// A restore finished (either way).
     #[serde(rename = "restore.completed")]
     RestoreCompleted,
+    /// An audit record (sent only to notifiers whose `on` lists `audit`).
+    #[serde(rename = "audit")]
+    Audit,
 }
 
 impl EventKind {
@@ -47,6 +50,7 @@ impl EventKind {
             Self::PruneCompleted => "prune.completed",
             Self::BackupStale => "backup.stale",
             Self::RestoreCompleted => "restore.completed",
+            Self::Audit => "audit",
         }
     }
 
@@ -68,6 +72,7 @@ impl EventKind {
             Self::PruneCompleted,
             Self::BackupStale,
             Self::RestoreCompleted,
+            Self::Audit,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -142,6 +147,7 @@ impl Event {
             EventKind::PruneCompleted => ("COMPLETED", "prune"),
             EventKind::BackupStale => ("STALE", "backup"),
             EventKind::RestoreCompleted => ("COMPLETED", "restore"),
+            EventKind::Audit => ("AUDIT", "event"),
         };
         format!("{state} {what} of {}", self.database)
     }

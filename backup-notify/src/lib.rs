@@ -111,7 +111,7 @@ impl Common {
                     EventKind::parse(s).ok_or_else(|| Error::Config {
                         key: "notify.on".into(),
                         message: format!(
-                            "unknown event {s:?} (known: backup.succeeded, backup.failed, verify.succeeded, verify.failed, prune.completed, backup.stale, restore.completed)"
+                            "unknown event {s:?} (known: backup.succeeded, backup.failed, verify.succeeded, verify.failed, prune.completed, backup.stale, restore.completed, audit)"
                         ),
                     })
                 })

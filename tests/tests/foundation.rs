@@ -1060,8 +1060,29 @@ fn full_disk_is_refused_up_front_or_aborts_cleanly() {
 fn audit_file_records_who_did_what() {
     let pg = Pg::get();
     let src = pg.create_db("kb_audit");
+    let hook = kaizen_backup_e2e::http::Recorder::start();
     let cli = Cli::for_db(&src.name).env("KAIZEN_BACKUP_AUDIT__FILE", "audit/audit.jsonl");
+    std::fs::write(
+        cli.path().join("kaizen-backup.toml"),
+        format!(
+            "[[notify]]\ntype = \"webhook\"\nurl = \"{}/audit\"\non = [\"audit\"]\n",
+            hook.url
+        ),
+    )
+    .unwrap();
     cli.run(&["backup", "a1"]).assert_code(0);
+    // Audit events also go to notifiers that ask for them (and only those events).
+    let reqs = hook.wait_for(2, std::time::Duration::from_secs(10));
+    assert!(
+        reqs.iter().all(|r| r.json()["kind"] == "audit"),
+        "{:?}",
+        reqs.len()
+    );
+    assert!(
+        reqs.iter()
+            .any(|r| r.json()["details"]["outcome"] == "succeeded"
+                && r.json()["details"]["action"] == "backup")
+    );
     let dst = pg.adopt(&unique("kb_audit_dst"));
     cli.run(&["restore", "a1", &dst.name]).assert_code(0);
     let bad = Cli::for_db(&src.name)
