@@ -65,7 +65,12 @@ fn bucket_and_prefix(url: &str) -> Result<(String, String)> {
 /// Open the storage a URL names. The `#[cfg]` lines below are the only place that
 /// knows which backends exist.
 #[cfg_attr(
-    not(any(feature = "s3", feature = "azure", feature = "gcs", feature = "opendal")),
+    not(any(
+        feature = "s3",
+        feature = "azure",
+        feature = "gcs",
+        feature = "opendal"
+    )),
     allow(unused_variables)
 )]
 pub fn open(url: &str, opts: &StorageOptions) -> Result<Arc<dyn Storage>> {
