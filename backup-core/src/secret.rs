@@ -40,9 +40,27 @@ impl Serialize for Secret {
     }
 }
 
+/// A secret in configuration: the value itself, or `{ file = "/run/secrets/name" }`
+/// to read it from a file (Docker/Kubernetes secrets; a trailing newline is dropped).
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Value(String),
+            File { file: std::path::PathBuf },
+        }
+        match Raw::deserialize(d)? {
+            Raw::Value(v) => Ok(Secret(v)),
+            Raw::File { file } => std::fs::read_to_string(&file)
+                .map(|t| Secret(t.trim_end_matches(['\n', '\r']).to_string()))
+                .map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "cannot read secret file {}: {e}",
+                        file.display()
+                    ))
+                }),
+        }
     }
 }
 
@@ -62,5 +80,17 @@ mod tests {
         assert_eq!(format!("{s} {s:?}"), "*** ***");
         assert_eq!(serde_json::to_string(&s).ok().as_deref(), Some("\"***\""));
         assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s");
+        std::fs::write(&f, "from-file\n").unwrap();
+        let s: Secret = serde_json::from_value(serde_json::json!({ "file": f })).unwrap();
+        assert_eq!(s.expose(), "from-file");
+        let e = serde_json::from_value::<Secret>(serde_json::json!({ "file": "/nonexistent/x" }))
+            .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/x"));
     }
 }

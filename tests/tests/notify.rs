@@ -338,3 +338,32 @@ fn status_reports_stale_backups_and_notifies() {
     );
     cli.run(&["status", "--max-age", "soon"]).assert_code(2);
 }
+
+#[test]
+fn secrets_in_the_configuration_can_come_from_files() {
+    let pg = Pg::get();
+    let db = small_db(&pg, "kn_secretfile");
+    let hook = Recorder::start();
+    let cli = Cli::for_db(&db.name).env_remove("POSTGRES_PASSWORD");
+    let pw = cli.path().join("db-password");
+    std::fs::write(&pw, format!("{}\n", pg.password)).unwrap();
+    let key = cli.path().join("hmac-key");
+    std::fs::write(&key, "key-from-file\n").unwrap();
+    let cli = with_config(
+        cli,
+        &format!(
+            "[database]\npassword = {{ file = \"{}\" }}\n\n[[notify]]\ntype = \"webhook\"\nurl = \"{}/h\"\nsecret = {{ file = \"{}\" }}\n",
+            pw.display(),
+            hook.url,
+            key.display()
+        ),
+    );
+    cli.run(&["backup", "sf"]).assert_code(0);
+    let h = hook.wait_for(1, Duration::from_secs(10));
+    let mut mac = Hmac::<Sha256>::new_from_slice(b"key-from-file").unwrap();
+    mac.update(&h[0].body);
+    let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(h[0].header("X-Kaizen-Signature"), Some(want.as_str()));
+    let shown = cli.run(&["config", "show"]);
+    assert!(!shown.all().contains(&pg.password) && !shown.all().contains("key-from-file"));
+}
