@@ -156,6 +156,10 @@ pub struct BackupArgs {
     /// Wait this many seconds for another run's lock (default from config).
     #[arg(long, value_name = "SECS")]
     pub lock_timeout: Option<u64>,
+    /// Parallel pg_dump jobs: more than 1 dumps in directory format, staged on local
+    /// disk and streamed to storage as one tar archive (default from config).
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -170,7 +174,7 @@ pub struct RestoreArgs {
     /// Confirm replacing this production database without a terminal.
     #[arg(long, value_name = "DB")]
     pub confirm_production: Option<String>,
-    /// Parallel pg_restore jobs (downloads to a temporary file first).
+    /// Parallel pg_restore jobs (a custom-format backup is downloaded to a temporary file first).
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<u32>,
     /// Wait this many seconds for another run's lock on the target (default from config).

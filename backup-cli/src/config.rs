@@ -91,8 +91,10 @@ pub struct BackupSection {
     pub compression: String,
     /// Compression level (gzip 0–9, zstd 1–22).
     pub level: Option<i32>,
-    /// Parallel pg_dump jobs (directory format).
+    /// Parallel pg_dump jobs; more than 1 uses directory format, staged on local disk.
     pub jobs: u32,
+    /// Where a parallel dump is staged (default: the system's temporary directory).
+    pub staging_dir: Option<PathBuf>,
     /// Verify after each backup.
     pub verify: bool,
     /// Check free space on local targets first.
@@ -113,6 +115,7 @@ impl Default for BackupSection {
             compression: "gzip".into(),
             level: None,
             jobs: 1,
+            staging_dir: None,
             verify: false,
             space_check: true,
             space_ratio: 0.5,

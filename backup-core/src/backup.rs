@@ -5,7 +5,14 @@
 //!                                                            └──▶ target 2 writer
 //! ```
 //! Each target gets a bounded channel, so a slow target slows pg_dump down instead of
-//! filling memory. The data object is committed first; the manifest is written only
+//! filling memory.
+//!
+//! With `jobs > 1`, pg_dump writes a directory-format dump with N worker processes into
+//! a private staging directory, and the pipeline streams that directory as one tar
+//! archive: each table's data file is sent (and deleted) as soon as pg_dump reports the
+//! item finished, and the table of contents, written last, ends the archive. Local disk
+//! is needed for the files not yet sent, at worst the whole dump, so free space is
+//! checked first. The data object is committed first; the manifest is written only
 //! after every required target committed. Any failure aborts every write.
 
 use std::sync::Arc;
@@ -70,13 +77,25 @@ impl Compression {
         }
     }
 
-    /// Suffix of the data object.
+    /// Suffix of the data object (custom format).
     pub fn suffix(self) -> &'static str {
         match self {
             Self::Zstd(_) => ".dump.zst",
             _ => ".dump",
         }
     }
+}
+
+/// Key of the data object of backup `name`.
+pub fn data_key(name: &str, compression: Compression, directory: bool, encrypted: bool) -> String {
+    let base = if directory { ".tar" } else { ".dump" };
+    let zst = if matches!(compression, Compression::Zstd(_)) {
+        ".zst"
+    } else {
+        ""
+    };
+    let age = if encrypted { ".age" } else { "" };
+    format!("{name}{base}{zst}{age}")
 }
 
 /// A storage target of a backup.
@@ -117,6 +136,10 @@ pub struct BackupOptions {
     pub kind: String,
     /// Told the stored bytes written so far.
     pub progress: Option<crate::util::Progress>,
+    /// Parallel pg_dump jobs; more than 1 dumps in directory format (see the module docs).
+    pub jobs: u32,
+    /// Where a parallel dump is staged (default: the system's temporary directory).
+    pub staging_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for BackupOptions {
@@ -129,6 +152,7 @@ impl std::fmt::Debug for BackupOptions {
                 &self.transforms.iter().map(|t| t.name()).collect::<Vec<_>>(),
             )
             .field("encryption", &self.encryption)
+            .field("jobs", &self.jobs)
             .finish_non_exhaustive()
     }
 }
@@ -149,6 +173,8 @@ impl BackupOptions {
             extra_args: Vec::new(),
             kind: "backup".into(),
             progress: None,
+            jobs: 1,
+            staging_dir: None,
         }
     }
 }
@@ -239,12 +265,16 @@ pub async fn run(
     let started_at = Utc::now();
     info!("Starting backup: {}", opts.name);
 
+    if opts.jobs == 0 {
+        return Err(Error::usage("jobs must be at least 1"));
+    }
+    let directory = opts.jobs > 1;
     let (pre, client) = preflight(pg).await?;
-    let data_key = format!(
-        "{}{}{}",
-        opts.name,
-        opts.compression.suffix(),
-        if opts.encryption == "age" { ".age" } else { "" }
+    let data_key = data_key(
+        &opts.name,
+        opts.compression,
+        directory,
+        opts.encryption == "age",
     );
     let manifest_key = Manifest::key_for(&opts.name);
 
@@ -275,6 +305,17 @@ pub async fn run(
     }
     let targets = &active[..];
 
+    // A parallel dump is staged on local disk: check there is room for all of it.
+    let staging = if directory {
+        let base = opts.staging_dir.clone().unwrap_or_else(std::env::temp_dir);
+        Some(staging_dir(
+            &base,
+            opts.space_check.then_some(required_space),
+        )?)
+    } else {
+        None
+    };
+
     // A REPEATABLE READ snapshot shared with pg_dump: the counts describe exactly what is dumped.
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -287,18 +328,35 @@ pub async fn run(
         .get(0);
 
     let mut cmd = pg.command(&pre.pg_dump.path, &pg.name);
-    cmd.arg("--format=custom")
-        .arg(format!("--compress={}", opts.compression.pg_dump_level()))
+    cmd.arg(format!("--compress={}", opts.compression.pg_dump_level()))
         .arg(format!("--snapshot={snapshot}"))
         .arg("--no-password")
         .args(&opts.extra_args)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
+    let dump_dir = staging.as_ref().map(|t| t.path().join("dump"));
+    if let Some(dir) = &dump_dir {
+        // English messages: the "finished item" lines tell which files are complete.
+        cmd.arg("--format=directory")
+            .arg(format!("--jobs={}", opts.jobs))
+            .arg("--verbose")
+            .arg("--file")
+            .arg(dir)
+            .env("LC_ALL", "C")
+            .stdout(std::process::Stdio::null());
+    } else {
+        cmd.arg("--format=custom")
+            .stdout(std::process::Stdio::piped());
+    }
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::Tool(format!("cannot start {}: {e}", pre.pg_dump.path.display())))?;
-    let stderr_task = collect_stderr(&mut child);
+    let (mut stderr_task, items) = if directory {
+        let (task, rx) = follow_verbose_stderr(&mut child);
+        (task, Some(rx))
+    } else {
+        (collect_stderr(&mut child), None)
+    };
 
     let mut tasks: Vec<TargetTask> = targets
         .iter()
@@ -315,12 +373,21 @@ pub async fn run(
         Ok::<_, Error>((counts, tables))
     };
 
-    let pump = pump(
-        &mut child,
-        &mut opts.transforms,
-        &mut tasks,
-        opts.progress.clone(),
-    );
+    let sink = Sink {
+        transforms: &mut opts.transforms,
+        tasks: &mut tasks,
+        hasher: Sha256::new(),
+        size: 0,
+        progress: opts.progress.clone(),
+    };
+    let pump = async {
+        match (&dump_dir, items) {
+            (Some(dir), Some(items)) => {
+                pump_directory(&mut child, dir, items, &mut stderr_task, sink).await
+            }
+            _ => pump(&mut child, sink).await,
+        }
+    };
     let result = tokio::select! {
         r = async { tokio::try_join!(pump, counts_fut) } => r,
         _ = cancel.cancelled() => Err(Error::Interrupted("a signal".into())),
@@ -408,7 +475,7 @@ pub async fn run(
         database: pg.name.clone(),
         server_version: pre.server.version.clone(),
         pg_dump_version: pre.pg_dump.version.clone(),
-        format: "custom".into(),
+        format: if directory { "directory" } else { "custom" }.into(),
         compression: opts.compression.name().into(),
         compression_level: opts.compression.level(),
         encryption: opts.encryption.clone(),
@@ -465,19 +532,59 @@ pub async fn run(
     })
 }
 
-/// Read pg_dump's output, transform, hash and fan out. Returns (sha256 hex, stored size).
-async fn pump(
-    child: &mut Child,
-    transforms: &mut [Box<dyn Transform>],
-    tasks: &mut [TargetTask],
+/// Where the dump's bytes go: transforms, then SHA-256, then every target.
+struct Sink<'a> {
+    transforms: &'a mut [Box<dyn Transform>],
+    tasks: &'a mut [TargetTask],
+    hasher: Sha256,
+    size: u64,
     progress: Option<crate::util::Progress>,
-) -> Result<(String, u64)> {
+}
+
+impl Sink<'_> {
+    async fn push(&mut self, chunk: Bytes) -> Result<()> {
+        let out = if self.transforms.is_empty() {
+            chunk
+        } else {
+            let mut data = chunk.to_vec();
+            for t in self.transforms.iter_mut() {
+                let mut next = Vec::with_capacity(data.len());
+                t.push(&data, &mut next)?;
+                data = next;
+            }
+            Bytes::from(data)
+        };
+        if !out.is_empty() {
+            self.hasher.update(&out);
+            self.size += out.len() as u64;
+            fan_out(self.tasks, out).await?;
+            if let Some(p) = &self.progress {
+                p(self.size);
+            }
+        }
+        Ok(())
+    }
+
+    /// Flush the transforms. Returns (sha256 hex, stored size).
+    async fn finish(mut self) -> Result<(String, u64)> {
+        if !self.transforms.is_empty() {
+            let tail = crate::transform::finish_chain(self.transforms)?;
+            if !tail.is_empty() {
+                self.hasher.update(&tail);
+                self.size += tail.len() as u64;
+                fan_out(self.tasks, Bytes::from(tail)).await?;
+            }
+        }
+        Ok((hex::encode(self.hasher.finalize()), self.size))
+    }
+}
+
+/// Read pg_dump's output (custom format) into the sink. Returns (sha256 hex, stored size).
+async fn pump(child: &mut Child, mut sink: Sink<'_>) -> Result<(String, u64)> {
     let mut stdout = child
         .stdout
         .take()
         .ok_or_else(|| Error::Tool("pg_dump has no stdout pipe".into()))?;
-    let mut hasher = Sha256::new();
-    let mut size: u64 = 0;
     let mut buf = BytesMut::with_capacity(CHUNK);
     loop {
         buf.reserve(CHUNK);
@@ -488,36 +595,218 @@ async fn pump(
         if n == 0 {
             break;
         }
-        let chunk = buf.split().freeze();
-        let out = if transforms.is_empty() {
-            chunk
-        } else {
-            let mut data = chunk.to_vec();
-            for t in transforms.iter_mut() {
-                let mut next = Vec::with_capacity(data.len());
-                t.push(&data, &mut next)?;
-                data = next;
-            }
-            Bytes::from(data)
+        sink.push(buf.split().freeze()).await?;
+    }
+    sink.finish().await
+}
+
+/// A private staging directory under `base`, after checking it has `required` bytes free.
+pub(crate) fn staging_dir(
+    base: &std::path::Path,
+    required: Option<u64>,
+) -> Result<tempfile::TempDir> {
+    std::fs::create_dir_all(base)
+        .map_err(|e| Error::io(format!("creating staging directory {}", base.display()), e))?;
+    if let Some(required) = required {
+        let st = nix::sys::statvfs::statvfs(base).map_err(|e| {
+            Error::io(
+                format!("checking free space in {}", base.display()),
+                std::io::Error::from(e),
+            )
+        })?;
+        let avail = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64);
+        if avail < required {
+            return Err(Error::InsufficientSpace {
+                available: human_size(avail),
+                required: human_size(required),
+                location: format!("{} (staging of the parallel dump)", base.display()),
+            });
+        }
+    }
+    tempfile::Builder::new()
+        .prefix("kaizen-dump-")
+        .tempdir_in(base)
+        .map_err(|e| {
+            Error::io(
+                format!("creating a staging directory in {}", base.display()),
+                e,
+            )
+        })
+}
+
+/// Follow pg_dump's `--verbose` stderr: the ids of finished items go to the receiver, the
+/// last lines that are not progress messages are kept for error messages.
+fn follow_verbose_stderr(child: &mut Child) -> (JoinHandle<String>, mpsc::UnboundedReceiver<u32>) {
+    use tokio::io::AsyncBufReadExt;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let stderr = child.stderr.take();
+    let task = tokio::spawn(async move {
+        let Some(s) = stderr else {
+            return String::new();
         };
-        if !out.is_empty() {
-            hasher.update(&out);
-            size += out.len() as u64;
-            fan_out(tasks, out).await?;
-            if let Some(p) = &progress {
-                p(size);
+        let mut lines = tokio::io::BufReader::new(s).lines();
+        let mut kept: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.strip_prefix("pg_dump: finished item ") {
+                if let Some(id) = rest.split_whitespace().next().and_then(|w| w.parse().ok()) {
+                    let _ = tx.send(id);
+                }
+                continue;
+            }
+            let progress = line.strip_prefix("pg_dump: ").is_some_and(|r| {
+                !["error", "warning", "detail", "hint", "fatal"]
+                    .iter()
+                    .any(|p| r.starts_with(p))
+            });
+            if progress || line.trim().is_empty() {
+                continue;
+            }
+            kept.push_back(line);
+            if kept.len() > 10 {
+                kept.pop_front();
+            }
+        }
+        kept.into_iter().collect::<Vec<_>>().join("\n")
+    });
+    (task, rx)
+}
+
+/// Stream the directory pg_dump is writing as a tar archive into the sink: data files as
+/// their items finish (each deleted once sent), everything else after pg_dump exited,
+/// the table of contents last.
+async fn pump_directory(
+    child: &mut Child,
+    dir: &std::path::Path,
+    mut items: mpsc::UnboundedReceiver<u32>,
+    stderr: &mut JoinHandle<String>,
+    mut sink: Sink<'_>,
+) -> Result<(String, u64)> {
+    let mut early = 0usize;
+    let status = loop {
+        tokio::select! {
+            Some(id) = items.recv() => {
+                for name in files_of_item(dir, id).await? {
+                    send_file(dir, &name, &mut sink).await?;
+                    early += 1;
+                }
+            }
+            st = child.wait() => {
+                break st.map_err(|e| Error::Tool(format!("waiting for pg_dump: {e}")))?;
+            }
+        }
+    };
+    if !status.success() {
+        return Err(Error::ChildFailed {
+            tool: "pg_dump".into(),
+            status: status.to_string(),
+            stderr: stderr.await.unwrap_or_default(),
+        });
+    }
+    let mut rest = list_dir(dir).await?;
+    if !rest.iter().any(|n| n == "toc.dat") {
+        return Err(Error::Tool(
+            "pg_dump finished without writing toc.dat".into(),
+        ));
+    }
+    rest.sort_by_key(|n| (n == "toc.dat", n.clone()));
+    info!(
+        "Parallel dump: {early} of {} files streamed while pg_dump was still running",
+        early + rest.len()
+    );
+    for name in rest {
+        send_file(dir, &name, &mut sink).await?;
+    }
+    sink.push(Bytes::from_static(&crate::tar::END)).await?;
+    sink.finish().await
+}
+
+async fn list_dir(dir: &std::path::Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut rd = tokio::fs::read_dir(dir)
+        .await
+        .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+    while let Some(e) = rd
+        .next_entry()
+        .await
+        .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
+    {
+        match e.file_name().into_string() {
+            Ok(n) => out.push(n),
+            Err(n) => {
+                return Err(Error::Tool(format!(
+                    "unexpected file {n:?} in the dump directory"
+                )));
             }
         }
     }
-    if !transforms.is_empty() {
-        let tail = crate::transform::finish_chain(transforms)?;
-        if !tail.is_empty() {
-            hasher.update(&tail);
-            size += tail.len() as u64;
-            fan_out(tasks, Bytes::from(tail)).await?;
+    Ok(out)
+}
+
+/// Data files of item `id`: `ID.dat`, or `ID.dat.gz` (`.lz4`, `.zst` on PostgreSQL 16+);
+/// none for items without data.
+async fn files_of_item(dir: &std::path::Path, id: u32) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for suffix in [".dat", ".dat.gz", ".dat.lz4", ".dat.zst"] {
+        let name = format!("{id}{suffix}");
+        if tokio::fs::try_exists(dir.join(&name))
+            .await
+            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
+        {
+            names.push(name);
         }
     }
-    Ok((hex::encode(hasher.finalize()), size))
+    Ok(names)
+}
+
+/// Send one file as a tar entry, then delete it.
+async fn send_file(dir: &std::path::Path, name: &str, sink: &mut Sink<'_>) -> Result<()> {
+    let path = dir.join(name);
+    let mut f = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let meta = f
+        .metadata()
+        .await
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let size = meta.len();
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    sink.push(Bytes::copy_from_slice(&crate::tar::header(
+        name, size, mtime,
+    )?))
+    .await?;
+    let mut sent: u64 = 0;
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    loop {
+        buf.reserve(CHUNK);
+        let n = f
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        sent += n as u64;
+        sink.push(buf.split().freeze()).await?;
+    }
+    if sent != size {
+        return Err(Error::Tool(format!(
+            "{} changed while it was archived ({sent} bytes read, {size} expected)",
+            path.display()
+        )));
+    }
+    let pad = crate::tar::padding(size);
+    if pad > 0 {
+        sink.push(Bytes::from_static(&crate::tar::END[..pad]))
+            .await?;
+    }
+    drop(f);
+    tokio::fs::remove_file(&path)
+        .await
+        .map_err(|e| Error::io(format!("removing {}", path.display()), e))
 }
 
 /// Send a chunk to every live target. A required target that stopped fails the backup;
@@ -625,4 +914,35 @@ async fn precheck(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn data_keys_name_format_compression_and_encryption() {
+        let g = Compression::Gzip(6);
+        let z = Compression::Zstd(3);
+        assert_eq!(data_key("b", g, false, false), "b.dump");
+        assert_eq!(data_key("b", z, false, true), "b.dump.zst.age");
+        assert_eq!(data_key("b", g, true, false), "b.tar");
+        assert_eq!(data_key("b", z, true, true), "b.tar.zst.age");
+        assert_eq!(data_key("b", Compression::None, true, false), "b.tar");
+    }
+
+    #[test]
+    fn staging_is_refused_when_space_is_short() {
+        let base = tempfile::tempdir().unwrap();
+        let e = staging_dir(base.path(), Some(u64::MAX)).unwrap_err();
+        assert!(matches!(e, Error::InsufficientSpace { .. }), "{e}");
+        assert!(
+            e.to_string().contains("staging of the parallel dump"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_dir(base.path()).unwrap().count(), 0);
+        let dir = staging_dir(base.path(), Some(1)).unwrap();
+        assert!(dir.path().starts_with(base.path()));
+    }
 }

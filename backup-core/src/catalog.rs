@@ -132,7 +132,7 @@ pub struct Resolved {
     pub manifest: Option<Manifest>,
 }
 
-/// Resolve `spec` (a name, `latest`, or a path to a `.dump` file) in `storage`.
+/// Resolve `spec` (a name, `latest`, or a path to a `.dump` or `.tar` file) in `storage`.
 /// `open_dir` opens local storage for a file path's directory.
 pub async fn resolve(
     storage: &Arc<dyn Storage>,
@@ -157,6 +157,7 @@ pub async fn resolve(
     }
     let looks_like_path = spec.contains('/')
         || spec.ends_with(".dump")
+        || spec.ends_with(".tar")
         || spec.ends_with(".zst")
         || spec.ends_with(".age");
     if !looks_like_path {
@@ -199,6 +200,7 @@ pub async fn resolve(
         .unwrap_or(&file)
         .trim_end_matches(".zst")
         .trim_end_matches(".dump")
+        .trim_end_matches(".tar")
         .to_string();
     let manifest = match get_bytes(dir_storage.as_ref(), &Manifest::key_for(&stem)).await {
         Ok(b) => {

@@ -23,6 +23,7 @@ pub mod retention;
 pub mod secret;
 pub mod stats;
 pub mod storage;
+pub mod tar;
 pub mod tls;
 pub mod transform;
 pub mod util;

@@ -14,9 +14,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::result;
 
-/// Lists the archive's table of contents with `pg_restore --list`, streaming the object to it.
+/// Lists the archive's table of contents with `pg_restore --list`, streaming the object to
+/// it (custom format), or unpacking only `toc.dat` from the tar archive (directory format).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ArchiveCheck;
+pub struct ArchiveCheck {
+    /// The object is a tar archive of a directory-format dump.
+    pub directory: bool,
+}
 
 /// `(schema, table)` of every `TABLE` entry in a `pg_restore --list` output.
 pub fn tables_in_toc(toc: &str) -> HashSet<(String, String)> {
@@ -49,43 +53,14 @@ impl Verifier for ArchiveCheck {
         let fail = |why: String| Ok(vec![result("archive", false, why, started)]);
         let bin_dir = ctx.pg.as_ref().and_then(|p| p.bin_dir.clone());
         let tool = find_tool("pg_restore", bin_dir.as_deref()).await?;
-        let mut child = tokio::process::Command::new(&tool.path)
-            .arg("--list")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| Error::Tool(format!("cannot start pg_restore: {e}")))?;
-        let stderr = collect_stderr(&mut child);
-        let mut stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| Error::Tool("pg_restore has no stdout".into()))?;
-        let reader = tokio::spawn(async move {
-            let mut s = String::new();
-            let _ = stdout.read_to_string(&mut s).await;
-            s
-        });
-        let mut stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| Error::Tool("pg_restore has no stdin".into()))?;
-        let mut stream = ctx.storage.get(&ctx.data_key).await?;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            // pg_restore stops reading once it has the table of contents.
-            if stdin.write_all(&chunk).await.is_err() {
-                break;
+        let (status, toc, err) = if self.directory {
+            match list_directory(&tool.path, ctx).await? {
+                Ok(v) => v,
+                Err(why) => return fail(why),
             }
-        }
-        drop(stdin);
-        let status = child
-            .wait()
-            .await
-            .map_err(|e| Error::Tool(format!("waiting for pg_restore: {e}")))?;
-        let toc = reader.await.unwrap_or_default();
-        let err = stderr.await.unwrap_or_default();
+        } else {
+            list_custom(&tool.path, ctx).await?
+        };
         if !status.success() {
             return fail(format!(
                 "pg_restore cannot read the table of contents: {err}"
@@ -123,6 +98,84 @@ impl Verifier for ArchiveCheck {
             started,
         )])
     }
+}
+
+type Listing = (std::process::ExitStatus, String, String);
+
+/// `pg_restore --list` reading the object on its standard input.
+async fn list_custom(tool: &std::path::Path, ctx: &VerifyContext) -> Result<Listing> {
+    let mut child = tokio::process::Command::new(tool)
+        .arg("--list")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::Tool(format!("cannot start pg_restore: {e}")))?;
+    let stderr = collect_stderr(&mut child);
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Tool("pg_restore has no stdout".into()))?;
+    let reader = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s).await;
+        s
+    });
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| Error::Tool("pg_restore has no stdin".into()))?;
+    let mut stream = ctx.storage.get(&ctx.data_key).await?;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        // pg_restore stops reading once it has the table of contents.
+        if stdin.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+    drop(stdin);
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| Error::Tool(format!("waiting for pg_restore: {e}")))?;
+    let toc = reader.await.unwrap_or_default();
+    let err = stderr.await.unwrap_or_default();
+    Ok((status, toc, err))
+}
+
+/// Unpack only `toc.dat` from the tar archive (the whole stream is read and checked),
+/// then `pg_restore --list` the directory. The inner error is a failed check.
+async fn list_directory(
+    tool: &std::path::Path,
+    ctx: &VerifyContext,
+) -> Result<std::result::Result<Listing, String>> {
+    let tmp = tempfile::Builder::new()
+        .prefix("kaizen-verify-toc-")
+        .tempdir()
+        .map_err(|e| Error::io("creating a temporary directory", e))?;
+    let stream = ctx.storage.get(&ctx.data_key).await?;
+    match backup_core::tar::unpack(stream, tmp.path(), |n| n == "toc.dat").await {
+        Ok(names) if names.is_empty() => {
+            return Ok(Err("the archive has no toc.dat".into()));
+        }
+        Ok(_) => {}
+        Err(Error::Corrupt(why)) => return Ok(Err(why)),
+        Err(e) => return Err(e),
+    }
+    let out = tokio::process::Command::new(tool)
+        .arg("--list")
+        .arg("--format=directory")
+        .arg(tmp.path())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| Error::Tool(format!("cannot run pg_restore: {e}")))?;
+    Ok(Ok((
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )))
 }
 
 #[cfg(test)]

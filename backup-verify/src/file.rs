@@ -9,11 +9,22 @@ use sha2::{Digest, Sha256};
 
 use crate::result;
 
+/// Which header the stored object must start with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Header {
+    /// A custom-format archive (`PGDMP`).
+    Custom,
+    /// A tar archive carrying a directory-format dump.
+    Tar,
+    /// Not checkable here (compressed or encrypted by kaizen-backup).
+    Opaque,
+}
+
 /// Reads the stored object once, hashing it.
 #[derive(Debug, Clone, Copy)]
 pub struct FileCheck {
-    /// Check the custom-format header (only meaningful for objects stored as plain archives).
-    pub check_header: bool,
+    /// The header the object must start with.
+    pub header: Header,
 }
 
 /// `PGDMP` followed by the archive version (major 1, minor 10..=16 for PostgreSQL 9.x–17+).
@@ -53,14 +64,19 @@ impl Verifier for FileCheck {
         };
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
-        let mut head: Vec<u8> = Vec::with_capacity(8);
+        let want = match self.header {
+            Header::Custom => 8,
+            Header::Tar => backup_core::tar::BLOCK,
+            Header::Opaque => 0,
+        };
+        let mut head: Vec<u8> = Vec::with_capacity(want);
         while let Some(chunk) = stream.next().await {
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => return fail(format!("read failed after {size} bytes: {e}")),
             };
-            if head.len() < 8 {
-                let take = (8 - head.len()).min(chunk.len());
+            if head.len() < want {
+                let take = (want - head.len()).min(chunk.len());
                 head.extend_from_slice(&chunk[..take]);
             }
             hasher.update(&chunk);
@@ -69,10 +85,20 @@ impl Verifier for FileCheck {
         if size == 0 {
             return fail("the backup file is empty".into());
         }
-        if self.check_header
-            && let Some(why) = header_problem(&head)
-        {
-            return fail(why);
+        match self.header {
+            Header::Custom => {
+                if let Some(why) = header_problem(&head) {
+                    return fail(why);
+                }
+            }
+            Header::Tar => {
+                if !backup_core::tar::is_header(&head) {
+                    return fail(
+                        "no tar header: not the archive of a directory-format dump".into(),
+                    );
+                }
+            }
+            Header::Opaque => {}
         }
         let sha = hex::encode(hasher.finalize());
         let Some(m) = &ctx.manifest else {

@@ -2,7 +2,7 @@
 //!
 //! | check | what it proves |
 //! |---|---|
-//! | `file` | readable, non-empty, custom-format header, size and SHA-256 equal the manifest's |
+//! | `file` | readable, non-empty, custom-format (or tar) header, size and SHA-256 equal the manifest's |
 //! | `archive` | pg_restore can read the table of contents and it lists every table the manifest recorded |
 //! | `test_restore` | the archive restores into a temporary database (always dropped afterwards) |
 //! | `tables`, `sequences`, `indexes`, `constraints` | object counts equal the manifest's |
@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 pub use archive::ArchiveCheck;
-pub use file::FileCheck;
+pub use file::{FileCheck, Header};
 pub use restore::{TestRestore, VERIFY_DB_PREFIX, drop_stale_databases};
 
 /// Makes a decoder for objects that kaizen-backup compressed or encrypted itself.
@@ -42,6 +42,10 @@ pub struct VerifyOptions {
     pub cancel: CancellationToken,
     /// Decoding of zstd/age objects (None: plain custom-format archives).
     pub decoder: Option<DecoderFactory>,
+    /// pg_restore jobs of the test restore.
+    pub jobs: u32,
+    /// Where a downloaded or unpacked archive is staged for the test restore.
+    pub temp_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for VerifyOptions {
@@ -64,15 +68,22 @@ pub async fn run(ctx: &VerifyContext, opts: &VerifyOptions) -> Result<VerifyReco
     info!("Starting verification of {}...", ctx.name);
     let mut checks: Vec<CheckResult> = Vec::new();
     let plain = opts.decoder.is_none();
-
+    let directory = match &ctx.manifest {
+        Some(m) => m.format == "directory",
+        None => ctx.data_key.contains(".tar"),
+    };
     let file = FileCheck {
-        check_header: plain,
+        header: match (plain, directory) {
+            (false, _) => Header::Opaque,
+            (true, true) => Header::Tar,
+            (true, false) => Header::Custom,
+        },
     };
     checks.extend(file.verify(ctx).await?);
     if checks.iter().all(|c| c.passed) {
         success!("Backup file validation passed");
         if plain {
-            checks.extend(ArchiveCheck.verify(ctx).await?);
+            checks.extend(ArchiveCheck { directory }.verify(ctx).await?);
         } else {
             checks.push(CheckResult {
                 name: "archive".into(),
@@ -87,6 +98,8 @@ pub async fn run(ctx: &VerifyContext, opts: &VerifyOptions) -> Result<VerifyReco
         let tr = TestRestore {
             cancel: opts.cancel.clone(),
             decoder: opts.decoder.as_ref().map(|f| f as &DecoderFactory),
+            jobs: opts.jobs,
+            temp_dir: opts.temp_dir.clone(),
         };
         checks.extend(tr.run(ctx).await?);
     }

@@ -24,6 +24,10 @@ pub struct TestRestore<'a> {
     pub cancel: CancellationToken,
     /// Decoder for objects kaizen-backup compressed or encrypted.
     pub decoder: Option<&'a DecoderFactory>,
+    /// pg_restore jobs.
+    pub jobs: u32,
+    /// Staging directory for archives that need a local copy.
+    pub temp_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for TestRestore<'_> {
@@ -111,6 +115,8 @@ impl TestRestore<'_> {
         let mut opts = RestoreOptions::new(db);
         // A role that is not superuser cannot give objects to their original owners.
         opts.no_owner = !superuser;
+        opts.jobs = self.jobs.max(1);
+        opts.temp_dir = self.temp_dir.clone();
         if let Some(f) = self.decoder {
             opts.decoder = Some(f()?);
         }

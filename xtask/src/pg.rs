@@ -98,16 +98,42 @@ fn chown_pg(path: &Path) -> Result<()> {
 impl Cluster {
     /// initdb + start under `root` (a fresh directory), on a free port.
     pub fn start(root: &Path) -> Result<Self> {
+        let password = Self::init(root)?;
+        Self::launch(root, password, false)
+    }
+
+    /// A cluster kept under `root` between runs (the benchmark's generated database):
+    /// started again when it exists, created first when it does not. Stopped, not
+    /// removed, on drop.
+    pub fn start_cached(root: &Path) -> Result<Self> {
+        let pwpath = root.join("password");
+        let existing = root.join("data").join("PG_VERSION").is_file() && pwpath.is_file();
+        let password = if existing {
+            // A run killed before it stopped the server leaves it running.
+            stop_dir(root);
+            std::fs::read_to_string(&pwpath)?.trim().to_string()
+        } else {
+            if root.exists() {
+                std::fs::remove_dir_all(root)?;
+            }
+            let password = Self::init(root)?;
+            std::fs::write(&pwpath, &password)?;
+            password
+        };
+        Self::launch(root, password, true)
+    }
+
+    /// initdb into `root/data`; returns the superuser's password.
+    fn init(root: &Path) -> Result<String> {
         let bin = server_bin()?;
         std::fs::create_dir_all(root)?;
-        let dir = root.to_path_buf();
-        let data = dir.join("data");
-        let sock = dir.join("sock");
+        let data = root.join("data");
+        let sock = root.join("sock");
         std::fs::create_dir_all(&sock)?;
         let password = random_password();
-        let pwfile = dir.join("pwfile");
+        let pwfile = root.join("pwfile");
         std::fs::write(&pwfile, format!("{password}\n"))?;
-        chown_pg(&dir)?;
+        chown_pg(root)?;
         let out = run_as_pg(
             &bin.join("initdb"),
             &[
@@ -128,6 +154,15 @@ impl Cluster {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         let _ = std::fs::remove_file(&pwfile);
+        Ok(password)
+    }
+
+    /// Start the server of `root/data` on a free port.
+    fn launch(root: &Path, password: String, keep: bool) -> Result<Self> {
+        let bin = server_bin()?;
+        let dir = root.to_path_buf();
+        let data = dir.join("data");
+        let sock = dir.join("sock");
         let mut last_err = String::new();
         for _ in 0..5 {
             let port = free_port()?;
@@ -157,7 +192,7 @@ impl Cluster {
                     dir,
                     port,
                     password,
-                    keep: false,
+                    keep,
                 });
             }
             last_err = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
@@ -220,12 +255,6 @@ impl Cluster {
         Ok(())
     }
 
-    /// Keep the directory after stopping (for inspection).
-    #[allow(dead_code)]
-    pub fn keep(&mut self) {
-        self.keep = true;
-    }
-
     /// Environment for the tests.
     pub fn test_env(&self) -> Vec<(String, String)> {
         vec![
@@ -245,10 +274,12 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let data = self.dir.join("data");
+        // A kept cluster is shut down cleanly (a checkpoint) so it starts fast next time.
+        let mode = if self.keep { "fast" } else { "immediate" };
         if let Ok(d) = path_str(&data) {
             let _ = run_as_pg(
                 &self.bin.join("pg_ctl"),
-                &["-D", d, "-m", "immediate", "-w", "stop"],
+                &["-D", d, "-m", mode, "-w", "stop"],
             );
         }
         if !self.keep {

@@ -108,6 +108,15 @@ fn remove_stale(base: &Path) {
 /// Start the selected services (`pg` and/or the emulators) and copy `bin` into the run
 /// directory, so a concurrent `cargo build` cannot swap the binary under running tests.
 pub fn start(selected: &[String], bin: Option<&Path>) -> Result<Services> {
+    start_with(selected, bin, None)
+}
+
+/// As [`start`], with PostgreSQL from a cluster kept under `cached_pg` between runs.
+pub fn start_with(
+    selected: &[String],
+    bin: Option<&Path>,
+    cached_pg: Option<&Path>,
+) -> Result<Services> {
     let base = env_dir();
     std::fs::create_dir_all(&base)?;
     remove_stale(&base);
@@ -128,7 +137,10 @@ pub fn start(selected: &[String], bin: Option<&Path>) -> Result<Services> {
             .push(("KAIZEN_BACKUP_BIN".into(), copy.display().to_string()));
     }
     if selected.iter().any(|x| x == "pg") {
-        let pg = Cluster::start(&base.join(format!("pg-{id}")))?;
+        let pg = match cached_pg {
+            Some(dir) => Cluster::start_cached(dir)?,
+            None => Cluster::start(&base.join(format!("pg-{id}")))?,
+        };
         eprintln!(
             "xtask: PostgreSQL ({}) on 127.0.0.1:{}, socket {}",
             pg.bin.display(),

@@ -19,6 +19,8 @@ pub fn options(ctx: &Ctx, name: String) -> Result<BackupOptions> {
     opts.space_ratio = c.backup.space_ratio;
     opts.row_counts = c.backup.row_counts;
     opts.extra_args = c.backup.pg_dump_args.clone();
+    opts.jobs = c.backup.jobs;
+    opts.staging_dir = c.backup.staging_dir.clone();
     crate::codecs::add_encoders(c, &mut opts)?;
     Ok(opts)
 }
@@ -66,6 +68,12 @@ pub async fn run(ctx: &Ctx, mut args: BackupArgs) -> Result<()> {
     let pg = c.database.clone();
     let mut opts = options(ctx, name.clone())?;
     opts.pinned = args.pin;
+    if let Some(j) = args.jobs {
+        if j == 0 {
+            return Err(backup_core::Error::usage("--jobs must be at least 1"));
+        }
+        opts.jobs = j;
+    }
     // One run per database and storage at a time (across pods and hosts).
     let mut guards = Vec::new();
     let mut usable = Vec::with_capacity(targets.len());

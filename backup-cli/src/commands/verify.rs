@@ -36,6 +36,8 @@ pub async fn run(ctx: &Ctx, spec: &str, quick: bool, json: bool) -> Result<()> {
         quick,
         cancel: ctx.cancel.clone(),
         decoder,
+        jobs: c.restore.jobs,
+        temp_dir: c.restore.temp_dir.clone(),
     };
     let record = backup_verify::run(&vctx, &opts).await?;
     if resolved.manifest.is_some()

@@ -1,0 +1,314 @@
+//! Issue 8: parallel dump (`backup --jobs N`, directory format streamed as one tar
+//! archive), restored and verified like any other backup, locally and on S3.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use kaizen_backup_e2e::cli::{signal, wait};
+use kaizen_backup_e2e::pg::assert_same;
+use kaizen_backup_e2e::services::S3;
+use kaizen_backup_e2e::{Cli, Pg, TestDb, unique};
+
+fn manifest(cli: &Cli, name: &str) -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(cli.backups().join(format!("{name}.manifest.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A CLI whose parallel dumps are staged in a directory the test can inspect.
+fn staged_cli(db: &str) -> (Cli, std::path::PathBuf) {
+    let cli = Cli::for_db(db);
+    let staging = cli.path().join("staging");
+    let cli = cli.env(
+        "KAIZEN_BACKUP_BACKUP__STAGING_DIR",
+        staging.to_str().unwrap(),
+    );
+    (cli, staging)
+}
+
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn target_with_content(pg: &Pg) -> TestDb {
+    let t = pg.create_db("kp_target");
+    pg.psql(
+        &t.name,
+        "CREATE TABLE keep_me(v text); INSERT INTO keep_me VALUES ('original')",
+    );
+    t
+}
+
+#[test]
+fn parallel_backup_round_trips_verifies_and_is_a_plain_tar() {
+    let pg = Pg::get();
+    let src = pg.sample_db("kp_src");
+    let (cli, staging) = staged_cli(&src.name);
+    let out = cli.run(&["backup", "par", "--jobs", "2"]);
+    out.assert_code(0)
+        .assert_stderr_contains("[SUCCESS] Backup completed successfully");
+    assert!(
+        out.stderr.contains(&format!(
+            "Backup file: {}",
+            cli.backups().join("par.tar").display()
+        )),
+        "{}",
+        out.stderr
+    );
+    let m = manifest(&cli, "par");
+    assert_eq!(m["format"], "directory");
+    assert_eq!(m["object"], "par.tar");
+    assert_eq!(m["compression"], "gzip");
+    let users = m["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "users")
+        .unwrap();
+    assert_eq!(users["rows"], 2000);
+    // The staging directory is emptied.
+    assert!(entries(&staging).is_empty(), "{:?}", entries(&staging));
+
+    // An ordinary tar archive: GNU tar lists it, the table of contents comes last.
+    let tar = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(cli.backups().join("par.tar"))
+        .output()
+        .unwrap();
+    assert!(
+        tar.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tar.stderr)
+    );
+    let listing = String::from_utf8(tar.stdout).unwrap();
+    let names: Vec<&str> = listing.lines().collect();
+    assert_eq!(names.last(), Some(&"toc.dat"), "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with(".dat.gz")), "{names:?}");
+    assert!(
+        names.contains(&"blobs.toc"),
+        "large objects missing: {names:?}"
+    );
+
+    cli.run(&["verify", "par", "--quick"]).assert_code(0);
+    // Verify: every check, including the exact comparison with the manifest.
+    let v = cli.run(&["verify", "par", "--json"]);
+    v.assert_code(0)
+        .assert_stderr_contains("Backup is valid and can be used for restore");
+    let record = v.json();
+    let checks: Vec<&str> = record["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "file",
+        "archive",
+        "test_restore",
+        "row_counts",
+        "foreign_keys",
+    ] {
+        assert!(checks.contains(&want), "{want} missing from {checks:?}");
+    }
+    assert_eq!(cli.list()[0]["verified"], true);
+
+    // Restore with and without parallel jobs: identical to the source, large objects included.
+    for jobs in ["1", "2"] {
+        let dst = pg.adopt(&unique("kp_dst"));
+        cli.run(&["restore", "par", &dst.name, "--jobs", jobs])
+            .assert_code(0)
+            .assert_stderr_contains("Restore completed successfully");
+        assert_same(&pg.fingerprint(&src.name), &pg.fingerprint(&dst.name));
+        assert_eq!(
+            pg.psql(
+                &dst.name,
+                "SELECT convert_from(lo_get(invoice_pdf), 'UTF8') FROM billing_records WHERE id = 1"
+            ),
+            "%PDF-1.4 invoice 1"
+        );
+    }
+    // A restore given the file path works too.
+    let dst = pg.adopt(&unique("kp_path"));
+    let path = cli.backups().join("par.tar");
+    cli.run(&["restore", path.to_str().unwrap(), &dst.name])
+        .assert_code(0);
+    assert_same(&pg.fingerprint(&src.name), &pg.fingerprint(&dst.name));
+    assert!(
+        pg.databases_with_prefix("kaizen_restore_")
+            .iter()
+            .all(|d| !d.contains("kp_"))
+    );
+}
+
+#[test]
+fn parallel_zstd_backup_round_trips() {
+    let pg = Pg::get();
+    let src = pg.sample_db("kp_zstd");
+    let (cli, _) = staged_cli(&src.name);
+    let cli = cli
+        .env("KAIZEN_BACKUP_BACKUP__COMPRESSION", "zstd")
+        .env("KAIZEN_BACKUP_BACKUP__JOBS", "2");
+    cli.run(&["backup", "z", "--verify"])
+        .assert_code(0)
+        .assert_stderr_contains("All integrity checks passed");
+    let m = manifest(&cli, "z");
+    assert_eq!(m["format"], "directory");
+    assert_eq!(m["object"], "z.tar.zst");
+    assert_eq!(m["compression"], "zstd");
+    let dst = pg.adopt(&unique("kp_zstd_dst"));
+    cli.run(&["restore", "z", &dst.name, "--jobs", "2"])
+        .assert_code(0);
+    assert_same(&pg.fingerprint(&src.name), &pg.fingerprint(&dst.name));
+}
+
+#[test]
+fn damaged_parallel_backup_is_refused_and_target_unchanged() {
+    let pg = Pg::get();
+    let src = pg.sample_db("kp_bad");
+    let (cli, _) = staged_cli(&src.name);
+    cli.run(&["backup", "good", "--jobs", "2"]).assert_code(0);
+    let file = cli.backups().join("good.tar");
+    let original = std::fs::read(&file).unwrap();
+    let target = target_with_content(&pg);
+    let before = pg.fingerprint(&target.name);
+
+    // One flipped byte in the middle.
+    let mut flipped = original.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    std::fs::write(&file, &flipped).unwrap();
+    cli.run(&["verify", "good", "--quick"])
+        .assert_code(1)
+        .assert_stderr_contains("checksum mismatch");
+    cli.run(&["restore", "good", &target.name, "--no-safety-backup"])
+        .assert_code(1)
+        .assert_stderr_contains("checksum mismatch");
+    assert_same(&pg.fingerprint(&target.name), &before);
+
+    // Truncated (the end of the archive and the table of contents lost).
+    std::fs::write(&file, &original[..original.len() / 2]).unwrap();
+    cli.run(&["verify", "good"])
+        .assert_code(1)
+        .assert_stderr_contains("check file failed");
+    cli.run(&["restore", "good", &target.name, "--no-safety-backup"])
+        .assert_code(1)
+        .assert_stderr_contains("truncated");
+    assert_same(&pg.fingerprint(&target.name), &before);
+    assert!(
+        pg.databases_with_prefix("kaizen_restore_")
+            .iter()
+            .all(|d| !d.contains("kp_target"))
+    );
+    assert!(
+        pg.databases_with_prefix("kaizen_verify_good").is_empty(),
+        "verification database left behind"
+    );
+}
+
+#[test]
+fn sigterm_during_parallel_backup_leaves_nothing() {
+    use nix::sys::signal::Signal;
+    let pg = Pg::get();
+    let src = pg.create_db("kp_sig");
+    // big2 is half of big1: its file is complete long before big1's.
+    pg.psql(&src.name, "CREATE TABLE big1 AS SELECT g, md5(g::text) AS h, repeat(md5((g*7)::text), 4) AS pad FROM generate_series(1, 800000) g; CREATE TABLE big2 AS SELECT * FROM big1 WHERE g % 2 = 0; CREATE TABLE small AS SELECT g FROM generate_series(1, 10) g");
+    let (cli, staging) = staged_cli(&src.name);
+    let cli = cli.env("KAIZEN_BACKUP_BACKUP__COMPRESSION", "none");
+    let child = cli.spawn(&["backup", "interrupted", "--jobs", "2"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cli.backup_files().iter().any(|f| f.contains("interrupted")) {
+        assert!(Instant::now() < deadline, "backup never started writing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, Signal::SIGTERM);
+    let out = wait(child);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("nothing was committed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        cli.backup_files().is_empty(),
+        "left behind: {:?}",
+        cli.backup_files()
+    );
+    assert!(
+        entries(&staging).is_empty(),
+        "staging left: {:?}",
+        entries(&staging)
+    );
+    // No pg_dump worker outlives the tool.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = pg.psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'pg_dump'",
+                src.name
+            ),
+        );
+        if left == "0" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pg_dump sessions still open");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Files are streamed while pg_dump still runs, not staged until it ends.
+    let out = cli.run(&["backup", "after", "--jobs", "2"]);
+    out.assert_code(0);
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("Parallel dump: "))
+        .unwrap_or_else(|| panic!("{}", out.stderr));
+    let early: u32 = line
+        .split("Parallel dump: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(early >= 1, "{line}");
+    assert_eq!(cli.list().len(), 1);
+}
+
+#[test]
+fn jobs_zero_is_refused() {
+    let cli = Cli::new();
+    cli.run(&["backup", "x", "--jobs", "0"])
+        .assert_code(2)
+        .assert_stderr_contains("--jobs must be at least 1");
+    assert!(cli.backup_files().is_empty());
+}
+
+#[test]
+fn parallel_backup_to_s3_round_trips() {
+    let pg = Pg::get();
+    let s3 = S3::get();
+    let db = pg.create_db("kp_s3");
+    // Big enough for several multipart parts, in more than one table.
+    pg.psql(&db.name, "CREATE TABLE a AS SELECT g, md5(g::text) AS x, md5((g*3)::text) AS y FROM generate_series(1, 400000) g; CREATE TABLE b AS SELECT g, md5((g*5)::text) AS z FROM generate_series(1, 400000) g; ALTER TABLE a ADD PRIMARY KEY (g)");
+    let url = s3.url(&unique("par"));
+    let cli = Cli::for_db(&db.name)
+        .env("AWS_ACCESS_KEY_ID", "kaizen-test")
+        .env("AWS_SECRET_ACCESS_KEY", "Aws-Secret-Never-Printed")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", &s3.endpoint)
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("KAIZEN_BACKUP_BACKUP__COMPRESSION", "none");
+    cli.run(&["--storage", &url, "backup", "p", "--jobs", "2"])
+        .assert_code(0)
+        .assert_stderr_contains(&format!("Backup file: {url}/p.tar"));
+    cli.run(&["--storage", &url, "verify", "p"]).assert_code(0);
+    let dst = pg.adopt(&unique("kp_s3_dst"));
+    cli.run(&["--storage", &url, "restore", "p", &dst.name, "--jobs", "2"])
+        .assert_code(0);
+    assert_same(&pg.fingerprint(&db.name), &pg.fingerprint(&dst.name));
+}
