@@ -317,8 +317,13 @@ pub async fn run(
     };
 
     // A REPEATABLE READ snapshot shared with pg_dump: the counts describe exactly what is dumped.
+    // The counts run beside pg_dump: one backend, no parallel workers, so they take
+    // a core at most from the dump they describe (they finish long before it does).
     client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
+             SET LOCAL max_parallel_workers_per_gather = 0",
+        )
         .await
         .map_err(|e| db_error("starting the snapshot transaction", &e))?;
     let snapshot: String = client
@@ -644,9 +649,18 @@ fn follow_verbose_stderr(child: &mut Child) -> (JoinHandle<String>, mpsc::Unboun
         let Some(s) = stderr else {
             return String::new();
         };
-        let mut lines = tokio::io::BufReader::new(s).lines();
+        // Bytes, not UTF-8 lines: object names in the database's encoding must not stop
+        // the reader (pg_dump would then block on a full pipe).
+        let mut reader = tokio::io::BufReader::new(s);
+        let mut raw = Vec::new();
         let mut kept: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-        while let Ok(Some(line)) = lines.next_line().await {
+        loop {
+            raw.clear();
+            match reader.read_until(b'\n', &mut raw).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let line = String::from_utf8_lossy(&raw).trim_end().to_string();
             if let Some(rest) = line.strip_prefix("pg_dump: finished item ") {
                 if let Some(id) = rest.split_whitespace().next().and_then(|w| w.parse().ok()) {
                     let _ = tx.send(id);

@@ -48,6 +48,8 @@ impl Pg {
                 "-c",
                 sql,
             ])
+            // SQL text and results are Rust strings, whatever the database's encoding.
+            .env("PGCLIENTENCODING", "UTF8")
             .output()
             .unwrap();
         if out.status.success() {
