@@ -194,6 +194,19 @@ impl Cli {
         v
     }
 
+    /// Wait (up to 60 s) until a file whose name contains `fragment` is in the backup
+    /// directory: a running backup has started writing.
+    pub fn wait_for_backup_file(&self, fragment: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !self.backup_files().iter().any(|f| f.contains(fragment)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "backup never started writing {fragment}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The backups `list --json` reports.
     pub fn list(&self) -> Vec<serde_json::Value> {
         let out = self.run(&["list", "--json"]);

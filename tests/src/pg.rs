@@ -145,6 +145,37 @@ impl Pg {
             .collect()
     }
 
+    /// A database holding one known row (`keep_me`), to show that a refused operation
+    /// changed nothing.
+    pub fn target_with_content(&self, prefix: &str) -> TestDb {
+        let t = self.create_db(prefix);
+        self.psql(
+            &t.name,
+            "CREATE TABLE keep_me(v text); INSERT INTO keep_me VALUES ('original')",
+        );
+        t
+    }
+
+    /// Wait up to 10 s for every pg_dump session on `db` to end; false if some remain.
+    pub fn pg_dump_sessions_end(&self, db: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = self.psql(
+                "postgres",
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND application_name = 'pg_dump'"
+                ),
+            );
+            if left == "0" {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// Everything that makes a database what it is: every table's ordered content,
     /// sequence values, large objects, and the schema as pg_dump prints it.
     pub fn fingerprint(&self, db: &str) -> String {

@@ -61,6 +61,16 @@ impl S3 {
     pub fn url(&self, prefix: &str) -> String {
         format!("s3://{}/{prefix}", self.bucket)
     }
+    /// A CLI for database `db` with this emulator's endpoint and credentials. The secret
+    /// key, `Aws-Secret-Never-Printed`, is what tests look for in the output.
+    pub fn cli(&self, db: &str) -> crate::Cli {
+        crate::Cli::for_db(db)
+            .env("AWS_ACCESS_KEY_ID", "kaizen-test")
+            .env("AWS_SECRET_ACCESS_KEY", "Aws-Secret-Never-Printed")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+    }
 }
 
 impl Azure {

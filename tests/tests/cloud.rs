@@ -10,15 +10,6 @@ use kaizen_backup_e2e::pg::assert_same;
 use kaizen_backup_e2e::services::{Azure, Gcs, S3};
 use kaizen_backup_e2e::{Cli, Pg, TestDb, free_port, unique};
 
-fn s3_cli(db: &str, s3: &S3) -> Cli {
-    Cli::for_db(db)
-        .env("AWS_ACCESS_KEY_ID", "kaizen-test")
-        .env("AWS_SECRET_ACCESS_KEY", "Aws-Secret-Never-Printed")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", &s3.endpoint)
-        .env("AWS_ALLOW_HTTP", "true")
-}
-
 fn small_db(pg: &Pg, prefix: &str) -> TestDb {
     let db = pg.create_db(prefix);
     pg.psql(&db.name, "CREATE TABLE t(x int primary key, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g");
@@ -33,7 +24,9 @@ fn s3_round_trip_of_a_multi_part_backup() {
     // ~70 MiB uncompressed: several 8 MiB parts.
     pg.psql(&db.name, "CREATE TABLE big AS SELECT g, md5(g::text) AS a, md5((g*3)::text) AS b FROM generate_series(1, 700000) g");
     let url = s3.url(&unique("rt"));
-    let cli = s3_cli(&db.name, &s3).env("KAIZEN_BACKUP_BACKUP__COMPRESSION", "none");
+    let cli = s3
+        .cli(&db.name)
+        .env("KAIZEN_BACKUP_BACKUP__COMPRESSION", "none");
     let out = cli.run(&["--storage", &url, "backup", "big"]);
     out.assert_code(0)
         .assert_stderr_contains(&format!("Backup file: {url}/big.dump"));
@@ -69,7 +62,7 @@ fn fan_out_to_local_and_s3_then_prune_both() {
     let s3 = S3::get();
     let db = small_db(&pg, "kcl_fan");
     let url = s3.url(&unique("fan"));
-    let cli = s3_cli(&db.name, &s3);
+    let cli = s3.cli(&db.name);
     let targets = format!("{},{url}", cli.backups().display());
     let cli = cli.env("KAIZEN_BACKUP_STORAGE__TARGETS", &targets);
     for n in ["f1", "f2", "f3"] {
@@ -90,7 +83,8 @@ fn fan_out_to_local_and_s3_then_prune_both() {
         local[0]["sha256"], remote[0]["sha256"],
         "one pass feeds both targets the same bytes"
     );
-    let pruning = s3_cli(&db.name, &s3)
+    let pruning = s3
+        .cli(&db.name)
         .env("KAIZEN_BACKUP_STORAGE__TARGETS", &targets)
         .env("BACKUP_RETENTION_COUNT", "1");
     pruning.run(&["prune"]).assert_code(0);
@@ -203,7 +197,9 @@ fn a_backup_killed_mid_upload_leaves_no_visible_backup() {
     let db = pg.create_db("kcl_kill");
     pg.psql(&db.name, "CREATE TABLE big AS SELECT g, md5(g::text) AS a, md5((g*3)::text) AS b FROM generate_series(1, 700000) g");
     let url = s3.url(&unique("kill"));
-    let cli = s3_cli(&db.name, &s3).env("KAIZEN_BACKUP_BACKUP__COMPRESSION", "none");
+    let cli = s3
+        .cli(&db.name)
+        .env("KAIZEN_BACKUP_BACKUP__COMPRESSION", "none");
     for sig in [
         nix::sys::signal::Signal::SIGTERM,
         nix::sys::signal::Signal::SIGKILL,

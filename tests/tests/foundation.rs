@@ -149,15 +149,6 @@ fn nonexistent_backup_fails_cleanly() {
 }
 
 /// Target with known content, used by the corruption tests.
-fn target_with_content(pg: &Pg) -> kaizen_backup_e2e::TestDb {
-    let t = pg.create_db("kb_target");
-    pg.psql(
-        &t.name,
-        "CREATE TABLE keep_me(v text); INSERT INTO keep_me VALUES ('original')",
-    );
-    t
-}
-
 #[test]
 fn flipped_byte_is_refused_and_target_unchanged() {
     let pg = Pg::get();
@@ -170,7 +161,7 @@ fn flipped_byte_is_refused_and_target_unchanged() {
     data[mid] ^= 0x01;
     std::fs::write(&path, &data).unwrap();
 
-    let target = target_with_content(&pg);
+    let target = pg.target_with_content("kb_target");
     let before = pg.fingerprint(&target.name);
     let out = cli.run(&["restore", "b", &target.name, "--no-safety-backup"]);
     out.assert_code(1)
@@ -192,7 +183,7 @@ fn truncated_backup_is_refused_and_target_unchanged() {
     let path = cli.backups().join("b.dump");
     let data = std::fs::read(&path).unwrap();
     std::fs::write(&path, &data[..data.len() / 3]).unwrap();
-    let target = target_with_content(&pg);
+    let target = pg.target_with_content("kb_target");
     let before = pg.fingerprint(&target.name);
     cli.run(&["restore", "b", &target.name, "--no-safety-backup"])
         .assert_code(1)
@@ -400,7 +391,7 @@ fn production_restore_needs_confirmation() {
     );
     let cli = Cli::for_db(&src.name);
     cli.run(&["backup", "b"]).assert_code(0);
-    let target = target_with_content(&pg);
+    let target = pg.target_with_content("kb_target");
     let before = pg.fingerprint(&target.name);
     let prod = Cli::for_db(&src.name)
         .env("ENVIRONMENT", "production")
@@ -449,7 +440,7 @@ fn failing_pg_restore_leaves_target_unchanged() {
     // The owner role disappears: pg_restore fails midway at ALTER TABLE ... OWNER TO.
     pg.psql(&src.name, "DROP TABLE owned");
     pg.psql("postgres", &format!("DROP ROLE {role}"));
-    let target = target_with_content(&pg);
+    let target = pg.target_with_content("kb_target");
     let before = pg.fingerprint(&target.name);
     let out = cli.run(&["restore", "b", &target.name, "--no-safety-backup"]);
     out.assert_code(1)
@@ -480,11 +471,7 @@ fn sigterm_during_backup_leaves_nothing_and_next_backup_works() {
     for (sig, name) in [(Signal::SIGTERM, "interrupted"), (Signal::SIGINT, "ctrl_c")] {
         let child = cli.spawn(&["backup", name]);
         // Wait until data is being written, then stop it.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !cli.backup_files().iter().any(|f| f.contains(name)) {
-            assert!(Instant::now() < deadline, "backup never started writing");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        cli.wait_for_backup_file(name);
         let pid = child.id();
         signal(&child, sig);
         let out = wait(child);
@@ -501,24 +488,10 @@ fn sigterm_during_backup_leaves_nothing_and_next_backup_works() {
         );
         assert!(cli.list().is_empty());
         // pg_dump did not outlive the tool: its session on the server ends too.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = pg.psql(
-                "postgres",
-                &format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'pg_dump'",
-                    src.name
-                ),
-            );
-            if left == "0" {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{sig}: pg_dump still connected after the tool (pid {pid}) exited"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        assert!(
+            pg.pg_dump_sessions_end(&src.name),
+            "{sig}: pg_dump still connected after the tool (pid {pid}) exited"
+        );
     }
     cli.run(&["backup", "after"]).assert_code(0);
     assert_eq!(cli.list().len(), 1);
@@ -534,7 +507,7 @@ fn restore_replaces_a_database_that_has_open_connections() {
     );
     let cli = Cli::for_db(&src.name);
     cli.run(&["backup", "b"]).assert_code(0);
-    let target = target_with_content(&pg);
+    let target = pg.target_with_content("kb_target");
     // An application still connected to the target.
     let mut app = std::process::Command::new(pg.bin.join("psql"))
         .args([
@@ -660,7 +633,7 @@ fn restore_into_existing_database_takes_a_safety_backup_first() {
     );
     let cli = Cli::for_db(&src.name);
     cli.run(&["backup", "b"]).assert_code(0);
-    let target = target_with_content(&pg);
+    let target = pg.target_with_content("kb_target");
     let before = pg.fingerprint(&target.name);
 
     let out = cli.run(&["restore", "b", &target.name]);
@@ -872,7 +845,7 @@ fn production_is_detected_from_every_documented_source() {
     );
     let cli = Cli::for_db(&src.name);
     cli.run(&["backup", "b"]).assert_code(0);
-    let target = target_with_content(&pg);
+    let target = pg.target_with_content("kb_target");
     let before = pg.fingerprint(&target.name);
     for (k, v) in [
         ("ENVIRONMENT", "prod"),
@@ -908,7 +881,7 @@ fn production_restore_on_a_terminal_asks_for_restore() {
     );
     let cli = Cli::for_db(&src.name);
     cli.run(&["backup", "b"]).assert_code(0);
-    let target = target_with_content(&pg);
+    let target = pg.target_with_content("kb_target");
     let before = pg.fingerprint(&target.name);
     let prod = Cli::for_db(&src.name)
         .env("ENVIRONMENT", "production")

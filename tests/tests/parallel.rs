@@ -3,12 +3,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
-
 use kaizen_backup_e2e::cli::{signal, wait};
 use kaizen_backup_e2e::pg::assert_same;
 use kaizen_backup_e2e::services::S3;
-use kaizen_backup_e2e::{Cli, Pg, TestDb, unique};
+use kaizen_backup_e2e::{Cli, Pg, unique};
 
 fn manifest(cli: &Cli, name: &str) -> serde_json::Value {
     let text =
@@ -35,15 +33,6 @@ fn entries(dir: &std::path::Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn target_with_content(pg: &Pg) -> TestDb {
-    let t = pg.create_db("kp_target");
-    pg.psql(
-        &t.name,
-        "CREATE TABLE keep_me(v text); INSERT INTO keep_me VALUES ('original')",
-    );
-    t
 }
 
 #[test]
@@ -181,7 +170,7 @@ fn damaged_parallel_backup_is_refused_and_target_unchanged() {
         .assert_code(0);
     let file = cli.backups().join("kp_good.tar");
     let original = std::fs::read(&file).unwrap();
-    let target = target_with_content(&pg);
+    let target = pg.target_with_content("kp_target");
     let before = pg.fingerprint(&target.name);
 
     // One flipped byte in the middle.
@@ -227,11 +216,7 @@ fn sigterm_during_parallel_backup_leaves_nothing() {
     let (cli, staging) = staged_cli(&src.name);
     let cli = cli.env("KAIZEN_BACKUP_BACKUP__COMPRESSION", "none");
     let child = cli.spawn(&["backup", "interrupted", "--jobs", "2"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cli.backup_files().iter().any(|f| f.contains("interrupted")) {
-        assert!(Instant::now() < deadline, "backup never started writing");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    cli.wait_for_backup_file("interrupted");
     signal(&child, Signal::SIGTERM);
     let out = wait(child);
     assert_ne!(out.code, 0, "{}", out.stderr);
@@ -251,21 +236,10 @@ fn sigterm_during_parallel_backup_leaves_nothing() {
         entries(&staging)
     );
     // No pg_dump worker outlives the tool.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = pg.psql(
-            "postgres",
-            &format!(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'pg_dump'",
-                src.name
-            ),
-        );
-        if left == "0" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "pg_dump sessions still open");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        pg.pg_dump_sessions_end(&src.name),
+        "pg_dump sessions still open"
+    );
     // Files are streamed while pg_dump still runs, not staged until it ends.
     let out = cli.run(&["backup", "after", "--jobs", "2"]);
     out.assert_code(0);
@@ -301,12 +275,8 @@ fn parallel_backup_to_s3_round_trips() {
     // Big enough for several multipart parts, in more than one table.
     pg.psql(&db.name, "CREATE TABLE a AS SELECT g, md5(g::text) AS x, md5((g*3)::text) AS y FROM generate_series(1, 400000) g; CREATE TABLE b AS SELECT g, md5((g*5)::text) AS z FROM generate_series(1, 400000) g; ALTER TABLE a ADD PRIMARY KEY (g)");
     let url = s3.url(&unique("par"));
-    let cli = Cli::for_db(&db.name)
-        .env("AWS_ACCESS_KEY_ID", "kaizen-test")
-        .env("AWS_SECRET_ACCESS_KEY", "Aws-Secret-Never-Printed")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", &s3.endpoint)
-        .env("AWS_ALLOW_HTTP", "true")
+    let cli = s3
+        .cli(&db.name)
         .env("KAIZEN_BACKUP_BACKUP__COMPRESSION", "none");
     cli.run(&["--storage", &url, "backup", "p", "--jobs", "2"])
         .assert_code(0)

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use kaizen_backup_e2e::pg::assert_same;
-use kaizen_backup_e2e::{Cli, Pg, TestDb, unique};
+use kaizen_backup_e2e::{Cli, Pg, unique};
 
 fn keygen(cli: &Cli, name: &str) -> (std::path::PathBuf, String) {
     let path = cli.path().join(name);
@@ -16,15 +16,6 @@ fn keygen(cli: &Cli, name: &str) -> (std::path::PathBuf, String) {
         0o600
     );
     (path, out.stdout.trim().to_string())
-}
-
-fn target_with_content(pg: &Pg) -> TestDb {
-    let t = pg.create_db("ks_target");
-    pg.psql(
-        &t.name,
-        "CREATE TABLE keep_me(v text); INSERT INTO keep_me VALUES ('original')",
-    );
-    t
 }
 
 #[test]
@@ -82,7 +73,7 @@ fn encrypted_round_trip_with_recipients_and_the_wrong_key_refused() {
     assert_same(&pg.fingerprint(&src.name), &pg.fingerprint(&dst.name));
 
     // Missing and wrong keys: refused, the target untouched, no temporary database left.
-    let target = target_with_content(&pg);
+    let target = pg.target_with_content("ks_target");
     let before = pg.fingerprint(&target.name);
     cli.run(&["restore", "e1", &target.name, "--no-safety-backup"])
         .assert_code(1)

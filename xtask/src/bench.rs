@@ -7,7 +7,7 @@
 //! it so the harness cannot rot); only a full run enforces the ratio goal.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -91,6 +91,43 @@ impl Env {
         }
         Ok(())
     }
+}
+
+/// Run both sides of a case, in the given order; returns (ours, baseline).
+fn pair(
+    ours_first: bool,
+    ours: impl FnOnce() -> Result<Sample>,
+    base: impl FnOnce() -> Result<Sample>,
+) -> Result<(Sample, Sample)> {
+    if ours_first {
+        let o = ours()?;
+        Ok((o, base()?))
+    } else {
+        let b = base()?;
+        Ok((ours()?, b))
+    }
+}
+
+/// `kaizen-backup restore BACKUP --jobs N` into a new database vs `pg_restore -j N` of
+/// `source` into a database created beforehand (untimed); both dropped afterwards.
+fn restore_pair(
+    env: &Env,
+    backup: &str,
+    source: &Path,
+    jobs: &str,
+    tag: &str,
+) -> Result<(Sample, Sample)> {
+    let (d1, d2) = (format!("{tag}_a"), format!("{tag}_b"));
+    let o = measure(&mut env.ours(&["restore", backup, &d1, "--jobs", jobs, "-q"]))?;
+    env.psql("postgres", &format!("CREATE DATABASE {d2}"))?;
+    let b = measure(
+        env.tool("pg_restore")
+            .args(["-j", jobs, "-d", &d2])
+            .arg(source),
+    )?;
+    env.psql("postgres", &format!("DROP DATABASE {d1}"))?;
+    env.psql("postgres", &format!("DROP DATABASE {d2}"))?;
+    Ok((o, b))
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -235,14 +272,19 @@ pub fn run(args: &[String]) -> Result<()> {
                 dump.to_str().unwrap_or_default(),
             ]))
         };
-        let (o, b) = if ours_first {
-            let o = ours()?;
-            (o, base()?)
-        } else {
-            let b = base()?;
-            (ours()?, b)
-        };
+        let (o, b) = pair(ours_first, ours, base)?;
         let e = results.entry("1. backup, local").or_default();
+        e.0.push(o);
+        e.1.push(b);
+        // 1b. the same without the snapshot row counts: what exact counts cost here
+        let name = next();
+        let o = measure(
+            env.ours(&["backup", &name, "-q"])
+                .env("KAIZEN_BACKUP_BACKUP__ROW_COUNTS", "false"),
+        )?;
+        let e = results
+            .entry("1b. backup, local, row_counts = false")
+            .or_default();
         e.0.push(o);
         e.1.push(b);
 
@@ -276,33 +318,13 @@ pub fn run(args: &[String]) -> Result<()> {
                 pdir.to_str().unwrap_or_default(),
             ]))
         };
-        let (o, b) = if ours_first {
-            let o = ours()?;
-            (o, base()?)
-        } else {
-            let b = base()?;
-            (ours()?, b)
-        };
+        let (o, b) = pair(ours_first, ours, base)?;
         let e = results.entry("6a. backup --jobs 2, local").or_default();
         e.0.push(o);
         e.1.push(b);
 
         // ... and its restore with 2 jobs vs pg_restore -j2 of the directory
-        let (d1, d2) = (
-            format!("p{}_a", counter.get()),
-            format!("p{}_b", counter.get()),
-        );
-        let o = measure(&mut env.ours(&["restore", &pname, &d1, "--jobs", "2", "-q"]))?;
-        env.psql("postgres", &format!("CREATE DATABASE {d2}"))?;
-        let b = measure(env.tool("pg_restore").args([
-            "-j",
-            "2",
-            "-d",
-            &d2,
-            pdir.to_str().unwrap_or_default(),
-        ]))?;
-        env.psql("postgres", &format!("DROP DATABASE {d1}"))?;
-        env.psql("postgres", &format!("DROP DATABASE {d2}"))?;
+        let (o, b) = restore_pair(&env, &pname, &pdir, "2", &format!("p{}", counter.get()))?;
         let _ = std::fs::remove_dir_all(&pdir);
         let e = results.entry("6b. restore of 6a, --jobs 2").or_default();
         e.0.push(o);
@@ -310,21 +332,13 @@ pub fn run(args: &[String]) -> Result<()> {
 
         // 4. restore vs pg_restore, single and 2 jobs
         for (label, jobs) in [("4a. restore", "1"), ("4b. restore --jobs 2", "2")] {
-            let (d1, d2) = (
-                format!("r{}_{jobs}_a", counter.get()),
-                format!("r{}_{jobs}_b", counter.get()),
-            );
-            let o = measure(&mut env.ours(&["restore", "b1", &d1, "--jobs", jobs, "-q"]))?;
-            env.psql("postgres", &format!("CREATE DATABASE {d2}"))?;
-            let b = measure(env.tool("pg_restore").args([
-                "-j",
+            let (o, b) = restore_pair(
+                &env,
+                "b1",
+                &dump,
                 jobs,
-                "-d",
-                &d2,
-                dump.to_str().unwrap_or_default(),
-            ]))?;
-            env.psql("postgres", &format!("DROP DATABASE {d1}; "))?;
-            env.psql("postgres", &format!("DROP DATABASE {d2}"))?;
+                &format!("r{}_{jobs}", counter.get()),
+            )?;
             let e = results.entry(label).or_default();
             e.0.push(o);
             e.1.push(b);
@@ -438,7 +452,7 @@ pub fn run(args: &[String]) -> Result<()> {
         ));
     }
     md.push_str("\nCPU and peak RSS are those `wait4` reports for our process, which include the pg_dump/pg_restore it ran and waited for.\n");
-    md.push_str("\nBaselines: 1 `pg_dump -Fc -Z6 -f FILE`; 2 the same, then `curl -T FILE` to the S3 emulator; 4 `pg_restore [-j2] -d DB FILE`; 5 create database, `pg_restore`, `count(*)` of every table, drop; 6a `pg_dump -Fd -j2 -Z6 -f DIR` (a directory, not yet one file anywhere); 6b `pg_restore -j2 -d DB DIR`.\n\n");
+    md.push_str("\nBaselines: 1, 1b `pg_dump -Fc -Z6 -f FILE` (1b is our backup without the exact row counts, which run beside pg_dump in its snapshot: on 2 cores they compete with pg_dump and the server for CPU); 2 the same, then `curl -T FILE` to the S3 emulator; 4 `pg_restore [-j2] -d DB FILE`; 5 create database, `pg_restore`, `count(*)` of every table, drop; 6a `pg_dump -Fd -j2 -Z6 -f DIR` (a directory, not yet one file anywhere); 6b `pg_restore -j2 -d DB DIR`.\n\n");
     md.push_str(&format!(
         "3. Peak RSS of our process: {rss_small:.1} MiB at {db_size}, {:.1} MiB at {db_size_big} (goal: flat, at most 64 MiB).\n\n",
         big.rss_mib
