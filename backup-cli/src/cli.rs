@@ -48,7 +48,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Take a backup (default name: backup_YYYYMMDD_HHMMSS, UTC).
     #[command(
-        after_help = "Examples:\n  kaizen-backup backup\n  kaizen-backup backup pre_migration_backup --pin\n  POSTGRES_HOST=prod-db.example.com kaizen-backup backup production_backup"
+        after_help = "Examples:\n  kaizen-backup backup\n  kaizen-backup backup pre_migration_backup --pin\n  POSTGRES_HOST=prod-db.example.com kaizen-backup backup production_backup\n  kaizen-backup backup --jobs 4   # parallel dump of a large database, stored as NAME.tar"
     )]
     Backup(BackupArgs),
     /// List backups, newest first.
@@ -74,7 +74,7 @@ pub enum Command {
     },
     /// Restore a backup into a database (created, or replaced atomically).
     #[command(
-        after_help = "Examples:\n  kaizen-backup restore latest\n  kaizen-backup restore backup_20240115_143000 kaizen_studio_restore\n  kaizen-backup restore ./backups/backup_20240115_143000.dump\n  kaizen-backup restore latest kaizen_studio --confirm-production kaizen_studio"
+        after_help = "Examples:\n  kaizen-backup restore latest\n  kaizen-backup restore backup_20240115_143000 kaizen_studio_restore\n  kaizen-backup restore ./backups/backup_20240115_143000.dump\n  kaizen-backup restore latest kaizen_studio --confirm-production kaizen_studio\n  kaizen-backup restore latest kaizen_studio_copy --jobs 4"
     )]
     Restore(RestoreArgs),
     /// Apply the retention policy.
