@@ -551,10 +551,12 @@ impl Sink<'_> {
         let out = if self.transforms.is_empty() {
             chunk
         } else {
-            let mut data = chunk.to_vec();
-            for t in self.transforms.iter_mut() {
-                let mut next = Vec::with_capacity(data.len());
-                t.push(&data, &mut next)?;
+            // The first stage reads the chunk in place; each stage's output (usually
+            // much smaller than its input when compressing) feeds the next.
+            let mut data = Vec::new();
+            for (i, t) in self.transforms.iter_mut().enumerate() {
+                let mut next = Vec::new();
+                t.push(if i == 0 { &chunk[..] } else { &data[..] }, &mut next)?;
                 data = next;
             }
             Bytes::from(data)
@@ -590,6 +592,7 @@ async fn pump(child: &mut Child, mut sink: Sink<'_>) -> Result<(String, u64)> {
         .stdout
         .take()
         .ok_or_else(|| Error::Tool("pg_dump has no stdout pipe".into()))?;
+    crate::util::widen_pipe(&stdout);
     let mut buf = BytesMut::with_capacity(CHUNK);
     loop {
         buf.reserve(CHUNK);

@@ -359,6 +359,7 @@ async fn run_pg_restore(
         let (Some(mut stdin), Some(mut s)) = (stdin, input) else {
             return Ok::<(), Error>(());
         };
+        crate::util::widen_pipe(&stdin);
         let mut first = true;
         let mut pipe_open = true;
         while let Some(chunk) = s.next().await {

@@ -18,23 +18,6 @@ pub trait Transform: Send {
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<()>;
 }
 
-/// Run `input` through a chain of transforms, returning the final output.
-/// `scratch` buffers are reused between calls to avoid per-chunk allocation.
-pub fn apply_chain(
-    chain: &mut [Box<dyn Transform>],
-    input: &[u8],
-    scratch: &mut [Vec<u8>; 2],
-) -> Result<Vec<u8>> {
-    let mut cur: Vec<u8> = input.to_vec();
-    for t in chain.iter_mut() {
-        let out = &mut scratch[0];
-        out.clear();
-        t.push(&cur, out)?;
-        std::mem::swap(&mut cur, out);
-    }
-    Ok(cur)
-}
-
 /// Flush a chain at end of input: each stage's tail goes through the stages after it.
 pub fn finish_chain(chain: &mut [Box<dyn Transform>]) -> Result<Vec<u8>> {
     let mut carry: Vec<u8> = Vec::new();

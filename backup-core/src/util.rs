@@ -58,6 +58,25 @@ macro_rules! success {
     };
 }
 
+/// Pipe capacity asked for between us and pg_dump/pg_restore. Linux's default (64 KiB)
+/// makes the tool stall on a full pipe whenever we are briefly descheduled; 1 MiB is the
+/// largest an unprivileged process may ask for by default. Failure is harmless.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+const PIPE_SIZE: i32 = 1024 * 1024;
+
+/// Widen a pipe to [`PIPE_SIZE`] where the platform allows it.
+pub fn widen_pipe<F: std::os::fd::AsFd>(fd: &F) {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::fcntl::{FcntlArg, fcntl};
+        if let Err(e) = fcntl(fd.as_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)) {
+            tracing::debug!("pipe kept at its default size: {e}");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = fd;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +87,15 @@ mod tests {
         assert_eq!(human_size(2_411_724), "2.3M");
         assert_eq!(human_size(512 * 1024), "512K");
         assert_eq!(human_size(3 * 1024 * 1024 * 1024), "3.0G");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn pipes_are_widened() {
+        use nix::fcntl::{FcntlArg, fcntl};
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        widen_pipe(&w);
+        let size = fcntl(&r, FcntlArg::F_GETPIPE_SZ).expect("F_GETPIPE_SZ");
+        assert!(size >= PIPE_SIZE, "pipe is {size} bytes");
     }
 }
