@@ -11,7 +11,7 @@ use backup_core::stats::{object_counts, table_counts};
 use backup_core::{CheckResult, Error, Result, VerifyContext};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{DecoderFactory, result};
 
@@ -36,7 +36,15 @@ impl std::fmt::Debug for TestRestore<'_> {
     }
 }
 
-/// Drop `kaizen_verify_*` databases nobody is connected to: leftovers of killed runs.
+/// First key of the advisory lock (`"KZVB"`) a verification holds on its
+/// maintenance-database connection for as long as its temporary database exists; the
+/// second key is `hashtext(database name)`. A database still being downloaded into has no
+/// connection yet: the lock is what tells another verification it is not a leftover.
+pub const OWNER_LOCK_CLASS: i32 = 0x4b5a_5642;
+
+/// Drop `kaizen_verify_*` databases left by killed runs: nobody connected to them and
+/// no live verification holding their lock. Locks are per database: verifications
+/// sharing a server must share the maintenance database (default `postgres`) too.
 pub async fn drop_stale_databases(admin: &Client) -> Result<Vec<String>> {
     let rows = admin
         .query(
@@ -49,15 +57,40 @@ pub async fn drop_stale_databases(admin: &Client) -> Result<Vec<String>> {
     let mut dropped = Vec::new();
     for r in rows {
         let name: String = r.get(0);
+        let free: bool = admin
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                &[&OWNER_LOCK_CLASS, &name],
+            )
+            .await
+            .map_err(|e| db_error("checking a verification database's owner", &e))?
+            .get(0);
+        if !free {
+            debug!("{name} belongs to a verification still running");
+            continue;
+        }
         match drop_database(admin, &name).await {
             Ok(()) => {
                 warn!("Dropped {name}, left behind by an interrupted verification");
-                dropped.push(name);
+                dropped.push(name.clone());
             }
             Err(e) => warn!("Could not drop stale {name}: {e}"),
         }
+        unlock_owner(admin, &name).await;
     }
     Ok(dropped)
+}
+
+async fn unlock_owner(admin: &Client, db: &str) {
+    if let Err(e) = admin
+        .query_one(
+            "SELECT pg_advisory_unlock($1, hashtext($2))",
+            &[&OWNER_LOCK_CLASS, &db],
+        )
+        .await
+    {
+        debug!("releasing the lock on {db}: {e}");
+    }
 }
 
 impl TestRestore<'_> {
@@ -82,7 +115,18 @@ impl TestRestore<'_> {
             .get(0);
         let base: String = ctx.name.chars().take(24).collect();
         let db = temp_db_name(VERIFY_DB_PREFIX.trim_end_matches('_'), &base);
-        create_database(&admin, &db, ctx.manifest.as_ref()).await?;
+        // Claimed before it exists, released after it is gone (or with the connection).
+        admin
+            .execute(
+                "SELECT pg_advisory_lock($1, hashtext($2))",
+                &[&OWNER_LOCK_CLASS, &db],
+            )
+            .await
+            .map_err(|e| db_error("locking the temporary database's name", &e))?;
+        if let Err(e) = create_database(&admin, &db, ctx.manifest.as_ref()).await {
+            unlock_owner(&admin, &db).await;
+            return Err(e);
+        }
         info!("Temporary database: {db}");
         let outcome = self
             .restore_and_compare(ctx, pg, &tool, &db, superuser, started)
@@ -91,6 +135,7 @@ impl TestRestore<'_> {
         if let Err(e) = drop_database(&admin, &db).await {
             warn!("Could not drop {db}: {e}; the next verify drops it");
         }
+        unlock_owner(&admin, &db).await;
         if self.cancel.is_cancelled() {
             return Err(Error::Interrupted("a signal".into()));
         }

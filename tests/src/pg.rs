@@ -156,6 +156,43 @@ impl Pg {
         t
     }
 
+    /// A psql session on `db` that has run `sql` (which must take an advisory lock) and
+    /// stays connected, holding it, until the returned child is killed or dropped.
+    pub fn hold_advisory_lock(&self, db: &str, sql: &str) -> LockHolder {
+        let app = crate::unique("holder");
+        let mut child = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", &self.socket])
+            .args(["-p", &self.port, "-U", &self.user, "-d", db])
+            .env("PGAPPNAME", &app)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{sql};").unwrap();
+        stdin.flush().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self.psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.application_name = '{app}' AND l.locktype = 'advisory' AND l.granted"
+            ),
+        ) == "0"
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "lock not taken: {sql}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        LockHolder {
+            child,
+            _stdin: stdin,
+        }
+    }
+
     /// Wait up to 10 s for every pg_dump session on `db` to end; false if some remain.
     pub fn pg_dump_sessions_end(&self, db: &str) -> bool {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -266,5 +303,19 @@ pub fn assert_same(a: &str, b: &str) {
         if x != y {
             panic!("databases differ at line {i}:\n  left:  {x}\n  right: {y}");
         }
+    }
+}
+
+/// A session holding an advisory lock; the session ends (and the lock goes) on drop.
+#[derive(Debug)]
+pub struct LockHolder {
+    child: std::process::Child,
+    _stdin: std::process::ChildStdin,
+}
+
+impl Drop for LockHolder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -233,6 +233,34 @@ fn killed_verify_leaves_nothing_the_next_run_does_not_clean() {
 }
 
 #[test]
+fn verify_never_drops_the_database_of_a_verification_still_running() {
+    let pg = Pg::get();
+    let src = pg.sample_db("kv_busy");
+    let cli = Cli::for_db(&src.name);
+    let name = unique("bz");
+    cli.run(&["backup", &name]).assert_code(0);
+    // Another verification, still downloading: its database exists and nobody is
+    // connected to it yet, but it holds the lock on the name (taken before creating it).
+    let busy = format!("kaizen_verify_{}_x", unique("other"));
+    let holder = pg.hold_advisory_lock(
+        "postgres",
+        &format!("SELECT pg_advisory_lock(1264211522, hashtext('{busy}'))"),
+    );
+    pg.psql("postgres", &format!("CREATE DATABASE {busy}"));
+    cli.run(&["verify", &name]).assert_code(0);
+    assert!(
+        pg.db_exists(&busy),
+        "a running verification's database was dropped"
+    );
+    // That verification was killed: its lock went with its connection, and the next
+    // verify (this one or a concurrent test's) removes the leftover.
+    drop(holder);
+    cli.run(&["verify", &name]).assert_code(0);
+    assert!(!pg.db_exists(&busy), "the leftover was not dropped");
+    no_verify_db_left(&pg, &name);
+}
+
+#[test]
 fn verify_works_as_a_createdb_role_that_is_not_superuser() {
     let pg = Pg::get();
     let src = pg.sample_db("kv_role");
