@@ -259,6 +259,14 @@ pub async fn find_tool(name: &str, bin_dir: Option<&Path>) -> Result<Tool> {
                 .find(|p| p.is_file())
         }),
     };
+    // Debian's pg_wrapper (a Perl script behind /usr/bin/pg_dump) costs ~40 ms a call
+    // and, for a remote server, runs the newest installed version anyway: run that directly.
+    let path = match (path, bin_dir) {
+        (Some(p), None) => {
+            Some(debian_versioned(name, &p, Path::new("/usr/lib/postgresql")).unwrap_or(p))
+        }
+        (p, _) => p,
+    };
     let Some(path) = path else {
         return Err(Error::Tool(format!(
             "{name} command not found — install the PostgreSQL client tools (Debian/Ubuntu: sudo apt-get install postgresql-client; macOS: brew install postgresql; RHEL: yum install postgresql) or set database.bin_dir"
@@ -281,6 +289,24 @@ pub async fn find_tool(name: &str, bin_dir: Option<&Path>) -> Result<Tool> {
         version,
         major,
     })
+}
+
+/// When `found` is Debian's `pg_wrapper`, the newest `LIB/<major>/bin/<name>`.
+fn debian_versioned(name: &str, found: &Path, lib: &Path) -> Option<PathBuf> {
+    let real = std::fs::canonicalize(found).ok()?;
+    if real.file_name()? != "pg_wrapper" {
+        return None;
+    }
+    std::fs::read_dir(lib)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let major: u32 = e.file_name().to_str()?.parse().ok()?;
+            let p = e.path().join("bin").join(name);
+            p.is_file().then_some((major, p))
+        })
+        .max_by_key(|(major, _)| *major)
+        .map(|(_, p)| p)
 }
 
 /// Major version from `pg_dump (PostgreSQL) 15.18 (Debian ...)` or `16beta1`.
@@ -318,6 +344,39 @@ pub fn quote_literal(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debian_wrapper_resolves_to_the_newest_versioned_binary() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("share/postgresql-common")).unwrap();
+        std::fs::write(
+            r.join("share/postgresql-common/pg_wrapper"),
+            "#!/usr/bin/perl",
+        )
+        .unwrap();
+        std::fs::create_dir_all(r.join("bin")).unwrap();
+        std::os::unix::fs::symlink(
+            r.join("share/postgresql-common/pg_wrapper"),
+            r.join("bin/pg_dump"),
+        )
+        .unwrap();
+        for v in ["9.6", "13", "15", "notaversion"] {
+            std::fs::create_dir_all(r.join(format!("lib/{v}/bin"))).unwrap();
+            std::fs::write(r.join(format!("lib/{v}/bin/pg_dump")), "").unwrap();
+        }
+        // 16 is installed without pg_dump: skipped.
+        std::fs::create_dir_all(r.join("lib/16/bin")).unwrap();
+        assert_eq!(
+            debian_versioned("pg_dump", &r.join("bin/pg_dump"), &r.join("lib")),
+            Some(r.join("lib/15/bin/pg_dump"))
+        );
+        // Not the wrapper: kept as found.
+        assert_eq!(
+            debian_versioned("pg_dump", &r.join("lib/13/bin/pg_dump"), &r.join("lib")),
+            None
+        );
+    }
 
     #[test]
     fn majors() {
