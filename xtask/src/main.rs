@@ -25,9 +25,10 @@ commands:
   dist [SET...]        build release binaries for feature sets (local, default, all; default:
                        all three) into target/dist-SET and print their sizes
   man [DIR]            write man pages (default target/man)
-  bench [--quick] [--scale N] [--runs N]
+  bench [--quick] [--scale N] [--runs N] [--pg-dump-zstd PROGRAM]
                        measure backup, restore and verify against pg_dump/pg_restore in the same
-                       run and write BENCHMARKS.md (--quick: small smoke run)";
+                       run and write BENCHMARKS.md (--quick: small smoke run; PROGRAM: a
+                       pg_dump 16+ (or a script running one) to compare its own zstd)";
 
 fn main() {
     if let Err(e) = run() {

@@ -16,6 +16,12 @@ use crate::pg::free_port;
 /// Every service name `--services` accepts, in start order.
 pub const ALL: &[&str] = &["pg", "s3", "azure", "gcs", "webdav", "smtp", "pushgateway"];
 
+/// s3s-fs, an S3 server written in Rust over a local directory: `cargo xtask bench`
+/// measures uploads against it because moto (Python) costs as much CPU as the dump it
+/// receives. Not in [`ALL`]: the tests use moto, and building s3s-fs takes minutes.
+/// Pinned: newer releases need a newer rustc.
+const S3S_FS: &str = "s3s-fs@0.14.1";
+
 /// Bucket / container created in each object store.
 pub const BUCKET: &str = "kaizen-test";
 
@@ -84,7 +90,7 @@ pub fn parse_services(args: &[String]) -> Result<(Vec<String>, Vec<String>)> {
 }
 
 /// A running helper process, stopped (SIGTERM, then SIGKILL) on drop.
-struct Proc {
+pub struct Proc {
     name: &'static str,
     child: Child,
     log: PathBuf,
@@ -332,6 +338,58 @@ pub fn ensure_node(base: &Path) -> Result<PathBuf> {
     )?;
     std::fs::write(&marker, format!("{want}\n"))?;
     Ok(bin)
+}
+
+/// `target/test-env/s3s-fs/bin/s3s-fs`, built with `cargo install` when missing.
+pub fn ensure_s3s_fs(base: &Path) -> Result<PathBuf> {
+    let root = base.join("s3s-fs");
+    let bin = root.join("bin/s3s-fs");
+    let marker = root.join(".kaizen-installed");
+    if bin.is_file() && std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == S3S_FS) {
+        return Ok(bin);
+    }
+    let _lock = InstallLock::take(base)?;
+    if bin.is_file() && std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == S3S_FS) {
+        return Ok(bin);
+    }
+    run_install(
+        "s3s-fs (a Rust S3 server, for the bench)",
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install",
+                "--locked",
+                "--quiet",
+                S3S_FS,
+                "--features",
+                "binary",
+            ])
+            .arg("--root")
+            .arg(&root)
+            .env("CARGO_TARGET_DIR", root.join("build")),
+    )?;
+    std::fs::write(&marker, format!("{S3S_FS}\n"))?;
+    let _ = std::fs::remove_dir_all(root.join("build"));
+    Ok(bin)
+}
+
+/// Start s3s-fs on a free port over `dir`, with bucket [`BUCKET`] (a directory) and
+/// the keys `access`/`secret`. Returns the process and its endpoint URL.
+pub fn start_s3s_fs(base: &Path, dir: &Path, access: &str, secret: &str) -> Result<(Proc, String)> {
+    let bin = ensure_s3s_fs(base)?;
+    let data = dir.join("s3s-fs-data");
+    std::fs::create_dir_all(data.join(BUCKET))?;
+    let port = free_port()?;
+    let mut p = Proc::spawn(
+        "s3s-fs (S3)",
+        Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", access, "--secret-key", secret])
+            .arg(&data),
+        dir.join("s3s-fs.log"),
+    )?;
+    // Unsigned requests are refused (403): the server is up once it answers at all.
+    p.wait_http(port, "/", &[200, 403])?;
+    Ok((p, format!("http://127.0.0.1:{port}")))
 }
 
 /// The Prometheus Pushgateway binary, installed from Debian when missing.
