@@ -114,15 +114,27 @@ impl TestRestore<'_> {
             .map_err(|e| db_error("checking privileges", &e))?
             .get(0);
         let base: String = ctx.name.chars().take(24).collect();
-        let db = temp_db_name(VERIFY_DB_PREFIX.trim_end_matches('_'), &base);
-        // Claimed before it exists, released after it is gone (or with the connection).
-        admin
-            .execute(
-                "SELECT pg_advisory_lock($1, hashtext($2))",
-                &[&OWNER_LOCK_CLASS, &db],
-            )
-            .await
-            .map_err(|e| db_error("locking the temporary database's name", &e))?;
+        // The name is claimed before the database exists and released after it is gone
+        // (or with the connection). A held lock means a hash collision: take another name
+        // rather than wait for someone else's verification.
+        let mut claimed = None;
+        for _ in 0..5 {
+            let name = temp_db_name(VERIFY_DB_PREFIX.trim_end_matches('_'), &base);
+            let got: bool = admin
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                    &[&OWNER_LOCK_CLASS, &name],
+                )
+                .await
+                .map_err(|e| db_error("locking the temporary database's name", &e))?
+                .get(0);
+            if got {
+                claimed = Some(name);
+                break;
+            }
+        }
+        let db = claimed
+            .ok_or_else(|| Error::other("could not claim a name for the temporary database"))?;
         if let Err(e) = create_database(&admin, &db, ctx.manifest.as_ref()).await {
             unlock_owner(&admin, &db).await;
             return Err(e);

@@ -557,7 +557,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let theirs = modes.iter().find(|m| m.0.contains("pg_dump's own"));
     let ours_zstd = modes.iter().find(|m| m.0.starts_with("zstd-3 (in-process"));
-    let external = match (theirs, ours_zstd) {
+    let zstd_choice = match (theirs, ours_zstd) {
         (Some(t), Some(o)) => format!(
             "PostgreSQL 16+'s own `pg_dump --compress=zstd` (given with `--pg-dump-zstd`) took {:.2} s against our \
              {:.2} s: {}",
@@ -575,7 +575,7 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     md.push_str(&format!(
         "\nGoals (issue 8): 1 at most 1.03; 2 at most 1.10 x the dump alone; 3 flat and at most 64 MiB; 4 at most 1.05. \
-         zstd is compressed in-process on all cores while pg_dump runs uncompressed. {external} A parallel dump (`--jobs`) is \
+         zstd is compressed in-process on all cores while pg_dump runs uncompressed. {zstd_choice} A parallel dump (`--jobs`) is \
          staged on local disk by pg_dump's workers and streamed to storage as one tar archive, each table's file as \
          soon as it is complete; its restore unpacks the archive to local disk before `pg_restore -j`.\n",
     ));
