@@ -76,14 +76,6 @@ impl Compression {
             _ => 0,
         }
     }
-
-    /// Suffix of the data object (custom format).
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Self::Zstd(_) => ".dump.zst",
-            _ => ".dump",
-        }
-    }
 }
 
 /// Key of the data object of backup `name`.
@@ -308,9 +300,10 @@ pub async fn run(
     // A parallel dump is staged on local disk: check there is room for all of it.
     let staging = if directory {
         let base = opts.staging_dir.clone().unwrap_or_else(std::env::temp_dir);
-        Some(staging_dir(
+        Some(crate::util::staging_dir(
             &base,
             opts.space_check.then_some(required_space),
+            "staging of the parallel dump",
         )?)
     } else {
         None
@@ -561,26 +554,50 @@ impl Sink<'_> {
             }
             Bytes::from(data)
         };
-        if !out.is_empty() {
-            self.hasher.update(&out);
-            self.size += out.len() as u64;
-            fan_out(self.tasks, out).await?;
-            if let Some(p) = &self.progress {
-                p(self.size);
-            }
+        self.emit(out).await
+    }
+
+    /// Hash, count and send bytes that are already in their stored form.
+    async fn emit(&mut self, out: Bytes) -> Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.hasher.update(&out);
+        self.size += out.len() as u64;
+        fan_out(self.tasks, out).await?;
+        if let Some(p) = &self.progress {
+            p(self.size);
         }
         Ok(())
+    }
+
+    /// Send everything `reader` yields; returns the number of bytes read.
+    async fn copy_from(
+        &mut self,
+        mut reader: impl tokio::io::AsyncRead + Unpin,
+        what: &str,
+    ) -> Result<u64> {
+        let mut read: u64 = 0;
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        loop {
+            buf.reserve(CHUNK);
+            let n = reader
+                .read_buf(&mut buf)
+                .await
+                .map_err(|e| Error::io(format!("reading {what}"), e))?;
+            if n == 0 {
+                return Ok(read);
+            }
+            read += n as u64;
+            self.push(buf.split().freeze()).await?;
+        }
     }
 
     /// Flush the transforms. Returns (sha256 hex, stored size).
     async fn finish(mut self) -> Result<(String, u64)> {
         if !self.transforms.is_empty() {
             let tail = crate::transform::finish_chain(self.transforms)?;
-            if !tail.is_empty() {
-                self.hasher.update(&tail);
-                self.size += tail.len() as u64;
-                fan_out(self.tasks, Bytes::from(tail)).await?;
-            }
+            self.emit(Bytes::from(tail)).await?;
         }
         Ok((hex::encode(self.hasher.finalize()), self.size))
     }
@@ -588,58 +605,13 @@ impl Sink<'_> {
 
 /// Read pg_dump's output (custom format) into the sink. Returns (sha256 hex, stored size).
 async fn pump(child: &mut Child, mut sink: Sink<'_>) -> Result<(String, u64)> {
-    let mut stdout = child
+    let stdout = child
         .stdout
         .take()
         .ok_or_else(|| Error::Tool("pg_dump has no stdout pipe".into()))?;
     crate::util::widen_pipe(&stdout);
-    let mut buf = BytesMut::with_capacity(CHUNK);
-    loop {
-        buf.reserve(CHUNK);
-        let n = stdout
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| Error::Tool(format!("reading pg_dump output: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        sink.push(buf.split().freeze()).await?;
-    }
+    sink.copy_from(stdout, "pg_dump output").await?;
     sink.finish().await
-}
-
-/// A private staging directory under `base`, after checking it has `required` bytes free.
-pub(crate) fn staging_dir(
-    base: &std::path::Path,
-    required: Option<u64>,
-) -> Result<tempfile::TempDir> {
-    std::fs::create_dir_all(base)
-        .map_err(|e| Error::io(format!("creating staging directory {}", base.display()), e))?;
-    if let Some(required) = required {
-        let st = nix::sys::statvfs::statvfs(base).map_err(|e| {
-            Error::io(
-                format!("checking free space in {}", base.display()),
-                std::io::Error::from(e),
-            )
-        })?;
-        let avail = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64);
-        if avail < required {
-            return Err(Error::InsufficientSpace {
-                available: human_size(avail),
-                required: human_size(required),
-                location: format!("{} (staging of the parallel dump)", base.display()),
-            });
-        }
-    }
-    tempfile::Builder::new()
-        .prefix("kaizen-dump-")
-        .tempdir_in(base)
-        .map_err(|e| {
-            Error::io(
-                format!("creating a staging directory in {}", base.display()),
-                e,
-            )
-        })
 }
 
 /// Follow pg_dump's `--verbose` stderr: the ids of finished items go to the receiver, the
@@ -778,7 +750,7 @@ async fn files_of_item(dir: &std::path::Path, id: u32) -> Result<Vec<String>> {
 /// Send one file as a tar entry, then delete it.
 async fn send_file(dir: &std::path::Path, name: &str, sink: &mut Sink<'_>) -> Result<()> {
     let path = dir.join(name);
-    let mut f = tokio::fs::File::open(&path)
+    let f = tokio::fs::File::open(&path)
         .await
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     let meta = f
@@ -795,20 +767,7 @@ async fn send_file(dir: &std::path::Path, name: &str, sink: &mut Sink<'_>) -> Re
         name, size, mtime,
     )?))
     .await?;
-    let mut sent: u64 = 0;
-    let mut buf = BytesMut::with_capacity(CHUNK);
-    loop {
-        buf.reserve(CHUNK);
-        let n = f
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        if n == 0 {
-            break;
-        }
-        sent += n as u64;
-        sink.push(buf.split().freeze()).await?;
-    }
+    let sent = sink.copy_from(f, &path.display().to_string()).await?;
     if sent != size {
         return Err(Error::Tool(format!(
             "{} changed while it was archived ({sent} bytes read, {size} expected)",
@@ -820,7 +779,6 @@ async fn send_file(dir: &std::path::Path, name: &str, sink: &mut Sink<'_>) -> Re
         sink.push(Bytes::from_static(&crate::tar::END[..pad]))
             .await?;
     }
-    drop(f);
     tokio::fs::remove_file(&path)
         .await
         .map_err(|e| Error::io(format!("removing {}", path.display()), e))
@@ -947,19 +905,5 @@ mod tests {
         assert_eq!(data_key("b", g, true, false), "b.tar");
         assert_eq!(data_key("b", z, true, true), "b.tar.zst.age");
         assert_eq!(data_key("b", Compression::None, true, false), "b.tar");
-    }
-
-    #[test]
-    fn staging_is_refused_when_space_is_short() {
-        let base = tempfile::tempdir().unwrap();
-        let e = staging_dir(base.path(), Some(u64::MAX)).unwrap_err();
-        assert!(matches!(e, Error::InsufficientSpace { .. }), "{e}");
-        assert!(
-            e.to_string().contains("staging of the parallel dump"),
-            "{e}"
-        );
-        assert_eq!(std::fs::read_dir(base.path()).unwrap().count(), 0);
-        let dir = staging_dir(base.path(), Some(1)).unwrap();
-        assert!(dir.path().starts_with(base.path()));
     }
 }

@@ -132,6 +132,22 @@ pub struct Resolved {
     pub manifest: Option<Manifest>,
 }
 
+impl Resolved {
+    /// Whether this backup is a directory-format dump carried as a tar archive.
+    pub fn is_directory(&self) -> bool {
+        is_directory(self.manifest.as_ref(), &self.data_key)
+    }
+}
+
+/// Whether a backup is a directory-format dump carried as a tar archive: its manifest
+/// says so, or, for a bare file without one, its name does.
+pub fn is_directory(manifest: Option<&Manifest>, data_key: &str) -> bool {
+    match manifest {
+        Some(m) => m.format == "directory",
+        None => data_key.contains(".tar"),
+    }
+}
+
 /// Resolve `spec` (a name, `latest`, or a path to a `.dump` or `.tar` file) in `storage`.
 /// `open_dir` opens local storage for a file path's directory.
 pub async fn resolve(

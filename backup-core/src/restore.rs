@@ -230,7 +230,7 @@ pub async fn load(
     if let Some(role) = &opts.role {
         cmd.arg(format!("--role={role}"));
     }
-    if is_directory(resolved) {
+    if resolved.is_directory() {
         return load_directory(cmd, plain, resolved, &hash, opts, cancel).await;
     }
     if opts.jobs <= 1 {
@@ -272,14 +272,6 @@ pub async fn load(
     run_pg_restore(cmd, None, resolved, &hash, cancel, Some(tmp)).await
 }
 
-/// Whether the backup is a directory-format dump carried as a tar archive.
-pub fn is_directory(resolved: &Resolved) -> bool {
-    match &resolved.manifest {
-        Some(m) => m.format == "directory",
-        None => resolved.data_key.contains(".tar"),
-    }
-}
-
 /// Directory format: unpack the archive into a staging directory (checking free space
 /// first), check the checksum, then `pg_restore --format=directory --jobs=N`.
 async fn load_directory(
@@ -301,7 +293,7 @@ async fn load_directory(
                 .max(u64::try_from(m.database_size_bytes).unwrap_or(0))
         }
     });
-    let staging = crate::backup::staging_dir(&base, required)?;
+    let staging = crate::util::staging_dir(&base, required, "unpacking the parallel dump")?;
     let dir = staging.path().join("dump");
     tokio::fs::create_dir(&dir)
         .await

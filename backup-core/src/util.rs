@@ -77,8 +77,41 @@ pub fn widen_pipe<F: std::os::fd::AsFd>(fd: &F) {
     let _ = fd;
 }
 
+/// A private directory under `base` (created if missing) for `purpose`, after checking
+/// that `base` has `required` bytes free. Removed with everything in it when dropped.
+pub(crate) fn staging_dir(
+    base: &std::path::Path,
+    required: Option<u64>,
+    purpose: &str,
+) -> crate::Result<tempfile::TempDir> {
+    use crate::Error;
+    std::fs::create_dir_all(base)
+        .map_err(|e| Error::io(format!("creating staging directory {}", base.display()), e))?;
+    if let Some(required) = required {
+        let avail = fs4::available_space(base)
+            .map_err(|e| Error::io(format!("checking free space in {}", base.display()), e))?;
+        if avail < required {
+            return Err(Error::InsufficientSpace {
+                available: human_size(avail),
+                required: human_size(required),
+                location: format!("{} ({purpose})", base.display()),
+            });
+        }
+    }
+    tempfile::Builder::new()
+        .prefix("kaizen-dump-")
+        .tempdir_in(base)
+        .map_err(|e| {
+            Error::io(
+                format!("creating a staging directory in {}", base.display()),
+                e,
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -97,5 +130,17 @@ mod tests {
         widen_pipe(&w);
         let size = fcntl(&r, FcntlArg::F_GETPIPE_SZ).expect("F_GETPIPE_SZ");
         assert!(size >= PIPE_SIZE, "pipe is {size} bytes");
+    }
+
+    #[test]
+    fn staging_is_refused_when_space_is_short() {
+        let base = tempfile::tempdir().unwrap();
+        let purpose = "staging of the parallel dump";
+        let e = staging_dir(base.path(), Some(u64::MAX), purpose).unwrap_err();
+        assert!(matches!(e, crate::Error::InsufficientSpace { .. }), "{e}");
+        assert!(e.to_string().contains(purpose), "{e}");
+        assert_eq!(std::fs::read_dir(base.path()).unwrap().count(), 0);
+        let dir = staging_dir(base.path(), Some(1), purpose).unwrap();
+        assert!(dir.path().starts_with(base.path()));
     }
 }

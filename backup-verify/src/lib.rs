@@ -68,10 +68,7 @@ pub async fn run(ctx: &VerifyContext, opts: &VerifyOptions) -> Result<VerifyReco
     info!("Starting verification of {}...", ctx.name);
     let mut checks: Vec<CheckResult> = Vec::new();
     let plain = opts.decoder.is_none();
-    let directory = match &ctx.manifest {
-        Some(m) => m.format == "directory",
-        None => ctx.data_key.contains(".tar"),
-    };
+    let directory = backup_core::catalog::is_directory(ctx.manifest.as_ref(), &ctx.data_key);
     let file = FileCheck {
         header: match (plain, directory) {
             (false, _) => Header::Opaque,

@@ -57,15 +57,7 @@ pub async fn drop_stale_databases(admin: &Client) -> Result<Vec<String>> {
     let mut dropped = Vec::new();
     for r in rows {
         let name: String = r.get(0);
-        let free: bool = admin
-            .query_one(
-                "SELECT pg_try_advisory_lock($1, hashtext($2))",
-                &[&OWNER_LOCK_CLASS, &name],
-            )
-            .await
-            .map_err(|e| db_error("checking a verification database's owner", &e))?
-            .get(0);
-        if !free {
+        if !try_claim(admin, &name).await? {
             debug!("{name} belongs to a verification still running");
             continue;
         }
@@ -79,6 +71,18 @@ pub async fn drop_stale_databases(admin: &Client) -> Result<Vec<String>> {
         unlock_owner(admin, &name).await;
     }
     Ok(dropped)
+}
+
+/// Take the lock on database name `db` without waiting; false when someone holds it.
+async fn try_claim(admin: &Client, db: &str) -> Result<bool> {
+    Ok(admin
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            &[&OWNER_LOCK_CLASS, &db],
+        )
+        .await
+        .map_err(|e| db_error(format!("locking the name {db}"), &e))?
+        .get(0))
 }
 
 async fn unlock_owner(admin: &Client, db: &str) {
@@ -120,15 +124,7 @@ impl TestRestore<'_> {
         let mut claimed = None;
         for _ in 0..5 {
             let name = temp_db_name(VERIFY_DB_PREFIX.trim_end_matches('_'), &base);
-            let got: bool = admin
-                .query_one(
-                    "SELECT pg_try_advisory_lock($1, hashtext($2))",
-                    &[&OWNER_LOCK_CLASS, &name],
-                )
-                .await
-                .map_err(|e| db_error("locking the temporary database's name", &e))?
-                .get(0);
-            if got {
+            if try_claim(&admin, &name).await? {
                 claimed = Some(name);
                 break;
             }
