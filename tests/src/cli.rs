@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use crate::env;
 use crate::pg::Pg;
@@ -197,14 +198,10 @@ impl Cli {
     /// Wait (up to 60 s) until a file whose name contains `fragment` is in the backup
     /// directory: a running backup has started writing.
     pub fn wait_for_backup_file(&self, fragment: &str) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !self.backup_files().iter().any(|f| f.contains(fragment)) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "backup never started writing {fragment}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        let started = crate::wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
+            self.backup_files().iter().any(|f| f.contains(fragment))
+        });
+        assert!(started, "backup never started writing {fragment}");
     }
 
     /// The backups `list --json` reports.

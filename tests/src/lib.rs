@@ -33,6 +33,24 @@ pub fn db_fingerprint(db: &str) -> String {
     Pg::get().fingerprint(db)
 }
 
+/// Poll `done` every `every` until it returns true (true) or `timeout` passes (false).
+pub fn wait_until(
+    timeout: std::time::Duration,
+    every: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}
+
 /// A variable set by `cargo xtask test`; panics with how to run the tests otherwise.
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {

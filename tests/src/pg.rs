@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use crate::{env, unique};
 
@@ -172,21 +173,16 @@ impl Pg {
         let mut stdin = child.stdin.take().unwrap();
         writeln!(stdin, "{sql};").unwrap();
         stdin.flush().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while self.psql(
-            "postgres",
-            &format!(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-                 WHERE a.application_name = '{app}' AND l.locktype = 'advisory' AND l.granted"
-            ),
-        ) == "0"
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "lock not taken: {sql}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        let held = crate::wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+            self.psql(
+                "postgres",
+                &format!(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                     WHERE a.application_name = '{app}' AND l.locktype = 'advisory' AND l.granted"
+                ),
+            ) != "0"
+        });
+        assert!(held, "lock not taken: {sql}");
         LockHolder {
             child,
             _stdin: stdin,
@@ -195,22 +191,14 @@ impl Pg {
 
     /// Wait up to 10 s for every pg_dump session on `db` to end; false if some remain.
     pub fn pg_dump_sessions_end(&self, db: &str) -> bool {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let left = self.psql(
+        crate::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            self.psql(
                 "postgres",
                 &format!(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND application_name = 'pg_dump'"
                 ),
-            );
-            if left == "0" {
-                return true;
-            }
-            if std::time::Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+            ) == "0"
+        })
     }
 
     /// Everything that makes a database what it is: every table's ordered content,

@@ -148,7 +148,6 @@ fn nonexistent_backup_fails_cleanly() {
     assert!(!pg.db_exists(&dst));
 }
 
-/// Target with known content, used by the corruption tests.
 #[test]
 fn flipped_byte_is_refused_and_target_unchanged() {
     let pg = Pg::get();

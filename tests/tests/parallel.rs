@@ -16,7 +16,10 @@ fn manifest(cli: &Cli, name: &str) -> serde_json::Value {
 
 /// A CLI whose parallel dumps are staged in a directory the test can inspect.
 fn staged_cli(db: &str) -> (Cli, std::path::PathBuf) {
-    let cli = Cli::for_db(db);
+    staged(Cli::for_db(db))
+}
+
+fn staged(cli: Cli) -> (Cli, std::path::PathBuf) {
     let staging = cli.path().join("staging");
     let cli = cli.env(
         "KAIZEN_BACKUP_BACKUP__STAGING_DIR",
@@ -325,4 +328,68 @@ fn parallel_backup_of_a_latin1_database_with_many_tables() {
         ),
         "LATIN1"
     );
+}
+
+#[test]
+fn parallel_backup_with_an_unusable_staging_dir_fails_and_stores_nothing() {
+    let pg = Pg::get();
+    let src = pg.sample_db("kp_nostage");
+    let cli = Cli::for_db(&src.name);
+    // A regular file where the staging directory's parent should be.
+    let blocker = cli.path().join("not_a_dir");
+    std::fs::write(&blocker, "x").unwrap();
+    let staging = blocker.join("staging");
+    let cli = cli.env(
+        "KAIZEN_BACKUP_BACKUP__STAGING_DIR",
+        staging.to_str().unwrap(),
+    );
+    cli.run(&["backup", "s", "--jobs", "2"])
+        .assert_code(1)
+        .assert_stderr_contains("creating staging directory");
+    assert!(cli.backup_files().is_empty(), "{:?}", cli.backup_files());
+    assert!(pg.pg_dump_sessions_end(&src.name));
+}
+
+#[test]
+fn parallel_backup_is_refused_when_staging_lacks_space() {
+    let pg = Pg::get();
+    let s3 = S3::get();
+    let db = pg.sample_db("kp_space");
+    // S3 reports no free space, so only the local staging directory is checked.
+    let url = s3.url(&unique("space"));
+    let (cli, staging) = staged(s3.cli(&db.name));
+    let cli = cli.env("KAIZEN_BACKUP_BACKUP__SPACE_RATIO", "1000000000000");
+    cli.run(&["--storage", &url, "backup", "s", "--jobs", "2"])
+        .assert_code(1)
+        .assert_stderr_contains("staging of the parallel dump");
+    assert!(entries(&staging).is_empty(), "{:?}", entries(&staging));
+    let listed = cli.run(&["--storage", &url, "list", "--json"]);
+    listed.assert_code(0);
+    assert_eq!(listed.json().as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn parallel_restore_is_refused_when_its_temp_dir_lacks_space() {
+    let pg = Pg::get();
+    let src = pg.sample_db("kp_rspace");
+    let (cli, _) = staged_cli(&src.name);
+    let temp = cli.path().join("restore-tmp");
+    let cli = cli
+        .env("KAIZEN_BACKUP_BACKUP__COMPRESSION", "none")
+        .env("KAIZEN_BACKUP_RESTORE__TEMP_DIR", temp.to_str().unwrap());
+    cli.run(&["backup", "big", "--jobs", "2"]).assert_code(0);
+    // Uncompressed by pg_dump: the unpacked dump may be as large as the database,
+    // which the manifest now says is far larger than any disk.
+    let path = cli.backups().join("big.manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    m["database_size_bytes"] = serde_json::json!(4_000_000_000_000_000_000_i64);
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let target = pg.target_with_content("kp_rspace_t");
+    let before = pg.fingerprint(&target.name);
+    cli.run(&["restore", "big", &target.name, "--no-safety-backup"])
+        .assert_code(1)
+        .assert_stderr_contains("unpacking the parallel dump");
+    assert_same(&pg.fingerprint(&target.name), &before);
+    assert!(entries(&temp).is_empty(), "{:?}", entries(&temp));
 }
