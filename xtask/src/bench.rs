@@ -81,6 +81,23 @@ impl Env {
         c.envs(self.vars.iter().cloned()).current_dir(&self.work);
         c
     }
+    /// `sh -c script` with the bench's environment.
+    fn shell(&self, script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]).envs(self.vars.iter().cloned());
+        c
+    }
+    /// The trimmed, unaligned output of one query.
+    fn query(&self, db: &str, sql: &str) -> Result<String> {
+        let out = self
+            .tool("psql")
+            .args(["-X", "-At", "-d", db, "-c", sql])
+            .output()?;
+        if !out.status.success() {
+            bail!("psql: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
     fn psql(&self, db: &str, sql: &str) -> Result<()> {
         let out = self
             .tool("psql")
@@ -128,6 +145,17 @@ fn restore_pair(
     env.psql("postgres", &format!("DROP DATABASE {d1}"))?;
     env.psql("postgres", &format!("DROP DATABASE {d2}"))?;
     Ok((o, b))
+}
+
+const SIZE_SQL: &str = "SELECT pg_size_pretty(pg_database_size('bench'))";
+
+/// Samples of each case: (ours, baseline), one pair per run.
+type Results<'a> = BTreeMap<&'a str, (Vec<Sample>, Vec<Sample>)>;
+
+fn record<'a>(results: &mut Results<'a>, case: &'a str, (ours, base): (Sample, Sample)) {
+    let e = results.entry(case).or_default();
+    e.0.push(ours);
+    e.1.push(base);
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -210,20 +238,10 @@ pub fn run(args: &[String]) -> Result<()> {
     };
 
     // Databases left by an interrupted run go first.
-    let leftovers = String::from_utf8_lossy(
-        &env.tool("psql")
-            .args([
-                "-X",
-                "-At",
-                "-d",
-                "postgres",
-                "-c",
-                "SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1', 'bench_seed')",
-            ])
-            .output()?
-            .stdout,
-    )
-    .to_string();
+    let leftovers = env.query(
+        "postgres",
+        "SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1', 'bench_seed')",
+    )?;
     for db in leftovers.lines().filter(|l| !l.trim().is_empty()) {
         env.psql("postgres", &format!("DROP DATABASE \"{db}\" WITH (FORCE)"))?;
     }
@@ -252,23 +270,9 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     // Each run works on a fresh copy (case 3 grows it).
     env.psql("postgres", "CREATE DATABASE bench TEMPLATE bench_seed")?;
-    let db_size = String::from_utf8_lossy(
-        &env.tool("psql")
-            .args([
-                "-X",
-                "-At",
-                "-d",
-                "bench",
-                "-c",
-                "SELECT pg_size_pretty(pg_database_size('bench'))",
-            ])
-            .output()?
-            .stdout,
-    )
-    .trim()
-    .to_string();
+    let db_size = env.query("bench", SIZE_SQL)?;
 
-    let mut results: BTreeMap<&str, (Vec<Sample>, Vec<Sample>)> = BTreeMap::new();
+    let mut results: Results = BTreeMap::new();
     let counter = std::cell::Cell::new(0u32);
     let next = || {
         counter.set(counter.get() + 1);
@@ -290,43 +294,35 @@ pub fn run(args: &[String]) -> Result<()> {
             ]))
         };
         let (o, b) = pair(ours_first, ours, base)?;
-        let e = results.entry("1. backup, local").or_default();
-        e.0.push(o);
-        e.1.push(b);
+        record(&mut results, "1. backup, local", (o, b));
         // 1b. the same without the snapshot row counts: what exact counts cost here
         let name = next();
         let o = measure(
             env.ours(&["backup", &name, "-q"])
                 .env("KAIZEN_BACKUP_BACKUP__ROW_COUNTS", "false"),
         )?;
-        let e = results
-            .entry("1b. backup, local, row_counts = false")
-            .or_default();
-        e.0.push(o);
-        e.1.push(b);
+        record(
+            &mut results,
+            "1b. backup, local, row_counts = false",
+            (o, b),
+        );
 
         // 2. backup to S3 vs dump to a file, then upload it
         let name = next();
         let url = format!("s3://{bucket}/bench");
         let dump2 = work.join(format!("{name}.pgdump"));
-        // curl signs the upload (SigV4) with the same keys as ours.
+        // curl signs the upload (SigV4) with the same keys as ours, read from a config on
+        // its stdin (printf is a shell builtin): the secret never is a process argument.
         let base_cmd = format!(
-            "{} -Fc -Z6 -f {f} && curl -sf --aws-sigv4 aws:amz:us-east-1:s3 \
-             --user \"$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY\" \
+            "{} -Fc -Z6 -f {f} && printf 'user = \"%s:%s\"\\n' \"$AWS_ACCESS_KEY_ID\" \"$AWS_SECRET_ACCESS_KEY\" | \
+             curl -sf -K - --aws-sigv4 aws:amz:us-east-1:s3 \
              -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T {f} {s3}/{bucket}/upload/{name}.dump",
             env.pgbin.join("pg_dump").display(),
             f = dump2.display()
         );
         let ours = || measure(&mut env.ours(&["--storage", &url, "backup", &name, "-q"]));
-        let base = || {
-            let mut sh = Command::new("sh");
-            sh.args(["-c", &base_cmd]).envs(env.vars.iter().cloned());
-            measure(&mut sh)
-        };
-        let (o, b) = pair(ours_first, ours, base)?;
-        let e = results.entry(case2).or_default();
-        e.0.push(o);
-        e.1.push(b);
+        let base = || measure(&mut env.shell(&base_cmd));
+        record(&mut results, case2, pair(ours_first, ours, base)?);
 
         // 6. parallel backup (directory format streamed as tar) vs pg_dump -Fd -j2 alone
         let pname = next();
@@ -341,30 +337,27 @@ pub fn run(args: &[String]) -> Result<()> {
                 pdir.to_str().unwrap_or_default(),
             ]))
         };
-        let (o, b) = pair(ours_first, ours, base)?;
-        let e = results.entry("6a. backup --jobs 2, local").or_default();
-        e.0.push(o);
-        e.1.push(b);
+        record(
+            &mut results,
+            "6a. backup --jobs 2, local",
+            pair(ours_first, ours, base)?,
+        );
 
         // ... and its restore with 2 jobs vs pg_restore -j2 of the directory
-        let (o, b) = restore_pair(&env, &pname, &pdir, "2", &format!("p{}", counter.get()))?;
+        let restored = restore_pair(&env, &pname, &pdir, "2", &format!("p{}", counter.get()))?;
         let _ = std::fs::remove_dir_all(&pdir);
-        let e = results.entry("6b. restore of 6a, --jobs 2").or_default();
-        e.0.push(o);
-        e.1.push(b);
+        record(&mut results, "6b. restore of 6a, --jobs 2", restored);
 
         // 4. restore vs pg_restore, single and 2 jobs
         for (label, jobs) in [("4a. restore", "1"), ("4b. restore --jobs 2", "2")] {
-            let (o, b) = restore_pair(
+            let restored = restore_pair(
                 &env,
                 "b1",
                 &dump,
                 jobs,
                 &format!("r{}_{jobs}", counter.get()),
             )?;
-            let e = results.entry(label).or_default();
-            e.0.push(o);
-            e.1.push(b);
+            record(&mut results, label, restored);
         }
 
         // 5. verify (full) vs restore + count queries by hand
@@ -376,12 +369,8 @@ pub fn run(args: &[String]) -> Result<()> {
             pr = env.pgbin.join("pg_restore").display(),
             f = dump.display()
         );
-        let mut sh = Command::new("sh");
-        sh.args(["-c", &script]).envs(env.vars.iter().cloned());
-        let b = measure(&mut sh)?;
-        let e = results.entry("5. verify (full)").or_default();
-        e.0.push(o);
-        e.1.push(b);
+        let b = measure(&mut env.shell(&script))?;
+        record(&mut results, "5. verify (full)", (o, b));
     }
 
     // Compression modes: speed and size, `runs` rounds in alternating order, medians.
@@ -440,9 +429,7 @@ pub fn run(args: &[String]) -> Result<()> {
                     let file = work.join(format!("{name}.external.pgdump"));
                     let script =
                         format!("'{program}' -Fc --compress=zstd:3 > '{}'", file.display());
-                    let mut sh = Command::new("sh");
-                    sh.args(["-c", &script]).envs(env.vars.iter().cloned());
-                    let s = measure(&mut sh)?;
+                    let s = measure(&mut env.shell(&script))?;
                     (s, std::fs::metadata(&file)?.len())
                 }
                 (None, None) => continue,
@@ -479,21 +466,7 @@ pub fn run(args: &[String]) -> Result<()> {
     env.psql("bench", "INSERT INTO pgbench_accounts SELECT aid + 100000000, bid, abalance, filler FROM pgbench_accounts")?;
     let big_name = next();
     let big = measure(&mut env.ours(&["backup", &big_name, "-q"]))?;
-    let db_size_big = String::from_utf8_lossy(
-        &env.tool("psql")
-            .args([
-                "-X",
-                "-At",
-                "-d",
-                "bench",
-                "-c",
-                "SELECT pg_size_pretty(pg_database_size('bench'))",
-            ])
-            .output()?
-            .stdout,
-    )
-    .trim()
-    .to_string();
+    let db_size_big = env.query("bench", SIZE_SQL)?;
 
     // Report.
     let mut md = String::new();

@@ -345,11 +345,13 @@ pub fn ensure_s3s_fs(base: &Path) -> Result<PathBuf> {
     let root = base.join("s3s-fs");
     let bin = root.join("bin/s3s-fs");
     let marker = root.join(".kaizen-installed");
-    if bin.is_file() && std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == S3S_FS) {
+    let ready =
+        || bin.is_file() && std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == S3S_FS);
+    if ready() {
         return Ok(bin);
     }
     let _lock = InstallLock::take(base)?;
-    if bin.is_file() && std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == S3S_FS) {
+    if ready() {
         return Ok(bin);
     }
     run_install(
@@ -373,7 +375,8 @@ pub fn ensure_s3s_fs(base: &Path) -> Result<PathBuf> {
 }
 
 /// Start s3s-fs on a free port over `dir`, with bucket [`BUCKET`] (a directory) and
-/// the keys `access`/`secret`. Returns the process and its endpoint URL.
+/// the keys `access`/`secret` (s3s-fs takes them only as arguments: use throwaway keys).
+/// Returns the process and its endpoint URL.
 pub fn start_s3s_fs(base: &Path, dir: &Path, access: &str, secret: &str) -> Result<(Proc, String)> {
     let bin = ensure_s3s_fs(base)?;
     let data = dir.join("s3s-fs-data");
