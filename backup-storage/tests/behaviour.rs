@@ -64,16 +64,27 @@ async fn suite(s: Arc<dyn Storage>) {
         let mut w = s.put("dropped.dump").await.unwrap();
         w.write(Bytes::from(vec![1u8; 1024])).await.unwrap();
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(s.head("dropped.dump").await.unwrap().is_none());
-    let keys: Vec<String> = list_all(s.as_ref(), "")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key)
-        .filter(|k| !k.starts_with('.'))
-        .collect();
-    assert_eq!(keys, ["a.dump"], "leftovers listed");
+    // The abort of a dropped writer runs in the background: wait (with a deadline) until
+    // the listing shows nothing but the finished object.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let keys: Vec<String> = list_all(s.as_ref(), "")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| !k.starts_with('.'))
+            .collect();
+        if keys == ["a.dump"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "leftovers listed: {keys:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     // missing keys
     assert!(s.head("nope").await.unwrap().is_none());

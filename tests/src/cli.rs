@@ -175,7 +175,13 @@ impl Cli {
 
     /// Start in the background (stdout/stderr piped).
     pub fn spawn(&self, args: &[&str]) -> Child {
+        self.spawn_with(&[], args)
+    }
+
+    /// [`Cli::spawn`] with extra variables for this run only.
+    pub fn spawn_with(&self, envs: &[(&str, &str)], args: &[&str]) -> Child {
         self.command(args)
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

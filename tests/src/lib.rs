@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod http;
 pub mod pg;
+pub mod proxy;
 pub mod services;
 
 pub use cli::{Cli, Output};

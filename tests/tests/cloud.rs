@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use kaizen_backup_e2e::cli::{signal, wait};
 use kaizen_backup_e2e::pg::assert_same;
+use kaizen_backup_e2e::proxy::Proxy;
 use kaizen_backup_e2e::services::{Azure, Gcs, S3};
 use kaizen_backup_e2e::{Cli, Pg, TestDb, free_port, unique};
 
@@ -200,15 +201,27 @@ fn a_backup_killed_mid_upload_leaves_no_visible_backup() {
     let cli = s3
         .cli(&db.name)
         .env("KAIZEN_BACKUP_BACKUP__COMPRESSION", "none");
+    // The killed runs reach S3 through a proxy that stalls 2 MiB into the upload, so the
+    // signal always lands mid-upload however fast the machine is.
+    let proxy = Proxy::start(&s3.endpoint);
     for sig in [
         nix::sys::signal::Signal::SIGTERM,
         nix::sys::signal::Signal::SIGKILL,
     ] {
-        let child = cli.spawn(&["--storage", &url, "backup", "killed"]);
-        std::thread::sleep(Duration::from_millis(1500));
+        proxy.freeze_after(2 * 1024 * 1024);
+        let child = cli.spawn_with(
+            &[("AWS_ENDPOINT_URL", &proxy.url)],
+            &["--storage", &url, "backup", "killed"],
+        );
+        assert!(
+            proxy.wait_frozen(Duration::from_secs(120)),
+            "the backup never got 2 MiB into its upload"
+        );
         signal(&child, sig);
+        // SIGTERM's abort of the upload must be able to reach the server.
+        proxy.thaw();
         let out = wait(child);
-        assert_ne!(out.code, 0);
+        assert_ne!(out.code, 0, "{}", out.stderr);
         let list = cli.run(&["--storage", &url, "list", "--json"]);
         list.assert_code(0);
         assert!(

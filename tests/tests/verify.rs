@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use kaizen_backup_e2e::cli::{signal, wait};
-use kaizen_backup_e2e::{Cli, Pg, unique};
+use kaizen_backup_e2e::{Cli, Pg, unique, wait_until};
 
 const ALL_CHECKS: [&str; 10] = [
     "file",
@@ -220,7 +220,16 @@ fn killed_verify_leaves_nothing_the_next_run_does_not_clean() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(300));
+        // Signal while pg_restore is loading the temporary database.
+        let restoring = wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
+            pg.psql(
+                "postgres",
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_restore' AND datname LIKE 'kaizen_verify_{name}_%'"
+                ),
+            ) != "0"
+        });
+        assert!(restoring, "pg_restore never connected to the verify database");
         signal(&child, sig);
         let out = wait(child);
         assert_ne!(out.code, 0);
