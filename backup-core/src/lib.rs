@@ -25,6 +25,7 @@ pub mod stats;
 pub mod storage;
 pub mod tar;
 pub mod tls;
+pub mod toc;
 pub mod transform;
 pub mod util;
 pub mod verify;

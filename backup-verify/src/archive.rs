@@ -1,46 +1,27 @@
-//! Check 2, `archive`: pg_restore reads the table of contents, which lists every table
-//! the manifest recorded.
+//! Check 2, `archive`: the archive's table of contents is readable and lists every table
+//! the manifest recorded, compared as exact `(schema, name)` pairs.
 
-use std::collections::HashSet;
-use std::process::Stdio;
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use backup_core::backup::collect_stderr;
-use backup_core::pg::find_tool;
+use backup_core::toc::{self, Toc, TocError};
 use backup_core::{CheckResult, Error, Result, Verifier, VerifyContext};
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::result;
 
-/// Lists the archive's table of contents with `pg_restore --list`, streaming the object to
-/// it (custom format), or unpacking only `toc.dat` from the tar archive (directory format).
+/// Reads the archive's table of contents with [`backup_core::toc`]: from the start of the
+/// object (custom format), or from `toc.dat` unpacked from the tar archive (directory
+/// format). Names come back exactly, whatever characters they contain.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ArchiveCheck {
     /// The object is a tar archive of a directory-format dump.
     pub directory: bool,
 }
 
-/// `(schema, table)` of every `TABLE` entry in a `pg_restore --list` output.
-pub fn tables_in_toc(toc: &str) -> HashSet<(String, String)> {
-    toc.lines()
-        .filter(|l| !l.starts_with(';'))
-        .filter_map(|l| {
-            // "215; 1259 16390 TABLE public users postgres"
-            let rest = l.split_once(';')?.1.trim();
-            let mut parts = rest.split_whitespace();
-            let (_, _) = (parts.next()?, parts.next()?);
-            if parts.next()? != "TABLE" {
-                return None;
-            }
-            // "TABLE DATA ..." and "TABLE ATTACH ..." are other entry types.
-            let schema = parts.next().filter(|w| !matches!(*w, "DATA" | "ATTACH"))?;
-            let name = parts.next()?;
-            Some((schema.to_string(), name.to_string()))
-        })
-        .collect()
-}
+/// A TOC larger than this is refused rather than buffered.
+const MAX_TOC: usize = 512 * 1024 * 1024;
 
 #[async_trait]
 impl Verifier for ArchiveCheck {
@@ -51,33 +32,18 @@ impl Verifier for ArchiveCheck {
     async fn verify(&self, ctx: &VerifyContext) -> Result<Vec<CheckResult>> {
         let started = Instant::now();
         let fail = |why: String| Ok(vec![result("archive", false, why, started)]);
-        let bin_dir = ctx.pg.as_ref().and_then(|p| p.bin_dir.clone());
-        let tool = find_tool("pg_restore", bin_dir.as_deref()).await?;
-        let (status, toc, err) = if self.directory {
-            match list_directory(&tool.path, ctx).await? {
-                Ok(v) => v,
-                Err(why) => return fail(why),
-            }
+        let toc = if self.directory {
+            read_directory_toc(ctx).await?
         } else {
-            list_custom(&tool.path, ctx).await?
+            read_custom_toc(ctx).await?
         };
-        if !status.success() {
-            return fail(format!(
-                "pg_restore cannot read the table of contents: {err}"
-            ));
-        }
-        let entries = toc
-            .lines()
-            .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
-            .count();
-        let tables = tables_in_toc(&toc);
+        let toc = match toc {
+            Ok(t) => t,
+            Err(why) => return fail(format!("cannot read the table of contents: {why}")),
+        };
+        let tables = toc.tables();
         if let Some(m) = &ctx.manifest {
-            let missing: Vec<String> = m
-                .tables
-                .iter()
-                .filter(|t| !tables.contains(&(t.schema.clone(), t.name.clone())))
-                .map(|t| format!("{}.{}", t.schema, t.name))
-                .collect();
+            let missing = missing_tables(&tables, m.tables.iter().map(|t| (&t.schema, &t.name)));
             if !missing.is_empty() {
                 return fail(format!(
                     "the table of contents lacks {} table(s) the manifest recorded: {}",
@@ -94,88 +60,87 @@ impl Verifier for ArchiveCheck {
         Ok(vec![result(
             "archive",
             true,
-            format!("{entries} entries, {} tables", tables.len()),
+            format!("{} entries, {} tables", toc.entries.len(), tables.len()),
             started,
         )])
     }
 }
 
-type Listing = (std::process::ExitStatus, String, String);
-
-/// `pg_restore --list` reading the object on its standard input.
-async fn list_custom(tool: &std::path::Path, ctx: &VerifyContext) -> Result<Listing> {
-    let mut child = tokio::process::Command::new(tool)
-        .arg("--list")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| Error::Tool(format!("cannot start pg_restore: {e}")))?;
-    let stderr = collect_stderr(&mut child);
-    let mut stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| Error::Tool("pg_restore has no stdout".into()))?;
-    let reader = tokio::spawn(async move {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s).await;
-        s
-    });
-    let mut stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| Error::Tool("pg_restore has no stdin".into()))?;
-    let mut stream = ctx.storage.get(&ctx.data_key).await?;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        // pg_restore stops reading once it has the table of contents.
-        if stdin.write_all(&chunk).await.is_err() {
-            break;
-        }
-    }
-    drop(stdin);
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| Error::Tool(format!("waiting for pg_restore: {e}")))?;
-    let toc = reader.await.unwrap_or_default();
-    let err = stderr.await.unwrap_or_default();
-    Ok((status, toc, err))
+/// The recorded tables that `tables` lacks, as `"schema"."name"` (quoted: names may hold
+/// dots and spaces).
+fn missing_tables<'a>(
+    tables: &BTreeSet<(String, String)>,
+    recorded: impl Iterator<Item = (&'a String, &'a String)>,
+) -> Vec<String> {
+    recorded
+        .filter(|(s, n)| !tables.contains(&((*s).clone(), (*n).clone())))
+        .map(|(s, n)| {
+            format!(
+                "{}.{}",
+                backup_core::pg::quote_ident(s),
+                backup_core::pg::quote_ident(n)
+            )
+        })
+        .collect()
 }
 
-/// Unpack only `toc.dat` from the tar archive (the whole stream is read and checked),
-/// then `pg_restore --list` the directory. The inner error is a failed check.
-async fn list_directory(
-    tool: &std::path::Path,
-    ctx: &VerifyContext,
-) -> Result<std::result::Result<Listing, String>> {
+/// Parse the start of the object as it arrives, stopping once the TOC is complete.
+async fn read_custom_toc(ctx: &VerifyContext) -> Result<std::result::Result<Toc, String>> {
+    let mut stream = ctx.storage.get(&ctx.data_key).await?;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut next_try = 64 * 1024;
+    loop {
+        match stream.next().await {
+            Some(chunk) => {
+                buf.extend_from_slice(&chunk?);
+                if buf.len() < next_try {
+                    continue;
+                }
+                // Re-parse at doubling sizes: linear work overall.
+                next_try = buf.len().saturating_mul(2);
+            }
+            None => next_try = usize::MAX,
+        }
+        match toc::parse(&buf) {
+            Ok(t) => return Ok(Ok(t)),
+            Err(TocError::Incomplete) if next_try != usize::MAX && buf.len() <= MAX_TOC => {}
+            Err(TocError::Incomplete) if next_try == usize::MAX => {
+                return Ok(Err(
+                    "the archive ends inside its table of contents (truncated)".into(),
+                ));
+            }
+            Err(TocError::Incomplete) => {
+                return Ok(Err(format!(
+                    "the table of contents is larger than {} MiB",
+                    MAX_TOC / (1024 * 1024)
+                )));
+            }
+            Err(e) => return Ok(Err(e.to_string())),
+        }
+    }
+}
+
+/// Unpack only `toc.dat` from the tar archive (the whole stream is read and checked), then
+/// parse it.
+async fn read_directory_toc(ctx: &VerifyContext) -> Result<std::result::Result<Toc, String>> {
     let tmp = tempfile::Builder::new()
         .prefix("kaizen-verify-toc-")
         .tempdir()
         .map_err(|e| Error::io("creating a temporary directory", e))?;
     let stream = ctx.storage.get(&ctx.data_key).await?;
     match backup_core::tar::unpack(stream, tmp.path(), |n| n == "toc.dat").await {
-        Ok(names) if names.is_empty() => {
-            return Ok(Err("the archive has no toc.dat".into()));
-        }
+        Ok(names) if names.is_empty() => return Ok(Err("the archive has no toc.dat".into())),
         Ok(_) => {}
         Err(Error::Corrupt(why)) => return Ok(Err(why)),
         Err(e) => return Err(e),
     }
-    let out = tokio::process::Command::new(tool)
-        .arg("--list")
-        .arg("--format=directory")
-        .arg(tmp.path())
-        .stdin(Stdio::null())
-        .output()
+    let bytes = tokio::fs::read(tmp.path().join("toc.dat"))
         .await
-        .map_err(|e| Error::Tool(format!("cannot run pg_restore: {e}")))?;
-    Ok(Ok((
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )))
+        .map_err(|e| Error::io("reading the unpacked toc.dat", e))?;
+    Ok(toc::parse(&bytes).map_err(|e| match e {
+        TocError::Incomplete => "toc.dat ends inside the table of contents (truncated)".into(),
+        e => e.to_string(),
+    }))
 }
 
 #[cfg(test)]
@@ -183,11 +148,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_toc() {
-        let toc = ";\n; Archive created at 2024-01-15\n215; 1259 16390 TABLE public users postgres\n3401; 0 16390 TABLE DATA public users postgres\n216; 1259 16400 TABLE trust eatp_delegations kaizen\n4000; 0 0 TABLE ATTACH public audit_logs_2024_01 postgres\n";
-        let t = tables_in_toc(toc);
-        assert!(t.contains(&("public".into(), "users".into())));
-        assert!(t.contains(&("trust".into(), "eatp_delegations".into())));
-        assert_eq!(t.len(), 2);
+    fn missing_tables_are_exact_pairs_and_quoted() {
+        let have: BTreeSet<(String, String)> = [
+            ("Sales Data".to_string(), "Audit Log".to_string()),
+            ("public".to_string(), "t".to_string()),
+        ]
+        .into();
+        let recorded = [
+            ("Sales Data".to_string(), "Audit Log".to_string()),
+            ("Sales".to_string(), "Data Audit Log".to_string()),
+            ("public".to_string(), "t".to_string()),
+        ];
+        let missing = missing_tables(&have, recorded.iter().map(|(s, n)| (s, n)));
+        assert_eq!(missing, ["\"Sales\".\"Data Audit Log\""]);
     }
 }
