@@ -201,6 +201,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::Backup(args) => backup::run(ctx, args).await,
         Command::Restore(args) => restore::run(ctx, args).await,
         Command::List { json } => list::run(ctx, json).await,
+        Command::Contents { backup, json } => contents::run(ctx, &backup, json).await,
         Command::Config(ConfigCommand::Show { json }) => config_cmd::show(ctx, json),
         Command::Config(ConfigCommand::Check { connect }) => config_cmd::check(ctx, connect).await,
         Command::Status { json, max_age } => status::run(ctx, json, max_age).await,

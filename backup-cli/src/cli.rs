@@ -58,6 +58,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What a backup holds: schemas, tables with exact row counts, sequences, views,
+    /// functions, extensions (read from the archive itself; no database needed).
+    #[command(
+        after_help = "Examples:\n  kaizen-backup contents latest\n  kaizen-backup contents backup_20240115_143000 --json | jq '.schemas[].tables[].name'"
+    )]
+    Contents {
+        /// Backup name, `latest`, or a path to a .dump file.
+        backup: String,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify a backup: checksum, archive, test restore and exact comparison.
     #[command(
         after_help = "Examples:\n  kaizen-backup verify latest\n  kaizen-backup verify backup_20240115_143000 --quick"

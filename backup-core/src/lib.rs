@@ -10,6 +10,7 @@ pub mod audit;
 pub mod backup;
 pub mod catalog;
 pub mod codec;
+pub mod contents;
 pub mod error;
 pub mod lock;
 pub mod manifest;

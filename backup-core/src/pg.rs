@@ -336,6 +336,22 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// An identifier as a person reads it: bare when it is a plain lower-case name, else
+/// double-quoted (spaces, dots, quotes and newlines stay visible and unambiguous).
+pub fn display_ident(s: &str) -> String {
+    let plain = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        s.to_string()
+    } else {
+        quote_ident(s).replace('\n', "\\n")
+    }
+}
+
 /// Quote a string literal for SQL.
 pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))

@@ -19,6 +19,11 @@
 
 use std::collections::BTreeSet;
 
+use futures::StreamExt;
+
+use crate::error::{Error, Result};
+use crate::storage::ByteStream;
+
 /// Why a TOC could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -237,6 +242,79 @@ pub fn parse(bytes: &[u8]) -> Result<Toc, TocError> {
         entries,
         len: r.pos,
     })
+}
+
+/// A TOC larger than this is refused rather than buffered.
+const MAX_TOC: usize = 512 * 1024 * 1024;
+
+/// Read the TOC of an archive from its (decoded) byte stream: the start of a custom-format
+/// archive (reading stops once the TOC is complete), or `toc.dat` inside the tar archive of
+/// a parallel backup (the whole stream is read, and the tar checked, on the way).
+///
+/// The outer error is an I/O or storage failure; the inner one says why the bytes are not
+/// a readable archive (a verification failure, not an operational error).
+pub async fn read(stream: ByteStream, directory: bool) -> Result<std::result::Result<Toc, String>> {
+    if directory {
+        read_directory(stream).await
+    } else {
+        read_custom(stream).await
+    }
+}
+
+async fn read_custom(mut stream: ByteStream) -> Result<std::result::Result<Toc, String>> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut next_try = 64 * 1024;
+    loop {
+        let ended = match stream.next().await {
+            Some(chunk) => {
+                buf.extend_from_slice(&chunk?);
+                if buf.len() < next_try {
+                    continue;
+                }
+                // Re-parse at doubling sizes: linear work overall.
+                next_try = buf.len().saturating_mul(2);
+                false
+            }
+            None => true,
+        };
+        match parse(&buf) {
+            Ok(t) => return Ok(Ok(t)),
+            Err(TocError::Incomplete) if ended => {
+                return Ok(Err(
+                    "the archive ends inside its table of contents (truncated)".into(),
+                ));
+            }
+            Err(TocError::Incomplete) if buf.len() > MAX_TOC => {
+                return Ok(Err(format!(
+                    "the table of contents is larger than {} MiB",
+                    MAX_TOC / (1024 * 1024)
+                )));
+            }
+            Err(TocError::Incomplete) => {}
+            Err(e) => return Ok(Err(e.to_string())),
+        }
+    }
+}
+
+async fn read_directory(stream: ByteStream) -> Result<std::result::Result<Toc, String>> {
+    // Only toc.dat (schema, no table data) is unpacked, into a 0700 directory.
+    let tmp = tempfile::Builder::new()
+        .prefix("kaizen-toc-")
+        .tempdir()
+        .map_err(|e| Error::io("creating a temporary directory", e))?;
+    match crate::tar::unpack(stream, tmp.path(), |n| n == "toc.dat").await {
+        Ok(names) if names.is_empty() => return Ok(Err("the archive has no toc.dat".into())),
+        Ok(_) => {}
+        Err(Error::Corrupt(why)) => return Ok(Err(why)),
+        Err(e) => return Err(e),
+    }
+    let bytes = tokio::fs::read(tmp.path().join("toc.dat"))
+        .await
+        .map_err(|e| Error::io("reading the unpacked toc.dat", e))?;
+    Ok(parse(&bytes).map_err(|e| match e {
+        TocError::Incomplete => "toc.dat ends inside the table of contents (truncated)".into(),
+        e => e.to_string(),
+    }))
 }
 
 struct Reader<'a> {

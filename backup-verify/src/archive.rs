@@ -5,9 +5,8 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use backup_core::toc::{self, Toc, TocError};
-use backup_core::{CheckResult, Error, Result, Verifier, VerifyContext};
-use futures::StreamExt;
+use backup_core::toc;
+use backup_core::{CheckResult, Result, Verifier, VerifyContext};
 
 use crate::result;
 
@@ -20,9 +19,6 @@ pub struct ArchiveCheck {
     pub directory: bool,
 }
 
-/// A TOC larger than this is refused rather than buffered.
-const MAX_TOC: usize = 512 * 1024 * 1024;
-
 #[async_trait]
 impl Verifier for ArchiveCheck {
     fn name(&self) -> &'static str {
@@ -32,12 +28,8 @@ impl Verifier for ArchiveCheck {
     async fn verify(&self, ctx: &VerifyContext) -> Result<Vec<CheckResult>> {
         let started = Instant::now();
         let fail = |why: String| Ok(vec![result("archive", false, why, started)]);
-        let toc = if self.directory {
-            read_directory_toc(ctx).await?
-        } else {
-            read_custom_toc(ctx).await?
-        };
-        let toc = match toc {
+        let stream = ctx.storage.get(&ctx.data_key).await?;
+        let toc = match toc::read(stream, self.directory).await? {
             Ok(t) => t,
             Err(why) => return fail(format!("cannot read the table of contents: {why}")),
         };
@@ -66,8 +58,8 @@ impl Verifier for ArchiveCheck {
     }
 }
 
-/// The recorded tables that `tables` lacks, as `"schema"."name"` (quoted: names may hold
-/// dots and spaces).
+/// The recorded tables that `tables` lacks, as `schema.name`, parts quoted where needed
+/// (`"Sales Data"."Audit Log"`: names may hold dots and spaces).
 fn missing_tables<'a>(
     tables: &BTreeSet<(String, String)>,
     recorded: impl Iterator<Item = (&'a String, &'a String)>,
@@ -77,70 +69,11 @@ fn missing_tables<'a>(
         .map(|(s, n)| {
             format!(
                 "{}.{}",
-                backup_core::pg::quote_ident(s),
-                backup_core::pg::quote_ident(n)
+                backup_core::pg::display_ident(s),
+                backup_core::pg::display_ident(n)
             )
         })
         .collect()
-}
-
-/// Parse the start of the object as it arrives, stopping once the TOC is complete.
-async fn read_custom_toc(ctx: &VerifyContext) -> Result<std::result::Result<Toc, String>> {
-    let mut stream = ctx.storage.get(&ctx.data_key).await?;
-    let mut buf: Vec<u8> = Vec::new();
-    let mut next_try = 64 * 1024;
-    loop {
-        match stream.next().await {
-            Some(chunk) => {
-                buf.extend_from_slice(&chunk?);
-                if buf.len() < next_try {
-                    continue;
-                }
-                // Re-parse at doubling sizes: linear work overall.
-                next_try = buf.len().saturating_mul(2);
-            }
-            None => next_try = usize::MAX,
-        }
-        match toc::parse(&buf) {
-            Ok(t) => return Ok(Ok(t)),
-            Err(TocError::Incomplete) if next_try != usize::MAX && buf.len() <= MAX_TOC => {}
-            Err(TocError::Incomplete) if next_try == usize::MAX => {
-                return Ok(Err(
-                    "the archive ends inside its table of contents (truncated)".into(),
-                ));
-            }
-            Err(TocError::Incomplete) => {
-                return Ok(Err(format!(
-                    "the table of contents is larger than {} MiB",
-                    MAX_TOC / (1024 * 1024)
-                )));
-            }
-            Err(e) => return Ok(Err(e.to_string())),
-        }
-    }
-}
-
-/// Unpack only `toc.dat` from the tar archive (the whole stream is read and checked), then
-/// parse it.
-async fn read_directory_toc(ctx: &VerifyContext) -> Result<std::result::Result<Toc, String>> {
-    let tmp = tempfile::Builder::new()
-        .prefix("kaizen-verify-toc-")
-        .tempdir()
-        .map_err(|e| Error::io("creating a temporary directory", e))?;
-    let stream = ctx.storage.get(&ctx.data_key).await?;
-    match backup_core::tar::unpack(stream, tmp.path(), |n| n == "toc.dat").await {
-        Ok(names) if names.is_empty() => return Ok(Err("the archive has no toc.dat".into())),
-        Ok(_) => {}
-        Err(Error::Corrupt(why)) => return Ok(Err(why)),
-        Err(e) => return Err(e),
-    }
-    let bytes = tokio::fs::read(tmp.path().join("toc.dat"))
-        .await
-        .map_err(|e| Error::io("reading the unpacked toc.dat", e))?;
-    Ok(toc::parse(&bytes).map_err(|e| match e {
-        TocError::Incomplete => "toc.dat ends inside the table of contents (truncated)".into(),
-        e => e.to_string(),
-    }))
 }
 
 #[cfg(test)]
@@ -156,10 +89,11 @@ mod tests {
         .into();
         let recorded = [
             ("Sales Data".to_string(), "Audit Log".to_string()),
+            ("public".to_string(), "gone".to_string()),
             ("Sales".to_string(), "Data Audit Log".to_string()),
             ("public".to_string(), "t".to_string()),
         ];
         let missing = missing_tables(&have, recorded.iter().map(|(s, n)| (s, n)));
-        assert_eq!(missing, ["\"Sales\".\"Data Audit Log\""]);
+        assert_eq!(missing, ["public.gone", "\"Sales\".\"Data Audit Log\""]);
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod config_cmd;
+pub mod contents;
 pub mod list;
 pub mod prune;
 pub mod restore;
