@@ -725,6 +725,9 @@ fn validate(c: &Config) -> Result<()> {
     if c.database.name.is_empty() {
         return cfg("database.name", "must not be empty".into());
     }
+    if let Err(e) = backup_core::pg::check_database_name(&c.database.name) {
+        return cfg("database.name", e.to_string());
+    }
     if c.database.port == 0 {
         return cfg("database.port", "must be 1–65535".into());
     }
@@ -942,6 +945,14 @@ mod tests {
             "[[notify]]\ntype = \"webhook\"\nurl = \"http://h\"\nheaders = { X-Anything = \"v\" }\non = [\"restore.failed\"]\n\n[[notify]]\ntype = \"email\"\nrecipients = [\"a@b\"]\nsmtp_host = \"h\"\nsmtp_port = 25\nsmtp_user = \"u\"\nsmtp_password = \"p\"\nfrom = \"f@b\"\ntls = \"none\"\nname = \"n\"\ntimeout_secs = 3\nretries = 1\n",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn an_over_long_database_name_is_a_config_error() {
+        let err = extract(&vars(&[("POSTGRES_DB", &"d".repeat(64))])).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("at most 63 bytes"), "{err}");
+        extract(&vars(&[("POSTGRES_DB", &"d".repeat(63))])).unwrap();
     }
 
     #[test]
