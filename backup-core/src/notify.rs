@@ -212,3 +212,20 @@ pub async fn notify_all(notifiers: &[Box<dyn Notifier>], event: &Event) -> Vec<S
         .flatten()
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_parses_by_its_name_and_serializes_to_it() {
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(*k));
+            assert_eq!(
+                serde_json::to_value(k).ok(),
+                Some(serde_json::Value::from(k.as_str()))
+            );
+        }
+        assert_eq!(EventKind::parse("restore.finished"), None);
+    }
+}
