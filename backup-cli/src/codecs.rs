@@ -2,10 +2,11 @@
 //! and the matching decoders for restore and verify.
 
 use backup_core::backup::{BackupOptions, Compression};
+use backup_core::catalog::Resolved;
 use backup_core::codec::{self, DecryptKeys};
 use backup_core::manifest::Manifest;
 use backup_core::restore::Decoder;
-use backup_core::{Result, Secret};
+use backup_core::{Error, Result, Secret};
 
 use crate::config::{Config, var_or_file};
 
@@ -64,4 +65,30 @@ pub fn decoder(c: &Config, manifest: Option<&Manifest>) -> Result<Option<Decoder
             stream
         })
     })))
+}
+
+/// Before anything is touched or recorded, check that the configured key opens an
+/// encrypted backup: a key that does not match is "no matching identity", never
+/// mistaken for a truncated or corrupt file. Only the age header and the first chunk
+/// are read. Other read problems are left for the checksum to explain.
+pub async fn check_key(c: &Config, resolved: &Resolved) -> Result<()> {
+    use futures::StreamExt;
+    let Some(m) = &resolved.manifest else {
+        return Ok(());
+    };
+    if m.encryption != "age" {
+        return Ok(());
+    }
+    let keys = keys(c)?;
+    let Ok(stream) = resolved.storage.get(&resolved.data_key).await else {
+        return Ok(());
+    };
+    let mut plain = codec::age_decode(stream, &keys, &m.recipients)?;
+    match plain.next().await {
+        Some(Err(Error::Refused(why))) => Err(Error::Refused(format!(
+            "cannot decrypt backup {}: {why}",
+            resolved.name
+        ))),
+        _ => Ok(()),
+    }
 }

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::{GlobalArgs, LogFormat};
 
+mod keys;
+
 /// System-wide configuration file.
 pub const SYSTEM_CONFIG: &str = "/etc/kaizen-backup/config.toml";
 /// Per-directory configuration file.
@@ -245,6 +247,8 @@ pub struct Loaded {
     pub figment: Figment,
     /// Notifiers from the old scripts' variables (SLACK_WEBHOOK_URL, BACKUP_EMAIL_RECIPIENT, SMTP_*).
     pub legacy_notify: Vec<backup_notify::NotifierConfig>,
+    /// The layer that said `production`, which wins over every other layer's environment.
+    pub production_from: Option<String>,
 }
 
 /// A provider built from environment-like variables, remembering which variable set each key.
@@ -425,7 +429,9 @@ fn var_layer(name: &'static str, vars: &HashMap<String, String>) -> Result<VarLa
     for (var, v) in own {
         let rest = &var[ENV_PREFIX.len()..];
         if !rest.contains("__") {
-            continue; // e.g. KAIZEN_BACKUP_AGE_IDENTITY_FILE, read where it is used
+            // e.g. KAIZEN_BACKUP_AGE_IDENTITY_FILE, read where it is used.
+            keys::check_standalone(var, name)?;
+            continue;
         }
         let mut key = rest.to_ascii_lowercase().replace("__", ".");
         // Any key can be read from a file (Docker/Kubernetes secrets): KEY_FILE=/path.
@@ -556,8 +562,11 @@ pub fn load(global: &GlobalArgs) -> Result<Loaded> {
     }
 
     let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    // Production wins: the first layer that says so, whatever a later layer says.
+    let mut production_from = None;
+    let mut files = Vec::new();
     if Path::new(SYSTEM_CONFIG).is_file() {
-        fig = fig.merge(Toml::file_exact(SYSTEM_CONFIG));
+        files.push(PathBuf::from(SYSTEM_CONFIG));
     }
     match &global.config {
         Some(path) => {
@@ -567,16 +576,35 @@ pub fn load(global: &GlobalArgs) -> Result<Loaded> {
                     message: format!("{} does not exist or is not a file", path.display()),
                 });
             }
-            fig = fig.merge(Toml::file_exact(path));
+            files.push(path.clone());
         }
         None => {
             if Path::new(LOCAL_CONFIG).is_file() {
-                fig = fig.merge(Toml::file_exact(LOCAL_CONFIG));
+                files.push(PathBuf::from(LOCAL_CONFIG));
             }
         }
     }
-    fig = fig.merge(var_layer(".env file", &dotenv)?);
-    fig = fig.merge(var_layer("environment", &env)?);
+    for path in files {
+        let layer = Toml::file_exact(&path);
+        if production_from.is_none() && layer_says_production(&layer) {
+            production_from = Some(figment::Source::File(path.clone()).to_string());
+        }
+        fig = fig.merge(layer);
+    }
+    for layer in [
+        var_layer(".env file", &dotenv)?,
+        var_layer("environment", &env)?,
+    ] {
+        if production_from.is_none() && layer_says_production(&layer) {
+            let var = layer
+                .origin
+                .get("restore.environment")
+                .cloned()
+                .unwrap_or_default();
+            production_from = Some(format!("{} ({var})", layer.name));
+        }
+        fig = fig.merge(layer);
+    }
 
     // Command-line flags, highest.
     let mut flags = Dict::new();
@@ -608,8 +636,10 @@ pub fn load(global: &GlobalArgs) -> Result<Loaded> {
         });
     }
 
-    let config: Config = fig.extract().map_err(figment_error)?;
-    validate(&config)?;
+    let mut config = extract(&fig)?;
+    if production_from.is_some() && !is_production(&config) {
+        config.restore.environment = Some("production".into());
+    }
     // The real environment wins over .env for these too.
     let legacy_notify =
         backup_notify::legacy_from_env(|k| env.get(k).or_else(|| dotenv.get(k)).cloned())?;
@@ -617,7 +647,42 @@ pub fn load(global: &GlobalArgs) -> Result<Loaded> {
         config,
         figment: fig,
         legacy_notify,
+        production_from,
     })
+}
+
+/// Whether a layer sets `restore.environment` to production (a layer that cannot be
+/// read says nothing here; loading reports it).
+fn layer_says_production(layer: &dyn Provider) -> bool {
+    let Ok(data) = layer.data() else {
+        return false;
+    };
+    data.values().any(|dict| {
+        matches!(
+            dict.get("restore"),
+            Some(Value::Dict(_, r)) if matches!(
+                r.get("environment"),
+                Some(Value::String(_, s)) if says_production(s)
+            )
+        )
+    })
+}
+
+/// `production` or `prod`, in any case.
+fn says_production(s: &str) -> bool {
+    matches!(
+        s.trim().to_ascii_lowercase().as_str(),
+        "production" | "prod"
+    )
+}
+
+/// The configuration the merged layers describe: unknown keys, bad values and
+/// inconsistent settings are configuration errors (exit 2).
+fn extract(fig: &Figment) -> Result<Config> {
+    keys::check(fig)?;
+    let config: Config = fig.extract().map_err(figment_error)?;
+    validate(&config)?;
+    Ok(config)
 }
 
 #[allow(unsafe_code)]
@@ -660,6 +725,9 @@ fn validate(c: &Config) -> Result<()> {
     if c.database.name.is_empty() {
         return cfg("database.name", "must not be empty".into());
     }
+    if let Err(e) = backup_core::pg::check_database_name(&c.database.name) {
+        return cfg("database.name", e.to_string());
+    }
     if c.database.port == 0 {
         return cfg("database.port", "must be 1–65535".into());
     }
@@ -701,14 +769,10 @@ fn validate(c: &Config) -> Result<()> {
 
 /// Whether restores into existing databases need confirmation.
 pub fn is_production(c: &Config) -> bool {
-    matches!(
-        c.restore
-            .environment
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref(),
-        Some("production" | "prod")
-    )
+    c.restore
+        .environment
+        .as_deref()
+        .is_some_and(says_production)
 }
 
 /// Open every configured storage target.
@@ -731,29 +795,64 @@ pub fn describe(loaded: &Loaded) -> Result<Vec<(String, serde_json::Value, Strin
         .map_err(|e| Error::other(format!("cannot show configuration: {e}")))?;
     let mut leaves = BTreeMap::new();
     flatten("", &value, &mut leaves);
+    // One row per notifier, so those from the old variables can join them.
+    let configured = match leaves.remove("notify") {
+        Some(serde_json::Value::Array(list)) => list,
+        _ => Vec::new(),
+    };
     let mut out = Vec::new();
+    let notify_source = loaded
+        .figment
+        .find_metadata("notify")
+        .map(|md| match &md.source {
+            Some(s) => s.to_string(),
+            None => md.name.to_string(),
+        });
+    for (i, v) in configured.into_iter().enumerate() {
+        let src = notify_source.clone().unwrap_or_else(|| "default".into());
+        out.push((format!("notify.{i}"), v, src));
+    }
     for (key, v) in leaves {
         let source = match loaded.figment.find_metadata(&key) {
             Some(md) => {
                 let keys: Vec<&str> = key.split('.').collect();
                 let origin = md.interpolate(&Profile::Default, &keys);
-                match md.name.as_ref() {
-                    "environment" | ".env file" => format!("{} ({origin})", md.name),
-                    _ => match &md.source {
-                        Some(s) => s.to_string(),
-                        None => md.name.to_string(),
-                    },
+                match (md.name.as_ref(), &md.source) {
+                    ("environment" | ".env file", _) => format!("{} ({origin})", md.name),
+                    // Built-in defaults carry the location of our own code: say "default".
+                    (_, Some(figment::Source::Code(_))) | (_, None)
+                        if md.name != "command line" =>
+                    {
+                        "default".to_string()
+                    }
+                    (_, Some(s)) => s.to_string(),
+                    (name, None) => name.to_string(),
                 }
             }
             None => "default".to_string(),
         };
-        let source = if source.starts_with("Serialized") {
-            "default".to_string()
-        } else {
-            source
+        let source = match (&loaded.production_from, key.as_str()) {
+            (Some(from), "restore.environment") => from.clone(),
+            _ => source,
         };
         out.push((key, v, source));
     }
+    // Notifiers made from the old scripts' variables (secrets redacted by their type).
+    let first = loaded.config.notify.len();
+    for (i, n) in loaded.legacy_notify.iter().enumerate() {
+        let v = serde_json::to_value(n)
+            .map_err(|e| Error::other(format!("cannot show configuration: {e}")))?;
+        let var = match n {
+            backup_notify::NotifierConfig::Slack { .. } => "SLACK_WEBHOOK_URL",
+            _ => "BACKUP_EMAIL_RECIPIENT",
+        };
+        out.push((
+            format!("notify.{}", first + i),
+            v,
+            format!("environment ({var})"),
+        ));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
@@ -789,7 +888,148 @@ mod tests {
     fn extract(env: &HashMap<String, String>) -> Result<Config> {
         let fig = Figment::from(Serialized::defaults(Config::default()))
             .merge(var_layer("environment", env)?);
-        fig.extract().map_err(figment_error)
+        super::extract(&fig)
+    }
+
+    fn from_toml(text: &str) -> Result<Config> {
+        let fig = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
+        super::extract(&fig)
+    }
+
+    #[test]
+    fn unknown_sections_and_keys_name_the_closest_valid_one() {
+        let err = from_toml("[encryptoin]\ntype = \"age\"\n").unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let msg = err.to_string();
+        assert!(msg.contains("unknown section `encryptoin`"), "{msg}");
+        assert!(msg.contains("did you mean `encryption`"), "{msg}");
+        for (toml, key, hint) in [
+            (
+                "[backup]\ncompresion = \"zstd\"\n",
+                "backup.compresion",
+                "compression",
+            ),
+            (
+                "[storage.s3]\nendpiont = \"http://x\"\n",
+                "storage.s3.endpiont",
+                "endpoint",
+            ),
+            (
+                "[storage]\ntargets = [{ url = \"/b\", optonal = true }]\n",
+                "storage.targets.optonal",
+                "optional",
+            ),
+            (
+                "[[notify]]\ntype = \"webhook\"\nurl = \"http://h\"\nretires = 2\n",
+                "notify.retires",
+                "retries",
+            ),
+            (
+                "[[notify]]\ntype = \"slack\"\nwebhook_url = \"http://h\"\nsmtp_host = \"x\"\n",
+                "notify.smtp_host",
+                "",
+            ),
+            (
+                "[retention]\nkeep_dialy = 3\n",
+                "retention.keep_dialy",
+                "keep_daily",
+            ),
+            ("databse = 1\n", "databse", "database"),
+        ] {
+            let msg = from_toml(toml).unwrap_err().to_string();
+            assert!(msg.contains(&format!("`{key}`")), "{toml}: {msg}");
+            assert!(msg.contains(hint), "{toml}: {msg}");
+        }
+        // Webhook headers are free-form; every documented notifier key is accepted.
+        from_toml(
+            "[[notify]]\ntype = \"webhook\"\nurl = \"http://h\"\nheaders = { X-Anything = \"v\" }\non = [\"restore.failed\"]\n\n[[notify]]\ntype = \"email\"\nrecipients = [\"a@b\"]\nsmtp_host = \"h\"\nsmtp_port = 25\nsmtp_user = \"u\"\nsmtp_password = \"p\"\nfrom = \"f@b\"\ntls = \"none\"\nname = \"n\"\ntimeout_secs = 3\nretries = 1\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn an_over_long_database_name_is_a_config_error() {
+        let err = extract(&vars(&[("POSTGRES_DB", &"d".repeat(64))])).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("at most 63 bytes"), "{err}");
+        extract(&vars(&[("POSTGRES_DB", &"d".repeat(63))])).unwrap();
+    }
+
+    #[test]
+    fn unknown_variables_are_refused_and_legacy_ones_kept() {
+        let err = extract(&vars(&[("KAIZEN_BACKUP_ENCRYPTOIN__TYPE", "age")])).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.exit_code(), 2);
+        assert!(msg.contains("KAIZEN_BACKUP_ENCRYPTOIN__TYPE"), "{msg}");
+        assert!(msg.contains("KAIZEN_BACKUP_ENCRYPTION__TYPE"), "{msg}");
+        let msg = extract(&vars(&[("KAIZEN_BACKUP_ENCRYPTION_TYPE", "age")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("did you mean KAIZEN_BACKUP_ENCRYPTION__TYPE"),
+            "{msg}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "pw\n").unwrap();
+        extract(&vars(&[
+            ("POSTGRES_PASSWORD_FILE", f.to_str().unwrap()),
+            ("KAIZEN_BACKUP_DATABASE__PASSWORD_FILE", f.to_str().unwrap()),
+            ("KAIZEN_BACKUP_AGE_IDENTITY_FILE", "/k"),
+            ("KAIZEN_BACKUP_AGE_PASSPHRASE_FILE", "/k"),
+            ("BACKUP_DIR", "/b"),
+            ("SLACK_WEBHOOK_URL", "https://hooks.slack.com/x"),
+            ("ENVIRONMENT", "staging"),
+            (
+                "KAIZEN_BACKUP_STORAGE__S3__SECRET_ACCESS_KEY_FILE",
+                f.to_str().unwrap(),
+            ),
+        ]))
+        .unwrap();
+    }
+
+    proptest::proptest! {
+        /// No configuration text panics: it loads, or is a configuration error (exit 2).
+        #[test]
+        fn any_toml_loads_or_is_a_config_error(
+            text in "\\PC{0,60}",
+            lines in proptest::collection::vec(
+                ("(database|storage|storage\\.s3|backup|restore|log|lock|retention|notify|metrics|encryption|audit|[a-z_]{1,10})",
+                 "(name|port|targets|type|compression|level|jobs|keep_daily|environment|on|url|[a-z_]{1,10})",
+                 "(-?[0-9]{1,25}|\"[^\"\\\\]{0,10}\"|true|\\[\\]|\\[\"x\", 1\\]|\\{ a = 1 \\}|1e400|nan|-inf)"),
+                0..5,
+            ),
+        ) {
+            let check = |r: Result<Config>| match r {
+                Ok(c) => { let _ = open_targets(&c); Ok(()) }
+                Err(e) if e.exit_code() == 2 => Ok(()),
+                Err(e) => Err(proptest::test_runner::TestCaseError::fail(format!("exit {}: {e}", e.exit_code()))),
+            };
+            check(from_toml(&text))?;
+            let mut doc = String::new();
+            for (section, key, value) in &lines {
+                if section == "notify" {
+                    doc.push_str(&format!("[[notify]]\ntype = \"webhook\"\n{key} = {value}\n"));
+                } else {
+                    doc.push_str(&format!("[{section}]\n{key} = {value}\n"));
+                }
+            }
+            check(from_toml(&doc))?;
+        }
+
+        /// No environment panics either.
+        #[test]
+        fn any_variables_load_or_are_a_config_error(
+            pairs in proptest::collection::vec(
+                ("(KAIZEN_BACKUP_[A-Z_]{0,20}|POSTGRES_PORT|PGPORT|DATABASE_URL|BACKUP_DIR|ENVIRONMENT|BACKUP_RETENTION_DAYS|KAIZEN_BACKUP_STORAGE__TARGETS)", "\\PC{0,20}"),
+                0..4,
+            ),
+        ) {
+            let env: HashMap<String, String> = pairs.into_iter().collect();
+            if let Err(e) = extract(&env) {
+                proptest::prop_assert_eq!(e.exit_code(), 2, "{}", e);
+            }
+        }
     }
 
     #[test]

@@ -91,3 +91,56 @@ pub async fn backup_failed(ctx: &Ctx, name: &str, targets: &[Target], error: &ba
     ev.error = Some(error.to_string());
     ctx.reporter.send(&ev).await;
 }
+
+/// What a restore event is about: the backup, where it goes, and when it began.
+#[derive(Debug)]
+pub struct RestoreSubject {
+    /// Backup name (or the spec as given, before it was found).
+    pub backup: String,
+    /// Database being restored into.
+    pub target_db: String,
+    /// Storage the backup is read from (redacted URL), once known.
+    pub storage: Option<String>,
+    /// When the restore began.
+    pub started: std::time::Instant,
+}
+
+impl RestoreSubject {
+    fn event(&self, kind: EventKind) -> Event {
+        let mut ev = Event::new(kind, &self.target_db);
+        ev.backup = Some(self.backup.clone());
+        ev.targets = self.storage.iter().cloned().collect();
+        ev
+    }
+}
+
+/// A restore began.
+pub async fn restore_started(ctx: &Ctx, s: &RestoreSubject) {
+    ctx.reporter.send(&s.event(EventKind::RestoreStarted)).await;
+}
+
+/// A restore ended: completed, refused (nothing changed) or failed.
+pub async fn restore_finished(
+    ctx: &Ctx,
+    s: &RestoreSubject,
+    result: &backup_core::Result<backup_core::restore::RestoreOutcome>,
+) {
+    let kind = match result {
+        Ok(_) => EventKind::RestoreCompleted,
+        Err(backup_core::Error::Refused(_)) => EventKind::RestoreRefused,
+        Err(_) => EventKind::RestoreFailed,
+    };
+    let mut ev = s.event(kind);
+    ev.duration_seconds = Some(s.started.elapsed().as_secs_f64());
+    match result {
+        Ok(outcome) => {
+            ev.size_bytes = Some(outcome.size_bytes);
+            ev.details = serde_json::json!({
+                "replaced": outcome.replaced,
+                "checksum_verified": outcome.checksum_verified,
+            });
+        }
+        Err(e) => ev.error = Some(e.to_string()),
+    }
+    ctx.reporter.send(&ev).await;
+}

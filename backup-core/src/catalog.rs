@@ -172,10 +172,9 @@ pub async fn resolve(
         });
     }
     let looks_like_path = spec.contains('/')
-        || spec.ends_with(".dump")
-        || spec.ends_with(".tar")
-        || spec.ends_with(".zst")
-        || spec.ends_with(".age");
+        || crate::name::DATA_SUFFIXES
+            .iter()
+            .any(|suffix| spec.ends_with(suffix));
     if !looks_like_path {
         crate::name::validate(spec)?;
         let key = Manifest::key_for(spec);
@@ -199,6 +198,12 @@ pub async fn resolve(
     // A file path: the old scripts' `restore.sh backups/backup_X.dump`.
     let path = Path::new(spec);
     if !path.is_file() {
+        if !spec.contains('/') {
+            return Err(Error::NotFound(format!(
+                "backup file {spec} (a name ending in {} is taken as a file path, and backup names never end in one; see `kaizen-backup list` for names)",
+                crate::name::DATA_SUFFIXES.join(" ")
+            )));
+        }
         return Err(Error::NotFound(format!("backup file {spec}")));
     }
     let dir = match path.parent() {

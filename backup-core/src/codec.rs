@@ -361,6 +361,10 @@ pub fn age_decode(
             message: format!("identity file {} does not exist", path.display()),
         });
     }
+    let given = match &keys.identity_file {
+        Some(path) => format!("the identity in {}", path.display()),
+        None => "the passphrase".to_string(),
+    };
     let keys = keys.clone();
     Ok(decode_stream(input, "age", move |r| {
         // Identities are built here, on the decoding thread (they are not Send).
@@ -383,11 +387,11 @@ pub fn age_decode(
             d.decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
                 .map_err(|e| match e {
                     age::DecryptError::NoMatchingKeys => Error::Refused(format!(
-                        "no matching identity: the backup is encrypted for {named}"
+                        "no matching identity: {given} does not match the recipients of this backup ({named}); use the key it was encrypted for"
                     )),
                     age::DecryptError::DecryptionFailed
                     | age::DecryptError::KeyDecryptionFailed => Error::Refused(format!(
-                        "the key does not decrypt this backup (encrypted for {named})"
+                        "no matching identity: {given} does not decrypt this backup (encrypted for {named})"
                     )),
                     other => Error::Corrupt(format!("age: {other}")),
                 })?;

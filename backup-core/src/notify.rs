@@ -31,15 +31,40 @@ pub enum EventKind {
     /// The newest good backup is older than allowed.
     #[serde(rename = "backup.stale")]
     BackupStale,
-    /// A restore finished (either way).
+    /// A restore began (its backup was found).
+    #[serde(rename = "restore.started")]
+    RestoreStarted,
+    /// A restore finished: the target database holds the backup.
     #[serde(rename = "restore.completed")]
     RestoreCompleted,
+    /// A restore failed; the target database was left as it was.
+    #[serde(rename = "restore.failed")]
+    RestoreFailed,
+    /// A restore was refused for safety (production without confirmation, a key that
+    /// does not match, ...); nothing was changed.
+    #[serde(rename = "restore.refused")]
+    RestoreRefused,
     /// An audit record (sent only to notifiers whose `on` lists `audit`).
     #[serde(rename = "audit")]
     Audit,
 }
 
 impl EventKind {
+    /// Every kind, each raised by some command (so each is a valid `on` entry).
+    pub const ALL: &'static [EventKind] = &[
+        Self::BackupSucceeded,
+        Self::BackupFailed,
+        Self::VerifySucceeded,
+        Self::VerifyFailed,
+        Self::PruneCompleted,
+        Self::BackupStale,
+        Self::RestoreStarted,
+        Self::RestoreCompleted,
+        Self::RestoreFailed,
+        Self::RestoreRefused,
+        Self::Audit,
+    ];
+
     /// The dotted name, e.g. `backup.failed`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -49,7 +74,10 @@ impl EventKind {
             Self::VerifyFailed => "verify.failed",
             Self::PruneCompleted => "prune.completed",
             Self::BackupStale => "backup.stale",
+            Self::RestoreStarted => "restore.started",
             Self::RestoreCompleted => "restore.completed",
+            Self::RestoreFailed => "restore.failed",
+            Self::RestoreRefused => "restore.refused",
             Self::Audit => "audit",
         }
     }
@@ -58,24 +86,13 @@ impl EventKind {
     pub fn is_failure(self) -> bool {
         matches!(
             self,
-            Self::BackupFailed | Self::VerifyFailed | Self::BackupStale
+            Self::BackupFailed | Self::VerifyFailed | Self::BackupStale | Self::RestoreFailed
         )
     }
 
     /// Parse a dotted name.
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::BackupSucceeded,
-            Self::BackupFailed,
-            Self::VerifySucceeded,
-            Self::VerifyFailed,
-            Self::PruneCompleted,
-            Self::BackupStale,
-            Self::RestoreCompleted,
-            Self::Audit,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        Self::ALL.iter().copied().find(|k| k.as_str() == s)
     }
 }
 
@@ -146,7 +163,10 @@ impl Event {
             EventKind::VerifyFailed => ("FAILED", "verify"),
             EventKind::PruneCompleted => ("COMPLETED", "prune"),
             EventKind::BackupStale => ("STALE", "backup"),
+            EventKind::RestoreStarted => ("STARTED", "restore"),
             EventKind::RestoreCompleted => ("COMPLETED", "restore"),
+            EventKind::RestoreFailed => ("FAILED", "restore"),
+            EventKind::RestoreRefused => ("REFUSED", "restore"),
             EventKind::Audit => ("AUDIT", "event"),
         };
         format!("{state} {what} of {}", self.database)
@@ -191,4 +211,21 @@ pub async fn notify_all(notifiers: &[Box<dyn Notifier>], event: &Event) -> Vec<S
         .into_iter()
         .flatten()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_parses_by_its_name_and_serializes_to_it() {
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(*k));
+            assert_eq!(
+                serde_json::to_value(k).ok(),
+                Some(serde_json::Value::from(k.as_str()))
+            );
+        }
+        assert_eq!(EventKind::parse("restore.finished"), None);
+    }
 }

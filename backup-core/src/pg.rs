@@ -332,6 +332,24 @@ pub fn check_tool_version(tool: &Tool, server_major: u32, name: &str) -> Result<
 }
 
 /// Quote an identifier for SQL.
+/// PostgreSQL truncates identifiers longer than this many bytes (NAMEDATALEN - 1).
+pub const MAX_IDENT_BYTES: usize = 63;
+
+/// Check a database name given by the user: not empty, at most 63 bytes (longer names
+/// would be silently truncated by the server, so the restore would land elsewhere).
+pub fn check_database_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::usage("the target database name is empty"));
+    }
+    if name.len() > MAX_IDENT_BYTES {
+        return Err(Error::usage(format!(
+            "database name {name:?} is {} bytes long; PostgreSQL allows at most {MAX_IDENT_BYTES} bytes",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }

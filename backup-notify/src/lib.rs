@@ -69,9 +69,11 @@ pub struct Common {
     /// Name in logs (default: the type).
     pub name: Option<String>,
     /// Events to send, by name: `backup.succeeded`, `backup.failed`, `verify.succeeded`,
-    /// `verify.failed`, `prune.completed`, `backup.stale`, `restore.completed`.
+    /// `verify.failed`, `prune.completed`, `backup.stale`, `restore.started`,
+    /// `restore.completed`, `restore.failed`, `restore.refused`, `audit`.
     ///
-    /// Unset: every failure (`backup.failed`, `verify.failed`, `backup.stale`) plus
+    /// Unset: every failure (`backup.failed`, `verify.failed`, `backup.stale`,
+    /// `restore.failed`) plus
     /// `backup.succeeded` and `verify.succeeded`, which is what the old scripts announced
     /// ("backup success with size and duration ... verification results"). Set, it is the
     /// exact list, e.g. `on = ["backup.failed", "verify.failed", "backup.stale"]` for a
@@ -98,20 +100,26 @@ impl Common {
     /// Parse the `on` filter into event kinds (an unknown name is a configuration error).
     pub fn events(&self) -> Result<Vec<EventKind>> {
         match &self.on {
-            None => Ok(vec![
-                EventKind::BackupFailed,
-                EventKind::VerifyFailed,
-                EventKind::BackupStale,
-                EventKind::BackupSucceeded,
-                EventKind::VerifySucceeded,
-            ]),
+            None => Ok(EventKind::ALL
+                .iter()
+                .copied()
+                .filter(|k| {
+                    k.is_failure()
+                        || matches!(k, EventKind::BackupSucceeded | EventKind::VerifySucceeded)
+                })
+                .collect()),
             Some(list) => list
                 .iter()
                 .map(|s| {
                     EventKind::parse(s).ok_or_else(|| Error::Config {
                         key: "notify.on".into(),
                         message: format!(
-                            "unknown event {s:?} (known: backup.succeeded, backup.failed, verify.succeeded, verify.failed, prune.completed, backup.stale, restore.completed, audit)"
+                            "unknown event {s:?} (known: {})",
+                            EventKind::ALL
+                                .iter()
+                                .map(|k| k.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     })
                 })

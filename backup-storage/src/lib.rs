@@ -59,6 +59,26 @@ fn bucket_and_prefix(url: &str) -> Result<(String, String)> {
     if bucket.is_empty() {
         return Err(Error::usage(format!("no bucket or container in {url:?}")));
     }
+    // Names S3, GCS and Azure accept; anything else would only fail (or worse) later,
+    // when the client builds a request URL from it.
+    if let Some(c) = bucket
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(Error::usage(format!(
+            "invalid bucket or container name {bucket:?} in {url:?}: {c:?} is not allowed (use letters, digits, `.`, `-`, `_`)"
+        )));
+    }
+    if bucket.len() > 222 {
+        return Err(Error::usage(format!(
+            "invalid bucket or container name in {url:?}: longer than 222 characters"
+        )));
+    }
+    if let Some(c) = prefix.chars().find(|c| c.is_control()) {
+        return Err(Error::usage(format!(
+            "invalid prefix in storage URL {url:?}: control character {c:?}"
+        )));
+    }
     Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
 }
 
@@ -128,4 +148,44 @@ fn open_local(url: &str) -> Result<Arc<dyn Storage>> {
     let abs = std::path::absolute(path)
         .map_err(|e| Error::usage(format!("invalid storage path {path:?}: {e}")))?;
     Ok(Arc::new(local::LocalStorage::new(abs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_names() {
+        assert!(bucket_and_prefix("s3://my-bucket.v2/a/b").is_ok());
+        for bad in [
+            "s3://bucket with space/p",
+            "s3:///p",
+            "gs://b%20/p",
+            "az://a\tb",
+        ] {
+            let err = bucket_and_prefix(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// No storage URL panics: it opens, or is refused with a usage error (exit 2).
+        #[test]
+        fn any_storage_url_opens_or_is_a_usage_error(
+            scheme in "(s3|gs|az|azure|gcs|file|webdav|sftp|S3|ftp|)",
+            rest in "\\PC{0,40}|[a-z .%/_-]{0,30}",
+        ) {
+            let url = if scheme.is_empty() { rest } else { format!("{scheme}://{rest}") };
+            if let Ok((bucket, _)) = bucket_and_prefix(&url) {
+                // Request URLs are built from the bucket: only URI-unreserved characters.
+                proptest::prop_assert!(bucket
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')));
+            }
+            match open(&url, &StorageOptions::default()) {
+                Ok(s) => proptest::prop_assert!(!s.url().is_empty()),
+                Err(e) => proptest::prop_assert_eq!(e.exit_code(), 2, "{}: {}", url, e),
+            }
+        }
+    }
 }

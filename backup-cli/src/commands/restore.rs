@@ -3,10 +3,11 @@
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use backup_core::backup::{self, Target};
 use backup_core::catalog::{self, Resolved};
-use backup_core::restore::{self, RestoreOptions};
+use backup_core::restore::{self, RestoreOptions, RestoreOutcome};
 use backup_core::util::human_size;
 use backup_core::{Error, Result, Storage, success};
 use tracing::{info, warn};
@@ -14,6 +15,7 @@ use tracing::{info, warn};
 use crate::app::{Ctx, interactive};
 use crate::cli::RestoreArgs;
 use crate::config;
+use crate::events::{self, RestoreSubject};
 
 /// Resolve `<BACKUP>` in the first configured target (or as a file path).
 pub async fn resolve(ctx: &Ctx, spec: &str) -> Result<Resolved> {
@@ -41,7 +43,30 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
         .target_db
         .clone()
         .unwrap_or_else(|| c.database.name.clone());
+    backup_core::pg::check_database_name(&target_db)?;
+    let mut subject = RestoreSubject {
+        backup: args.backup.clone(),
+        target_db: target_db.clone(),
+        storage: None,
+        started: Instant::now(),
+    };
+    let result = reported_restore(ctx, &args, &mut subject).await;
+    events::restore_finished(ctx, &subject, &result).await;
+    result.map(|_| ())
+}
+
+/// The restore, with `restore.started` sent once its backup is found.
+async fn reported_restore(
+    ctx: &Ctx,
+    args: &RestoreArgs,
+    subject: &mut RestoreSubject,
+) -> Result<RestoreOutcome> {
+    let c = ctx.config();
+    let target_db = subject.target_db.clone();
     let resolved = resolve(ctx, &args.backup).await?;
+    subject.backup = resolved.name.clone();
+    subject.storage = Some(resolved.storage.url());
+    events::restore_started(ctx, subject).await;
     info!("Starting restore: {} -> {target_db}", resolved.name);
     // Two restores into the same database never interleave.
     let lock_storage = config::open_targets(c)?
@@ -56,7 +81,7 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
         c.lock.options(args.lock_timeout),
     )
     .await?;
-    let result = locked_restore(ctx, &args, &target_db, resolved).await;
+    let result = locked_restore(ctx, args, &target_db, resolved).await;
     if let Err(e) = guard.release().await {
         tracing::warn!("Could not release the restore lock: {e}");
     }
@@ -68,10 +93,11 @@ async fn locked_restore(
     args: &RestoreArgs,
     target_db: &str,
     resolved: Resolved,
-) -> Result<()> {
+) -> Result<RestoreOutcome> {
     let c = ctx.config();
     // Keys are checked before anything is touched (a missing key refuses at once).
     let decoder = crate::codecs::decoder(c, resolved.manifest.as_ref())?;
+    crate::codecs::check_key(c, &resolved).await?;
     let pg = c.database.clone();
     let target_db = target_db.to_string();
 
@@ -115,7 +141,7 @@ async fn locked_restore(
         },
         outcome.duration.as_secs_f64()
     );
-    Ok(())
+    Ok(outcome)
 }
 
 /// The old script's production prompt, or `--confirm-production DB` without a terminal.

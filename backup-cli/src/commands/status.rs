@@ -101,3 +101,27 @@ pub async fn run(ctx: &Ctx, json: bool, max_age: Option<String>) -> Result<()> {
     crate::events::stale(ctx, &msg).await;
     Err(Error::other(msg))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages() {
+        assert_eq!(parse_age("26h").ok(), Some(chrono::Duration::hours(26)));
+        assert_eq!(parse_age("x").map_err(|e| e.exit_code()).err(), Some(2));
+    }
+
+    proptest::proptest! {
+        /// No text panics, however large its numbers; an accepted age can be compared with now.
+        #[test]
+        fn any_age_parses_or_is_a_usage_error(s in "\\PC{0,24}|[0-9]{1,30} ?(s|m|h|d|w|y|ms|ns|months)") {
+            match parse_age(&s) {
+                Ok(d) => {
+                    let _ = Utc::now().checked_sub_signed(d);
+                }
+                Err(e) => proptest::prop_assert_eq!(e.exit_code(), 2),
+            }
+        }
+    }
+}

@@ -12,6 +12,10 @@ use crate::commands::restore::resolve;
 pub async fn run(ctx: &Ctx, spec: &str, quick: bool, json: bool) -> Result<()> {
     let c = ctx.config();
     let resolved = resolve(ctx, spec).await?;
+    if !quick {
+        // A key that does not match is said as such, and records nothing about the backup.
+        crate::codecs::check_key(c, &resolved).await?;
+    }
     let started = Instant::now();
     // Decoding (zstd, age) is needed only by the test restore: --quick needs no key.
     let decoder: Option<backup_verify::DecoderFactory> = match &resolved.manifest {
