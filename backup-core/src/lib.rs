@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod backup;
 pub mod catalog;
+pub mod claim;
 pub mod codec;
 pub mod error;
 pub mod lock;

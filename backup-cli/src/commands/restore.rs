@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use backup_core::backup::{self, Target};
 use backup_core::catalog::{self, Resolved};
+use backup_core::claim;
 use backup_core::restore::{self, RestoreOptions};
 use backup_core::util::human_size;
 use backup_core::{Error, Result, Storage, success};
@@ -43,29 +44,32 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
         .unwrap_or_else(|| c.database.name.clone());
     let resolved = resolve(ctx, &args.backup).await?;
     info!("Starting restore: {} -> {target_db}", resolved.name);
-    // Two restores into the same database never interleave.
-    let lock_storage = config::open_targets(c)?
-        .into_iter()
-        .next()
-        .map(|t| t.storage)
-        .ok_or_else(|| Error::usage("no storage target configured"))?;
-    let guard = backup_core::lock::acquire(
-        lock_storage,
-        &target_db,
-        "restore",
-        c.lock.options(args.lock_timeout),
-    )
-    .await?;
-    let result = locked_restore(ctx, &args, &target_db, resolved).await;
-    if let Err(e) = guard.release().await {
-        tracing::warn!("Could not release the restore lock: {e}");
-    }
-    result
+    // A target that must not be restored into is refused before anything is written.
+    restore::inspect_target(&c.database, &target_db).await?;
+    checked_restore(ctx, &args, &target_db, resolved).await
+}
+
+async fn checked_restore(
+    ctx: &Ctx,
+    args: &RestoreArgs,
+    target_db: &str,
+    resolved: Resolved,
+) -> Result<()> {
+    let c = ctx.config();
+    let pg = &c.database;
+    // Two restores into the same database never interleave. The lock lives on the
+    // database server, so a restore needs nothing but read access to the storage.
+    let _lock =
+        claim::lock_target(pg, target_db, c.lock.options(args.lock_timeout).timeout).await?;
+    // Looked at again under the lock: another restore may have created it meanwhile.
+    let exists = restore::inspect_target(pg, target_db).await?;
+    locked_restore(ctx, args, exists, target_db, resolved).await
 }
 
 async fn locked_restore(
     ctx: &Ctx,
     args: &RestoreArgs,
+    exists: bool,
     target_db: &str,
     resolved: Resolved,
 ) -> Result<()> {
@@ -75,15 +79,12 @@ async fn locked_restore(
     let pg = c.database.clone();
     let target_db = target_db.to_string();
 
-    let admin = pg.connect_to(&pg.maintenance_db).await?;
-    let exists = restore::database_exists(&admin, &target_db).await?;
     if exists && config::is_production(c) {
         confirm_production(&target_db, args.confirm_production.as_deref())?;
     }
     if exists && c.restore.safety_backup && !args.no_safety_backup {
         safety_backup(ctx, &target_db).await?;
     }
-    drop(admin);
 
     let mut opts = RestoreOptions::new(&target_db);
     opts.jobs = args.jobs.unwrap_or(c.restore.jobs);
