@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod claim;
 pub mod codec;
 pub mod error;
+pub mod lease;
 pub mod lock;
 pub mod manifest;
 pub mod name;

@@ -1,5 +1,6 @@
 //! Issue 13, restore and verify safety: a restore killed during its swap, leftovers of
-//! killed runs, targets that must be refused, read-only storage.
+//! killed runs, targets that must be refused, read-only storage, and prune racing a
+//! restore.
 //!
 //! Runs here connect as a role of their own: a run drops only the leftovers its own role
 //! owns, so the concurrent tests (as the superuser) never clean up what these tests
@@ -14,6 +15,9 @@ use std::time::Duration;
 use kaizen_backup_e2e::cli::{signal, wait};
 use kaizen_backup_e2e::{Cli, Output, Pg, TestDb, unique, wait_until};
 use nix::sys::signal::Signal;
+
+/// First key of the advisory lock a restore holds on its target name (`"KZRT"`).
+const TARGET_LOCK_CLASS: i64 = 0x4b5a_5254;
 
 /// A login role with CREATEDB (not superuser), a source database it owns holding
 /// `x = 'restored'`, and a target database it owns holding `x = 'current'`.
@@ -305,7 +309,8 @@ fn restore_and_verify_work_from_read_only_storage() {
     let dst = pg.adopt(&unique("kh_ro_dst"));
     run_as_nobody(&cli, &["restore", "b", &dst.name])
         .assert_code(0)
-        .assert_stderr_contains("Restore completed successfully");
+        .assert_stderr_contains("Restore completed successfully")
+        .assert_stderr_contains("Could not take a lease on b");
     kaizen_backup_e2e::assert_same(
         &kaizen_backup_e2e::db_fingerprint(&src.name),
         &kaizen_backup_e2e::db_fingerprint(&dst.name),
@@ -316,4 +321,87 @@ fn restore_and_verify_work_from_read_only_storage() {
         .assert_code(0)
         .assert_stderr_contains("All integrity checks passed");
     assert_eq!(snapshot(&cli.backups()), before, "the storage changed");
+}
+
+#[test]
+fn prune_keeps_a_backup_while_it_is_being_restored() {
+    let pg = Pg::get();
+    let src = pg.target_with_content("kh_lease_src");
+    let cli = Cli::for_db(&src.name);
+    cli.run(&["backup", "old", "--no-prune"]).assert_code(0);
+    cli.run(&["backup", "new", "--no-prune"]).assert_code(0);
+    let dst = pg.target_with_content("kh_lease_dst");
+    // Another restore into the same target holds the server-side lock: ours has taken
+    // its lease on `old` and waits.
+    let holder = pg.hold_advisory_lock(
+        "postgres",
+        &format!(
+            "SELECT pg_advisory_lock({TARGET_LOCK_CLASS}, hashtext('{}'))",
+            dst.name
+        ),
+    );
+    let child = cli.spawn(&[
+        "restore",
+        "old",
+        &dst.name,
+        "--no-safety-backup",
+        "--lock-timeout",
+        "600",
+    ]);
+    let leased = wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
+        cli.backup_files()
+            .iter()
+            .any(|f| f.starts_with("old.") && f.ends_with(".lease"))
+    });
+    assert!(leased, "the restore never took its lease");
+    let retention = [("BACKUP_RETENTION_COUNT", "1")];
+    cli.run_with(&retention, &["prune"])
+        .assert_code(0)
+        .assert_stderr_contains("Keeping old although retention would delete it")
+        .assert_stderr_contains("being read (restore by");
+    assert!(cli.backups().join("old.manifest.json").is_file());
+
+    drop(holder);
+    wait(child).assert_code(0);
+    assert_eq!(pg.psql(&dst.name, "SELECT v FROM keep_me"), "original");
+    assert!(
+        !cli.backup_files().iter().any(|f| f.ends_with(".lease")),
+        "lease left: {:?}",
+        cli.backup_files()
+    );
+    cli.run_with(&retention, &["prune"])
+        .assert_code(0)
+        .assert_stderr_contains("Deleted backup old");
+    assert!(!cli.backups().join("old.manifest.json").exists());
+}
+
+#[test]
+fn prune_ignores_the_lease_of_a_killed_restore() {
+    let pg = Pg::get();
+    let src = pg.target_with_content("kh_dead_src");
+    let cli = Cli::for_db(&src.name);
+    cli.run(&["backup", "old", "--no-prune"]).assert_code(0);
+    cli.run(&["backup", "new", "--no-prune"]).assert_code(0);
+    let dst = pg.target_with_content("kh_dead_dst");
+    let holder = pg.hold_advisory_lock(
+        "postgres",
+        &format!(
+            "SELECT pg_advisory_lock({TARGET_LOCK_CLASS}, hashtext('{}'))",
+            dst.name
+        ),
+    );
+    let child = cli.spawn(&["restore", "old", &dst.name, "--lock-timeout", "600"]);
+    let leased = wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
+        cli.backup_files().iter().any(|f| f.ends_with(".lease"))
+    });
+    assert!(leased, "the restore never took its lease");
+    signal(&child, Signal::SIGKILL);
+    wait(child);
+    drop(holder);
+    // Its process is gone (same host): the lease no longer protects the backup.
+    cli.run_with(&[("BACKUP_RETENTION_COUNT", "1")], &["prune"])
+        .assert_code(0)
+        .assert_stderr_contains("Deleted backup old")
+        .assert_stderr_contains("the lease of a run that is gone");
+    assert!(!cli.backup_files().iter().any(|f| f.ends_with(".lease")));
 }

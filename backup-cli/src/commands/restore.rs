@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use backup_core::backup::{self, Target};
 use backup_core::catalog::{self, Resolved};
-use backup_core::claim;
 use backup_core::restore::{self, RestoreOptions};
 use backup_core::util::human_size;
 use backup_core::{Error, Result, Storage, success};
+use backup_core::{claim, lease};
 use tracing::{info, warn};
 
 use crate::app::{Ctx, interactive};
@@ -46,10 +46,16 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
     info!("Starting restore: {} -> {target_db}", resolved.name);
     // A target that must not be restored into is refused before anything is written.
     restore::inspect_target(&c.database, &target_db).await?;
-    checked_restore(ctx, &args, &target_db, resolved).await
+    // Prune keeps the backup while it is read.
+    let lease = take_lease(ctx, &resolved, "restore").await;
+    let result = leased_restore(ctx, &args, &target_db, resolved).await;
+    if let Some(l) = lease {
+        l.release().await;
+    }
+    result
 }
 
-async fn checked_restore(
+async fn leased_restore(
     ctx: &Ctx,
     args: &RestoreArgs,
     target_db: &str,
@@ -64,6 +70,20 @@ async fn checked_restore(
     // Looked at again under the lock: another restore may have created it meanwhile.
     let exists = restore::inspect_target(pg, target_db).await?;
     locked_restore(ctx, args, exists, target_db, resolved).await
+}
+
+/// A lease on the backup being read, so that prune keeps it meanwhile (None for a bare
+/// file, which prune never deletes, or on storage that cannot be written).
+pub async fn take_lease(ctx: &Ctx, resolved: &Resolved, operation: &str) -> Option<lease::Lease> {
+    resolved.manifest.as_ref()?;
+    let stale_after = ctx.config().lock.options(None).stale_after;
+    lease::take(
+        resolved.storage.clone(),
+        &resolved.name,
+        operation,
+        stale_after,
+    )
+    .await
 }
 
 async fn locked_restore(
