@@ -489,7 +489,11 @@ pub async fn check_target(admin: &Client, pg: &PgConfig, target: &str) -> Result
             return refuse("it is a template database, copied into every database created later");
         }
         if !allow_conn {
-            return refuse("it does not accept connections (datallowconn = false)");
+            return refuse(&format!(
+                "it does not accept connections (datallowconn = false; if an interrupted restore of an \
+                 older kaizen-backup closed it, reopen it with ALTER DATABASE {} WITH ALLOW_CONNECTIONS true)",
+                quote_ident(target)
+            ));
         }
     }
     Ok(())
