@@ -65,6 +65,7 @@ fn is_meta_key(key: &str) -> bool {
         || key.ends_with(VERIFY_SUFFIX)
         || key.ends_with(".lock")
         || key.ends_with(".flock")
+        || key.ends_with(crate::lease::LEASE_SUFFIX)
 }
 
 /// Read the catalog of a storage.

@@ -9,9 +9,11 @@
 pub mod audit;
 pub mod backup;
 pub mod catalog;
+pub mod claim;
 pub mod codec;
 pub mod contents;
 pub mod error;
+pub mod lease;
 pub mod lock;
 pub mod manifest;
 pub mod name;

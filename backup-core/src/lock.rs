@@ -94,7 +94,7 @@ pub fn lock_key(name: &str) -> String {
     format!("{safe}.lock")
 }
 
-fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     // Signal 0 checks existence; EPERM means it exists but is not ours.
     match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None) {
         Ok(()) => true,

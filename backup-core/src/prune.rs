@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::catalog;
 use crate::error::Result;
+use crate::lease;
 use crate::manifest::Manifest;
 use crate::retention::{Candidate, KeepReason, RetentionPolicy, decide};
 use crate::storage::Storage;
@@ -28,6 +29,8 @@ pub struct PruneOptions {
     pub incomplete_grace: Duration,
     /// The current time (passed in for reproducible tests).
     pub now: DateTime<Utc>,
+    /// A lease not refreshed for this long belongs to a dead run (`lock.stale_after_secs`).
+    pub lease_stale_after: Duration,
 }
 
 impl Default for PruneOptions {
@@ -37,6 +40,7 @@ impl Default for PruneOptions {
             database: None,
             incomplete_grace: Duration::from_secs(24 * 3600),
             now: Utc::now(),
+            lease_stale_after: Duration::from_secs(600),
         }
     }
 }
@@ -85,6 +89,7 @@ pub async fn run(
     opts: &PruneOptions,
 ) -> Result<PruneReport> {
     let cat = catalog::scan(storage).await?;
+    let leases = lease::scan(storage, opts.lease_stale_after, opts.now).await?;
     let mut report = PruneReport {
         target: storage.url(),
         dry_run: opts.dry_run,
@@ -118,7 +123,17 @@ pub async fn run(
             let Some(entry) = entries.iter().find(|b| b.manifest.name == d.name) else {
                 continue;
             };
-            let removed = d.remove();
+            let mut removed = d.remove();
+            let mut keep = d.keep;
+            if removed && let Some(h) = leases.holders(&d.name).next() {
+                info!(
+                    "Keeping {} although retention would delete it: it is being read ({})",
+                    d.name,
+                    h.describe()
+                );
+                removed = false;
+                keep.push(KeepReason::InUse);
+            }
             if removed && !opts.dry_run {
                 if let Err(e) = delete_backup(storage, &entry.manifest).await {
                     warn!("Could not delete {}: {e}", d.name);
@@ -132,8 +147,17 @@ pub async fn run(
                 database: db.clone(),
                 created_at: entry.manifest.finished_at,
                 removed,
-                keep: d.keep,
+                keep,
             });
+        }
+    }
+    for key in &leases.expired {
+        if opts.dry_run {
+            continue;
+        }
+        match storage.delete(key).await {
+            Ok(()) => info!("Deleted {key}, the lease of a run that is gone"),
+            Err(e) => report.errors.push(format!("{key}: {e}")),
         }
     }
     let grace =

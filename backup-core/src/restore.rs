@@ -3,8 +3,10 @@
 //! The archive is streamed from storage into a fresh temporary database while its
 //! SHA-256 is computed. Only when `pg_restore` succeeded *and* the checksum equals the
 //! manifest's is the temporary database swapped in for the target (connections
-//! terminated, old one renamed away, new one renamed in, old one dropped). On any
-//! failure the temporary database is dropped and the target is exactly as before.
+//! terminated, old one renamed away, new one renamed in, all in one transaction; then the
+//! old one dropped). On any failure the temporary database is dropped and the target is
+//! exactly as before; a run killed at any step leaves the target usable, and what it
+//! left is dropped by the next run (see [`crate::claim`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -16,10 +18,11 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::backup::{collect_stderr, terminate};
 use crate::catalog::Resolved;
+use crate::claim::{self, Temporary};
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::pg::{
@@ -455,6 +458,54 @@ pub fn check_header(first: &[u8]) -> Result<()> {
     }
 }
 
+/// Refuse a target that restoring into would break the server or lock us out: a
+/// template database (copied into every database created later), one that accepts no
+/// connections, or the maintenance database our own admin connections use. Usage errors
+/// (exit 2); nothing is touched.
+pub async fn check_target(admin: &Client, pg: &PgConfig, target: &str) -> Result<()> {
+    let refuse = |why: &str| {
+        Err(Error::usage(format!(
+            "refusing to restore into {target}: {why}; choose another target database, nothing was changed"
+        )))
+    };
+    if target.is_empty() {
+        return Err(Error::usage("empty target database name"));
+    }
+    if target == pg.maintenance_db {
+        return refuse(
+            "it is the maintenance database kaizen-backup connects to for creating and dropping databases (database.maintenance_db)",
+        );
+    }
+    let row = admin
+        .query_opt(
+            "SELECT datistemplate, datallowconn FROM pg_database WHERE datname = $1",
+            &[&target],
+        )
+        .await
+        .map_err(|e| db_error(format!("looking up database {target}"), &e))?;
+    if let Some(row) = row {
+        let (template, allow_conn): (bool, bool) = (row.get(0), row.get(1));
+        if template {
+            return refuse("it is a template database, copied into every database created later");
+        }
+        if !allow_conn {
+            return refuse(&format!(
+                "it does not accept connections (datallowconn = false; if an interrupted restore of an \
+                 older kaizen-backup closed it, reopen it with ALTER DATABASE {} WITH ALLOW_CONNECTIONS true)",
+                quote_ident(target)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// [`check_target`] on a connection of its own; whether `target` exists.
+pub async fn inspect_target(pg: &PgConfig, target: &str) -> Result<bool> {
+    let admin = pg.connect_to(&pg.maintenance_db).await?;
+    check_target(&admin, pg, target).await?;
+    database_exists(&admin, target).await
+}
+
 /// Restore `resolved` into `opts.target_db`, creating it or replacing it atomically.
 pub async fn run(
     pg: &PgConfig,
@@ -464,10 +515,11 @@ pub async fn run(
 ) -> Result<RestoreOutcome> {
     let started = Instant::now();
     let target = opts.target_db.clone();
-    if target.is_empty() {
-        return Err(Error::usage("empty target database name"));
-    }
     let admin = pg.connect_to(&pg.maintenance_db).await?;
+    check_target(&admin, pg, &target).await?;
+    if let Err(e) = claim::drop_leftovers(&admin).await {
+        warn!("Could not look for databases left by interrupted runs: {e}");
+    }
     let tool = pg_restore_tool(pg, &admin).await?;
     let exists = database_exists(&admin, &target).await?;
     if exists && !opts.allow_replace {
@@ -482,27 +534,16 @@ pub async fn run(
         );
     }
 
-    let temp = temp_db_name("kaizen_restore", &target);
+    // Claimed before it exists, released once it is gone or renamed: a copy whose
+    // claim is free was left by a run that died, and the next run drops it.
+    let temp = claim::claim_new_name(&admin, Temporary::Restore, &target).await?;
     info!("Restoring {} into temporary database {temp}", resolved.name);
-    create_database(&admin, &temp, resolved.manifest.as_ref()).await?;
-    let loaded = load(pg, &tool, resolved, &temp, &mut opts, &cancel).await;
-    let stats = match loaded {
-        Ok(s) => s,
-        Err(e) => {
-            if let Err(de) = drop_database(&admin, &temp).await {
-                warn!("Could not drop temporary database {temp}: {de}");
-            }
-            return Err(e);
-        }
-    };
-    if cancel.is_cancelled() {
-        let _ = drop_database(&admin, &temp).await;
-        return Err(Error::Interrupted("a signal".into()));
-    }
-    if let Err(e) = swap_in(&admin, &temp, &target, exists).await {
-        let _ = drop_database(&admin, &temp).await;
-        return Err(e);
-    }
+    let result = restore_via(
+        pg, &admin, &tool, resolved, &temp, &mut opts, exists, &cancel,
+    )
+    .await;
+    claim::release(&admin, &temp).await;
+    let stats = result?;
     Ok(RestoreOutcome {
         target_db: target,
         replaced: exists,
@@ -512,8 +553,46 @@ pub async fn run(
     })
 }
 
-/// Put `temp` in place of `target`. If `target` exists it is renamed away first and
-/// dropped only after the new one is in place; on failure it is renamed back.
+/// Create `temp`, load it and swap it in; on failure `temp` is dropped.
+#[allow(clippy::too_many_arguments)]
+async fn restore_via(
+    pg: &PgConfig,
+    admin: &Client,
+    tool: &Tool,
+    resolved: &Resolved,
+    temp: &str,
+    opts: &mut RestoreOptions,
+    exists: bool,
+    cancel: &CancellationToken,
+) -> Result<LoadStats> {
+    create_database(admin, temp, resolved.manifest.as_ref()).await?;
+    let loaded = match load(pg, tool, resolved, temp, opts, cancel).await {
+        Ok(_) if cancel.is_cancelled() => Err(Error::Interrupted("a signal".into())),
+        r => r,
+    };
+    let swapped = match loaded {
+        Ok(stats) => swap_in(admin, temp, &opts.target_db, exists)
+            .await
+            .map(|()| stats),
+        Err(e) => Err(e),
+    };
+    if swapped.is_err()
+        && let Err(de) = drop_database(admin, temp).await
+    {
+        warn!("Could not drop temporary database {temp}: {de}; the next run drops it");
+    }
+    swapped
+}
+
+/// Put `temp` in place of `target`.
+///
+/// The whole switch is one transaction: `ALTER DATABASE ... RENAME` may run in a
+/// transaction block, and the rename takes an exclusive lock on the database that new
+/// connections wait for. A run killed before `COMMIT` is rolled back by the server (the
+/// target untouched, under its name, accepting connections); after `COMMIT` only the
+/// claimed `kaizen_old_*` copy is left, which the next run drops. Clients that connect
+/// during the switch wait for it and are then told the database was renamed; their
+/// next connection reaches the restored database.
 async fn swap_in(admin: &Client, temp: &str, target: &str, exists: bool) -> Result<()> {
     let qt = quote_ident(target);
     if !exists {
@@ -525,7 +604,7 @@ async fn swap_in(admin: &Client, temp: &str, target: &str, exists: bool) -> Resu
             .await
             .map_err(|e| db_error(format!("renaming {temp} to {target}"), &e));
     }
-    let old = temp_db_name("kaizen_old", target);
+    let old = claim::claim_new_name(admin, Temporary::Old, target).await?;
     let owner: Option<String> = admin
         .query_opt(
             "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
@@ -534,73 +613,113 @@ async fn swap_in(admin: &Client, temp: &str, target: &str, exists: bool) -> Resu
         .await
         .map_err(|e| db_error("reading the target's owner", &e))?
         .map(|r| r.get(0));
+    let switched = switch(admin, temp, target, &old, owner.as_deref()).await;
+    if let Err(e) = switched {
+        if let Err(re) = admin.batch_execute("ROLLBACK").await {
+            debug!("rolling back the swap: {re}");
+        }
+        claim::release(admin, &old).await;
+        return Err(e);
+    }
+    crate::util::pause_point("swap-after-commit").await;
+    if let Err(e) = drop_database(admin, &old).await {
+        warn!("The previous {target} was kept as {old}: {e}; the next run drops it");
+    }
+    claim::release(admin, &old).await;
+    Ok(())
+}
+
+/// The transaction of [`swap_in`], committed only when every step succeeded.
+async fn switch(
+    admin: &Client,
+    temp: &str,
+    target: &str,
+    old: &str,
+    owner: Option<&str>,
+) -> Result<()> {
+    let qt = quote_ident(target);
     admin
-        .batch_execute(&format!("ALTER DATABASE {qt} WITH ALLOW_CONNECTIONS false"))
+        .batch_execute("BEGIN")
         .await
-        .map_err(|e| db_error(format!("closing {target} to new connections"), &e))?;
+        .map_err(|e| db_error("starting the swap", &e))?;
+    // The rename fails while sessions are connected; one may connect between the
+    // terminate and the rename, so both are retried (the savepoint keeps the transaction).
     let mut renamed = Err(Error::other("not tried"));
-    for _ in 0..10 {
-        let _ = admin
+    for attempt in 0..10 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        admin
+            .batch_execute("SAVEPOINT kaizen_rename")
+            .await
+            .map_err(|e| db_error("starting the swap", &e))?;
+        if let Err(e) = admin
             .execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
                 &[&target],
             )
-            .await;
+            .await
+        {
+            debug!("terminating the sessions on {target}: {e}");
+        }
         renamed = admin
             .batch_execute(&format!(
                 "ALTER DATABASE {qt} RENAME TO {}",
-                quote_ident(&old)
+                quote_ident(old)
             ))
             .await
             .map_err(|e| db_error(format!("renaming {target} away"), &e));
         if renamed.is_ok() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        admin
+            .batch_execute("ROLLBACK TO SAVEPOINT kaizen_rename")
+            .await
+            .map_err(|e| db_error("retrying the swap", &e))?;
     }
-    if let Err(e) = renamed {
-        let _ = admin
-            .batch_execute(&format!("ALTER DATABASE {qt} WITH ALLOW_CONNECTIONS true"))
-            .await;
-        return Err(e);
-    }
-    if let Err(e) = admin
+    renamed?;
+    // The old copy becomes ours, like every temporary database of a run, so that the next
+    // run of this role drops it if this one dies before it does.
+    savepoint_or_warn(
+        admin,
+        &format!("ALTER DATABASE {} OWNER TO CURRENT_USER", quote_ident(old)),
+        &format!("Could not take ownership of {old}"),
+    )
+    .await?;
+    admin
         .batch_execute(&format!(
             "ALTER DATABASE {} RENAME TO {qt}",
             quote_ident(temp)
         ))
         .await
-    {
-        // Put the original back exactly as it was.
-        let _ = admin
-            .batch_execute(&format!(
-                "ALTER DATABASE {} RENAME TO {qt}",
-                quote_ident(&old)
-            ))
-            .await;
-        let _ = admin
-            .batch_execute(&format!("ALTER DATABASE {qt} WITH ALLOW_CONNECTIONS true"))
-            .await;
-        return Err(db_error(
-            format!("renaming the restored database to {target}"),
-            &e,
-        ));
+        .map_err(|e| db_error(format!("renaming the restored database to {target}"), &e))?;
+    if let Some(owner) = owner {
+        savepoint_or_warn(
+            admin,
+            &format!("ALTER DATABASE {qt} OWNER TO {}", quote_ident(owner)),
+            &format!("Could not give {target} back to its owner {owner}"),
+        )
+        .await?;
     }
-    if let Some(owner) = owner
-        && let Err(e) = admin
-            .batch_execute(&format!(
-                "ALTER DATABASE {qt} OWNER TO {}",
-                quote_ident(&owner)
-            ))
+    crate::util::pause_point("swap-before-commit").await;
+    admin
+        .batch_execute("COMMIT")
+        .await
+        .map_err(|e| db_error(format!("committing the swap of {target}"), &e))
+}
+
+/// Run `sql` inside the swap's transaction; when it fails, log `what` and go on without it.
+async fn savepoint_or_warn(admin: &Client, sql: &str, what: &str) -> Result<()> {
+    admin
+        .batch_execute("SAVEPOINT kaizen_optional")
+        .await
+        .map_err(|e| db_error("swapping", &e))?;
+    if let Err(e) = admin.batch_execute(sql).await {
+        warn!("{what}: {}", db_error("", &e));
+        admin
+            .batch_execute("ROLLBACK TO SAVEPOINT kaizen_optional")
             .await
-    {
-        warn!(
-            "Could not give {target} back to its owner {owner}: {}",
-            db_error("", &e)
-        );
-    }
-    if let Err(e) = drop_database(admin, &old).await {
-        warn!("The previous {target} was kept as {old}: {e}");
+            .map_err(|e| db_error("swapping", &e))?;
     }
     Ok(())
 }

@@ -103,6 +103,8 @@ pub enum KeepReason {
     Yearly,
     /// Kept to honour min_keep.
     MinKeep,
+    /// Being read by a restore or a verification (it holds a lease).
+    InUse,
 }
 
 impl KeepReason {
@@ -121,6 +123,7 @@ impl KeepReason {
             Self::Monthly => "keep_monthly",
             Self::Yearly => "keep_yearly",
             Self::MinKeep => "min_keep",
+            Self::InUse => "being restored or verified",
         }
     }
 }

@@ -109,6 +109,15 @@ pub(crate) fn staging_dir(
         })
 }
 
+/// Test hook: when `KAIZEN_BACKUP_TEST_PAUSE` names `point`, stop there until the process
+/// is killed, so that an end-to-end test can kill it at exactly that step.
+pub async fn pause_point(point: &str) {
+    if std::env::var("KAIZEN_BACKUP_TEST_PAUSE").is_ok_and(|v| v == point) {
+        tracing::info!("Test pause point {point} reached; waiting to be killed");
+        std::future::pending::<()>().await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

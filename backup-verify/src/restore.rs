@@ -4,14 +4,15 @@
 use std::time::Instant;
 
 use backup_core::catalog::Resolved;
+use backup_core::claim::{self, Temporary};
 use backup_core::manifest::Manifest;
 use backup_core::pg::{PgConfig, db_error, quote_ident};
-use backup_core::restore::{self, RestoreOptions, create_database, drop_database, temp_db_name};
+use backup_core::restore::{self, RestoreOptions, create_database, drop_database};
 use backup_core::stats::{object_counts, table_counts};
 use backup_core::{CheckResult, Error, Result, VerifyContext};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::{DecoderFactory, result};
 
@@ -36,65 +37,11 @@ impl std::fmt::Debug for TestRestore<'_> {
     }
 }
 
-/// First key of the advisory lock (`"KZVB"`) a verification holds on its
-/// maintenance-database connection for as long as its temporary database exists; the
-/// second key is `hashtext(database name)`. A database still being downloaded into has no
-/// connection yet: the lock is what tells another verification it is not a leftover.
-pub const OWNER_LOCK_CLASS: i32 = 0x4b5a_5642;
-
-/// Drop `kaizen_verify_*` databases left by killed runs: nobody connected to them and
-/// no live verification holding their lock. Locks are per database: verifications
-/// sharing a server must share the maintenance database (default `postgres`) too.
+/// Drop the temporary databases runs that died left behind (`kaizen_verify_*`, and the
+/// `kaizen_restore_*`/`kaizen_old_*` of interrupted restores): nobody connected to them
+/// and no live run holding their claim (see [`backup_core::claim`]).
 pub async fn drop_stale_databases(admin: &Client) -> Result<Vec<String>> {
-    let rows = admin
-        .query(
-            "SELECT d.datname FROM pg_database d WHERE starts_with(d.datname, $1) \
-             AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)",
-            &[&VERIFY_DB_PREFIX],
-        )
-        .await
-        .map_err(|e| db_error("looking for stale verification databases", &e))?;
-    let mut dropped = Vec::new();
-    for r in rows {
-        let name: String = r.get(0);
-        if !try_claim(admin, &name).await? {
-            debug!("{name} belongs to a verification still running");
-            continue;
-        }
-        match drop_database(admin, &name).await {
-            Ok(()) => {
-                warn!("Dropped {name}, left behind by an interrupted verification");
-                dropped.push(name.clone());
-            }
-            Err(e) => warn!("Could not drop stale {name}: {e}"),
-        }
-        unlock_owner(admin, &name).await;
-    }
-    Ok(dropped)
-}
-
-/// Take the lock on database name `db` without waiting; false when someone holds it.
-async fn try_claim(admin: &Client, db: &str) -> Result<bool> {
-    Ok(admin
-        .query_one(
-            "SELECT pg_try_advisory_lock($1, hashtext($2))",
-            &[&OWNER_LOCK_CLASS, &db],
-        )
-        .await
-        .map_err(|e| db_error(format!("locking the name {db}"), &e))?
-        .get(0))
-}
-
-async fn unlock_owner(admin: &Client, db: &str) {
-    if let Err(e) = admin
-        .query_one(
-            "SELECT pg_advisory_unlock($1, hashtext($2))",
-            &[&OWNER_LOCK_CLASS, &db],
-        )
-        .await
-    {
-        debug!("releasing the lock on {db}: {e}");
-    }
+    claim::drop_leftovers(admin).await
 }
 
 impl TestRestore<'_> {
@@ -119,20 +66,10 @@ impl TestRestore<'_> {
             .get(0);
         let base: String = ctx.name.chars().take(24).collect();
         // The name is claimed before the database exists and released after it is gone
-        // (or with the connection). A held lock means a hash collision: take another name
-        // rather than wait for someone else's verification.
-        let mut claimed = None;
-        for _ in 0..5 {
-            let name = temp_db_name(VERIFY_DB_PREFIX.trim_end_matches('_'), &base);
-            if try_claim(&admin, &name).await? {
-                claimed = Some(name);
-                break;
-            }
-        }
-        let db = claimed
-            .ok_or_else(|| Error::other("could not claim a name for the temporary database"))?;
+        // (or with the connection).
+        let db = claim::claim_new_name(&admin, Temporary::Verify, &base).await?;
         if let Err(e) = create_database(&admin, &db, ctx.manifest.as_ref()).await {
-            unlock_owner(&admin, &db).await;
+            claim::release(&admin, &db).await;
             return Err(e);
         }
         info!("Temporary database: {db}");
@@ -143,7 +80,7 @@ impl TestRestore<'_> {
         if let Err(e) = drop_database(&admin, &db).await {
             warn!("Could not drop {db}: {e}; the next verify drops it");
         }
-        unlock_owner(&admin, &db).await;
+        claim::release(&admin, &db).await;
         if self.cancel.is_cancelled() {
             return Err(Error::Interrupted("a signal".into()));
         }

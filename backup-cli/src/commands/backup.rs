@@ -134,6 +134,8 @@ async fn locked_backup(
     };
     report(&outcome, targets);
     crate::events::backup_succeeded(ctx, &outcome).await;
+    // The server answered: drop what killed restores and verifications left on it.
+    backup_core::claim::clean_server(pg).await;
     if args.verify || c.backup.verify {
         crate::commands::verify::run(ctx, &outcome.manifest.name, false, false).await?;
     }

@@ -38,6 +38,7 @@ pub async fn prune_targets(
         let opts = PruneOptions {
             dry_run,
             database: database.map(str::to_string),
+            lease_stale_after: c.lock.options(None).stale_after,
             ..PruneOptions::default()
         };
         let res = prune::run(t.storage.as_ref(), &c.retention, &opts).await;

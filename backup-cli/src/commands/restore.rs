@@ -10,6 +10,7 @@ use backup_core::catalog::{self, Resolved};
 use backup_core::restore::{self, RestoreOptions, RestoreOutcome};
 use backup_core::util::human_size;
 use backup_core::{Error, Result, Storage, success};
+use backup_core::{claim, lease};
 use tracing::{info, warn};
 
 use crate::app::{Ctx, interactive};
@@ -68,29 +69,52 @@ async fn reported_restore(
     subject.storage = Some(resolved.storage.url());
     events::restore_started(ctx, subject).await;
     info!("Starting restore: {} -> {target_db}", resolved.name);
-    // Two restores into the same database never interleave.
-    let lock_storage = config::open_targets(c)?
-        .into_iter()
-        .next()
-        .map(|t| t.storage)
-        .ok_or_else(|| Error::usage("no storage target configured"))?;
-    let guard = backup_core::lock::acquire(
-        lock_storage,
-        &target_db,
-        "restore",
-        c.lock.options(args.lock_timeout),
-    )
-    .await?;
-    let result = locked_restore(ctx, args, &target_db, resolved).await;
-    if let Err(e) = guard.release().await {
-        tracing::warn!("Could not release the restore lock: {e}");
+    // A target that must not be restored into is refused before anything is written.
+    restore::inspect_target(&c.database, &target_db).await?;
+    // Prune keeps the backup while it is read.
+    let lease = take_lease(ctx, &resolved, "restore").await;
+    let result = leased_restore(ctx, args, &target_db, resolved).await;
+    if let Some(l) = lease {
+        l.release().await;
     }
     result
+}
+
+async fn leased_restore(
+    ctx: &Ctx,
+    args: &RestoreArgs,
+    target_db: &str,
+    resolved: Resolved,
+) -> Result<RestoreOutcome> {
+    let c = ctx.config();
+    let pg = &c.database;
+    // Two restores into the same database never interleave. The lock lives on the
+    // database server, so a restore needs nothing but read access to the storage.
+    let _lock =
+        claim::lock_target(pg, target_db, c.lock.options(args.lock_timeout).timeout).await?;
+    // Looked at again under the lock: another restore may have created it meanwhile.
+    let exists = restore::inspect_target(pg, target_db).await?;
+    locked_restore(ctx, args, exists, target_db, resolved).await
+}
+
+/// A lease on the backup being read, so that prune keeps it meanwhile (None for a bare
+/// file, which prune never deletes, or on storage that cannot be written).
+pub async fn take_lease(ctx: &Ctx, resolved: &Resolved, operation: &str) -> Option<lease::Lease> {
+    resolved.manifest.as_ref()?;
+    let stale_after = ctx.config().lock.options(None).stale_after;
+    lease::take(
+        resolved.storage.clone(),
+        &resolved.name,
+        operation,
+        stale_after,
+    )
+    .await
 }
 
 async fn locked_restore(
     ctx: &Ctx,
     args: &RestoreArgs,
+    exists: bool,
     target_db: &str,
     resolved: Resolved,
 ) -> Result<RestoreOutcome> {
@@ -101,15 +125,12 @@ async fn locked_restore(
     let pg = c.database.clone();
     let target_db = target_db.to_string();
 
-    let admin = pg.connect_to(&pg.maintenance_db).await?;
-    let exists = restore::database_exists(&admin, &target_db).await?;
     if exists && config::is_production(c) {
         confirm_production(&target_db, args.confirm_production.as_deref())?;
     }
     if exists && c.restore.safety_backup && !args.no_safety_backup {
         safety_backup(ctx, &target_db).await?;
     }
-    drop(admin);
 
     let mut opts = RestoreOptions::new(&target_db);
     opts.jobs = args.jobs.unwrap_or(c.restore.jobs);

@@ -7,7 +7,7 @@ use backup_verify::{VerifyOptions, failure_error, store_record};
 use tracing::warn;
 
 use crate::app::Ctx;
-use crate::commands::restore::resolve;
+use crate::commands::restore::{resolve, take_lease};
 
 pub async fn run(ctx: &Ctx, spec: &str, quick: bool, json: bool) -> Result<()> {
     let c = ctx.config();
@@ -43,7 +43,12 @@ pub async fn run(ctx: &Ctx, spec: &str, quick: bool, json: bool) -> Result<()> {
         jobs: c.restore.jobs,
         temp_dir: c.restore.temp_dir.clone(),
     };
-    let record = backup_verify::run(&vctx, &opts).await?;
+    let lease = take_lease(ctx, &resolved, "verify").await;
+    let record = backup_verify::run(&vctx, &opts).await;
+    if let Some(l) = lease {
+        l.release().await;
+    }
+    let record = record?;
     if resolved.manifest.is_some()
         && let Err(e) = store_record(resolved.storage.as_ref(), &record).await
     {
