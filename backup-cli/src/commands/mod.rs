@@ -7,3 +7,16 @@ pub mod prune;
 pub mod restore;
 pub mod status;
 pub mod verify;
+
+/// Release a run lock within the cleanup deadline (`storage.timeouts.cleanup_secs`, less
+/// after a signal): a store that stopped answering cannot hold the process. A lock left
+/// behind is taken over by the next run (same host: at once; elsewhere: when stale).
+pub async fn release_lock(ctx: &crate::app::Ctx, guard: backup_core::lock::LockGuard) {
+    let budget = ctx.cleanup_budget();
+    let then = "the next run takes the lock over (at once on this host, else once it is stale)";
+    let released =
+        backup_core::backup::within("releasing the run lock", then, budget, guard.release());
+    if let Some(Err(e)) = released.await {
+        tracing::warn!("Could not release a lock: {e}");
+    }
+}

@@ -57,9 +57,7 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
     )
     .await?;
     let result = locked_restore(ctx, &args, &target_db, resolved).await;
-    if let Err(e) = guard.release().await {
-        tracing::warn!("Could not release the restore lock: {e}");
-    }
+    crate::commands::release_lock(ctx, guard).await;
     result
 }
 
