@@ -154,6 +154,9 @@ pub fn run(cli: Cli) -> u8 {
         }
         (result, ctx.reporter.failures())
     });
+    // Background work still waiting on the network (an abort given up on, a blocked name
+    // lookup) must not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     let (result, notify_failures) = result;
     for f in &notify_failures {
         tracing::warn!("Notification not delivered: {f}");
