@@ -45,6 +45,14 @@ impl Ctx {
     pub fn config(&self) -> &config::Config {
         &self.loaded.config
     }
+
+    /// Time cleanup may take now (`storage.timeouts.cleanup_secs`, less after a signal).
+    pub fn cleanup_budget(&self) -> std::time::Duration {
+        backup_core::backup::cleanup_budget(
+            self.config().storage.options.timeouts.cleanup(),
+            &self.cancel,
+        )
+    }
 }
 
 /// Run the parsed command line; returns the exit status.
@@ -118,6 +126,7 @@ pub fn run(cli: Cli) -> u8 {
         }
     };
     let cancel = CancellationToken::new();
+    let reporter = reporter.with_cancel(cancel.clone());
     let ctx = Ctx {
         progress: verbosity >= 0 && loaded.config.log.format == crate::cli::LogFormat::Text,
         loaded,
@@ -145,6 +154,9 @@ pub fn run(cli: Cli) -> u8 {
         }
         (result, ctx.reporter.failures())
     });
+    // Background work still waiting on the network (an abort given up on, a blocked name
+    // lookup) must not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     let (result, notify_failures) = result;
     for f in &notify_failures {
         tracing::warn!("Notification not delivered: {f}");
@@ -178,7 +190,14 @@ fn exit_code(e: &Error) -> u8 {
     e.exit_code().clamp(0, 255) as u8
 }
 
-/// Cancel the running operation on SIGINT or SIGTERM: it aborts its writes and exits non-zero.
+/// After SIGINT or SIGTERM the process exits within this long, whatever the network
+/// does (Kubernetes' default grace period is 30 s; we promise 10).
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// Cancel the running operation on SIGINT or SIGTERM: it aborts its writes (within
+/// [`backup_core::backup::SIGNAL_CLEANUP`]) and exits non-zero. Whatever is still running
+/// [`SHUTDOWN_GRACE`] later (a store or notifier that stopped answering) does not hold
+/// the exit; a second signal exits at once.
 async fn watch_signals(cancel: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (
@@ -191,8 +210,27 @@ async fn watch_signals(cancel: CancellationToken) {
         _ = int.recv() => "SIGINT",
         _ = term.recv() => "SIGTERM",
     };
-    tracing::warn!("Received {which}: stopping and cleaning up");
+    tracing::warn!(
+        "Received {which}: stopping and cleaning up (exit within {}s)",
+        SHUTDOWN_GRACE.as_secs()
+    );
     cancel.cancel();
+    // A thread, not a task: it fires even if every worker of the runtime is blocked.
+    std::thread::spawn(move || {
+        std::thread::sleep(SHUTDOWN_GRACE);
+        error!(
+            "Cleanup after {which} did not finish within {}s; exiting now (nothing was committed; \
+             what is left is invisible and removed by the next run or `prune`)",
+            SHUTDOWN_GRACE.as_secs()
+        );
+        std::process::exit(1);
+    });
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    error!("Second signal: exiting now without cleaning up (nothing was committed)");
+    std::process::exit(1);
 }
 
 async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {

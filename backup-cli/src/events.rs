@@ -1,8 +1,15 @@
 //! Events raised by commands: notifications, metrics and audit records, so every
 //! command reports the same way. A delivery failure is logged and remembered for the
 //! exit message; it never changes the outcome of the operation.
+//!
+//! Each notifier bounds its own delivery (`timeout_secs` per attempt, `deadline_secs` in
+//! all); after a signal every delivery gets at most [`SIGNAL_NOTIFY`], so a notifier that
+//! stopped answering cannot hold the exit.
 
 use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use backup_core::notify::notify_all;
 use backup_core::{Event, EventKind, Notifier};
@@ -11,12 +18,17 @@ use backup_core::backup::{BackupOutcome, Target};
 
 use crate::app::Ctx;
 
+/// Most a delivery may take once a signal arrived.
+pub const SIGNAL_NOTIFY: Duration = Duration::from_millis(1500);
+
 /// Where events go.
 #[derive(Debug, Default)]
 pub struct Reporter {
     notifiers: Vec<Box<dyn Notifier>>,
     /// Delivery failures, shown at the end of the run.
     pub failures: Mutex<Vec<String>>,
+    /// Cancelled by SIGINT/SIGTERM.
+    cancel: CancellationToken,
 }
 
 impl Reporter {
@@ -25,12 +37,30 @@ impl Reporter {
         Self {
             notifiers,
             failures: Mutex::new(Vec::new()),
+            cancel: CancellationToken::new(),
         }
+    }
+
+    /// Shorten deliveries once `cancel` (the signal token) is cancelled.
+    pub fn with_cancel(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
+        self
     }
 
     /// Send one event everywhere it is wanted.
     pub async fn send(&self, event: &Event) {
-        let failed = notify_all(&self.notifiers, event).await;
+        let failed = if self.cancel.is_cancelled() {
+            match tokio::time::timeout(SIGNAL_NOTIFY, notify_all(&self.notifiers, event)).await {
+                Ok(f) => f,
+                Err(_) => vec![format!(
+                    "{} not delivered: no answer within {:.1}s after the signal",
+                    event.kind,
+                    SIGNAL_NOTIFY.as_secs_f64()
+                )],
+            }
+        } else {
+            notify_all(&self.notifiers, event).await
+        };
         if !failed.is_empty()
             && let Ok(mut f) = self.failures.lock()
         {

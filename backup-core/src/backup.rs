@@ -14,9 +14,14 @@
 //! is needed for the files not yet sent, at worst the whole dump, so free space is
 //! checked first. The data object is committed first; the manifest is written only
 //! after every required target committed. Any failure aborts every write.
+//!
+//! Cleanup after a failure or a signal (aborting uploads, deleting what was committed)
+//! has a total deadline, [`BackupOptions::cleanup_timeout`] (at most
+//! [`SIGNAL_CLEANUP`] after a signal): a store that stopped answering cannot hold the
+//! process, and what is left behind is invisible (no manifest) and removed by `prune`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use chrono::Utc;
@@ -31,7 +36,7 @@ use tracing::{info, warn};
 use crate::error::{Error, Result};
 use crate::manifest::{FORMAT_VERSION, Manifest};
 use crate::pg::{PgConfig, Tool, check_tool_version, db_error, find_tool};
-use crate::storage::{ObjectMeta, Storage, put_bytes};
+use crate::storage::{ObjectMeta, ObjectWriter, Storage, put_bytes};
 use crate::transform::Transform;
 use crate::util::human_size;
 
@@ -39,6 +44,9 @@ use crate::util::human_size;
 const CHUNK: usize = 256 * 1024;
 /// Chunks buffered per target before pg_dump is slowed down.
 const QUEUE_DEPTH: usize = 8;
+/// Most that cleanup may take once a signal arrived: the process has to exit well within
+/// Kubernetes' default 30 s grace period (and within 10 s by our own promise).
+pub const SIGNAL_CLEANUP: Duration = Duration::from_millis(2500);
 
 /// How the stored stream is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +140,9 @@ pub struct BackupOptions {
     pub jobs: u32,
     /// Where a parallel dump is staged (default: the system's temporary directory).
     pub staging_dir: Option<std::path::PathBuf>,
+    /// Total deadline of the cleanup after a failure (aborting uploads, deleting objects
+    /// already committed); what is not done by then is left for `prune`.
+    pub cleanup_timeout: Duration,
 }
 
 impl std::fmt::Debug for BackupOptions {
@@ -167,9 +178,39 @@ impl BackupOptions {
             progress: None,
             jobs: 1,
             staging_dir: None,
+            cleanup_timeout: Duration::from_secs(15),
         }
     }
 }
+
+/// Time left for cleanup: the configured deadline, shortened after a signal.
+pub fn cleanup_budget(configured: Duration, cancel: &CancellationToken) -> Duration {
+    if cancel.is_cancelled() {
+        configured.min(SIGNAL_CLEANUP)
+    } else {
+        configured
+    }
+}
+
+/// Run a cleanup step within `budget`; past it, give up with a warning that says what
+/// `what` (e.g. "aborting the upload of …") leaves and who removes it (`then`).
+pub async fn within<F: std::future::Future>(
+    what: &str,
+    then: &str,
+    budget: Duration,
+    fut: F,
+) -> Option<F::Output> {
+    match tokio::time::timeout(budget, fut).await {
+        Ok(v) => Some(v),
+        Err(_) => {
+            warn!("Gave up {what} after {:.1}s: {then}", budget.as_secs_f64());
+            None
+        }
+    }
+}
+
+/// What an upload that could not be aborted leaves.
+const UPLOAD_LEFT: &str = "the incomplete upload is invisible, and `prune` removes it";
 
 /// What a backup produced.
 #[derive(Debug, Clone)]
@@ -211,33 +252,88 @@ struct TargetTask {
     url: String,
     optional: bool,
     tx: Option<mpsc::Sender<Msg>>,
+    /// Stops the upload wherever it is waiting (a write to a store that stopped answering).
+    stop: CancellationToken,
     handle: JoinHandle<Result<Option<ObjectMeta>>>,
 }
 
-fn spawn_target(storage: Arc<dyn Storage>, key: String, optional: bool) -> TargetTask {
+/// How a target task cleans up.
+#[derive(Clone)]
+struct Cleanup {
+    timeout: Duration,
+    signal: CancellationToken,
+}
+
+impl Cleanup {
+    fn budget(&self) -> Duration {
+        cleanup_budget(self.timeout, &self.signal)
+    }
+}
+
+/// Abort an upload within the cleanup deadline. Its error is only logged: the cause of
+/// the failure is what the caller reports, never the cleanup request that failed after it.
+async fn abort_within(writer: Box<dyn ObjectWriter>, url: &str, key: &str, cleanup: &Cleanup) {
+    let what = format!("aborting the upload of {key} to {url}");
+    if let Some(Err(e)) = within(&what, UPLOAD_LEFT, cleanup.budget(), writer.abort()).await {
+        warn!("Could not abort the upload of {key} to {url}: {e}");
+    }
+}
+
+fn spawn_target(
+    storage: Arc<dyn Storage>,
+    key: String,
+    optional: bool,
+    cleanup: Cleanup,
+) -> TargetTask {
     let url = storage.url();
     let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE_DEPTH);
+    let stop = cleanup.signal.child_token();
+    let stopped = stop.clone();
+    let task_url = url.clone();
     let handle = tokio::spawn(async move {
-        let mut writer = storage.put(&key).await?;
-        while let Some(msg) = rx.recv().await {
+        let url = task_url;
+        let mut writer = tokio::select! {
+            w = storage.put(&key) => w?,
+            _ = stopped.cancelled() => return Ok(None),
+        };
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                _ = stopped.cancelled() => None,
+            };
             match msg {
-                Msg::Data(b) => {
-                    if let Err(e) = writer.write(b).await {
-                        let _ = writer.abort().await;
-                        return Err(e);
+                Some(Msg::Data(b)) => {
+                    let written = tokio::select! {
+                        r = writer.write(b) => Some(r),
+                        _ = stopped.cancelled() => None,
+                    };
+                    match written {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => {
+                            abort_within(writer, &url, &key, &cleanup).await;
+                            return Err(e);
+                        }
+                        None => break,
                     }
                 }
-                Msg::Commit => return writer.finish().await.map(Some),
+                Some(Msg::Commit) => {
+                    return tokio::select! {
+                        r = writer.finish() => r.map(Some),
+                        _ = stopped.cancelled() => Err(Error::Interrupted("a signal".into())),
+                    };
+                }
+                // Sender dropped without Commit, or stopped: the backup failed elsewhere.
+                None => break,
             }
         }
-        // Sender dropped without Commit: the backup failed elsewhere.
-        writer.abort().await?;
+        abort_within(writer, &url, &key, &cleanup).await;
         Ok(None)
     });
     TargetTask {
         url,
         optional,
         tx: Some(tx),
+        stop,
         handle,
     }
 }
@@ -275,15 +371,18 @@ pub async fn run(
     let required_space = ((pre.server.database_size as f64) * opts.space_ratio) as u64;
     let mut active: Vec<Target> = Vec::with_capacity(targets.len());
     let mut skipped: Vec<(String, String)> = Vec::new();
+    let names = [&manifest_key, &data_key];
     for t in targets {
-        match precheck(
-            t,
-            &[&manifest_key, &data_key],
-            &opts.name,
-            opts.space_check.then_some(required_space),
-        )
-        .await
-        {
+        let checked = tokio::select! {
+            r = precheck(
+                t,
+                &names,
+                &opts.name,
+                opts.space_check.then_some(required_space),
+            ) => r,
+            _ = cancel.cancelled() => return Err(Error::Interrupted("a signal".into())),
+        };
+        match checked {
             Ok(()) => active.push(t.clone()),
             Err(e) if t.optional && !matches!(e, Error::AlreadyExists(_)) => {
                 warn!("Optional target {} left out: {e}", t.storage.url());
@@ -358,7 +457,13 @@ pub async fn run(
 
     let mut tasks: Vec<TargetTask> = targets
         .iter()
-        .map(|t| spawn_target(t.storage.clone(), data_key.clone(), t.optional))
+        .map(|t| {
+            let cleanup = Cleanup {
+                timeout: opts.cleanup_timeout,
+                signal: cancel.clone(),
+            };
+            spawn_target(t.storage.clone(), data_key.clone(), t.optional, cleanup)
+        })
         .collect();
 
     let counts_fut = async {
@@ -394,8 +499,10 @@ pub async fn run(
     let (hash_size, (counts, tables)) = match result {
         Ok(v) => v,
         Err(e) => {
-            terminate(&mut child).await;
-            abort_all(&mut tasks).await;
+            tokio::join!(
+                terminate(&mut child),
+                abort_all(&mut tasks, cleanup_budget(opts.cleanup_timeout, &cancel))
+            );
             return Err(e);
         }
     };
@@ -407,7 +514,7 @@ pub async fn run(
         .map_err(|e| Error::Tool(format!("waiting for pg_dump: {e}")))?;
     let stderr = stderr_task.await.unwrap_or_default();
     if !status.success() {
-        abort_all(&mut tasks).await;
+        abort_all(&mut tasks, cleanup_budget(opts.cleanup_timeout, &cancel)).await;
         return Err(Error::ChildFailed {
             tool: "pg_dump".into(),
             status: status.to_string(),
@@ -416,7 +523,7 @@ pub async fn run(
     }
     let (sha256, size) = hash_size;
     if size == 0 {
-        abort_all(&mut tasks).await;
+        abort_all(&mut tasks, cleanup_budget(opts.cleanup_timeout, &cancel)).await;
         return Err(Error::other(
             "pg_dump produced no output; nothing was stored",
         ));
@@ -456,10 +563,15 @@ pub async fn run(
             }
         }
     }
+    if failure.is_none() && cancel.is_cancelled() {
+        failure = Some(Error::Interrupted("a signal".into()));
+    }
     if let Some(e) = failure {
-        for (i, _) in &committed {
-            let _ = targets[*i].storage.delete(&data_key).await;
-        }
+        let stores: Vec<_> = committed
+            .iter()
+            .map(|(i, _)| &targets[*i].storage)
+            .collect();
+        remove_all(&stores, &[&data_key], &opts, &cancel).await;
         return Err(e);
     }
     if committed.is_empty() {
@@ -498,14 +610,22 @@ pub async fn run(
     let mut manifest_failure = None;
     for (i, _) in &committed {
         let t = &targets[*i];
-        match put_bytes(t.storage.as_ref(), &manifest_key, json.clone()).await {
+        let written = tokio::select! {
+            r = put_bytes(t.storage.as_ref(), &manifest_key, json.clone()) => r,
+            _ = cancel.cancelled() => Err(Error::Interrupted("a signal".into())),
+        };
+        match written {
             Ok(_) => committed_urls.push(t.storage.url()),
+            Err(e @ Error::Interrupted(_)) => {
+                manifest_failure = Some(e);
+                break;
+            }
             Err(e) if t.optional => {
                 warn!(
                     "Optional target {} failed writing the manifest: {e}",
                     t.storage.url()
                 );
-                let _ = t.storage.delete(&data_key).await;
+                remove_all(&[&t.storage], &[&data_key], &opts, &cancel).await;
                 failed_optional.push((t.storage.url(), e.to_string()));
             }
             Err(e) => {
@@ -515,11 +635,12 @@ pub async fn run(
         }
     }
     if let Some(e) = manifest_failure {
-        for (i, _) in &committed {
-            let s = &targets[*i].storage;
-            let _ = s.delete(&manifest_key).await;
-            let _ = s.delete(&data_key).await;
-        }
+        let stores: Vec<_> = committed
+            .iter()
+            .map(|(i, _)| &targets[*i].storage)
+            .collect();
+        // The manifest first: without it, nothing is visible as a backup.
+        remove_all(&stores, &[&manifest_key, &data_key], &opts, &cancel).await;
         return Err(e);
     }
     Ok(BackupOutcome {
@@ -809,15 +930,49 @@ async fn target_error(t: &mut TargetTask) -> Error {
     }
 }
 
-async fn abort_all(tasks: &mut [TargetTask]) {
+/// Stop every upload and wait for their aborts, all within `budget`; a task still
+/// running after it is dropped (its multipart upload stays invisible, for `prune`).
+async fn abort_all(tasks: &mut [TargetTask], budget: Duration) {
     for t in tasks.iter_mut() {
         t.tx = None;
+        t.stop.cancel();
     }
-    for t in tasks.iter_mut() {
-        if !t.handle.is_finished() {
-            let _ = (&mut t.handle).await;
+    let wait = futures::future::join_all(
+        tasks
+            .iter_mut()
+            .filter(|t| !t.handle.is_finished())
+            .map(|t| &mut t.handle),
+    );
+    // The tasks bound their own aborts by the budget; the margin lets them say so.
+    let margin = Duration::from_millis(500);
+    let _ = within("stopping the uploads", UPLOAD_LEFT, budget + margin, wait).await;
+    for t in tasks.iter() {
+        t.handle.abort();
+    }
+}
+
+/// Delete `keys` (in order) from every store in `stores`, all within the cleanup deadline.
+async fn remove_all(
+    stores: &[&Arc<dyn Storage>],
+    keys: &[&String],
+    opts: &BackupOptions,
+    cancel: &CancellationToken,
+) {
+    let work = futures::future::join_all(stores.iter().map(|s| async move {
+        for key in keys {
+            if let Err(e) = s.delete(key).await {
+                warn!("Could not remove {key} from {}: {e}", s.url());
+            }
         }
-    }
+    }));
+    let budget = cleanup_budget(opts.cleanup_timeout, cancel);
+    let _ = within(
+        "removing the objects of the failed backup",
+        "without a manifest they are not a backup, and `prune` removes them",
+        budget,
+        work,
+    )
+    .await;
 }
 
 /// Stop pg_dump: SIGTERM first so it can tell the server, then SIGKILL.

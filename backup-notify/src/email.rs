@@ -34,6 +34,8 @@ pub struct Email {
     to: Vec<Mailbox>,
     events: Vec<EventKind>,
     retries: u32,
+    /// The whole delivery of one event.
+    deadline: std::time::Duration,
     transport: AsyncSmtpTransport<Tokio1Executor>,
     server: String,
     /// Kept only to scrub it from server or library messages before they are shown.
@@ -100,6 +102,7 @@ impl Email {
             to,
             events,
             retries: common.retries,
+            deadline: common.timeouts().deadline,
             transport: builder.build(),
             server: format!("{}:{port}", s.host),
             password: s.password.filter(|p| !p.is_empty()),
@@ -154,27 +157,45 @@ impl Notifier for Email {
             .map_err(|e| Error::other(format!("cannot build the email: {e}")))?;
         let mut last = String::new();
         let mut attempts = 0;
-        for attempt in 0..=self.retries {
-            if attempt > 0 {
-                tokio::time::sleep(crate::backoff(attempt)).await;
-            }
-            attempts += 1;
-            match self.transport.send(msg.clone()).await {
-                Ok(_) => return Ok(()),
-                Err(e) => {
-                    last = self.describe_error(&e);
-                    // A 5xx answer (bad recipient, refused login) will not change on retry.
-                    if e.is_permanent() {
-                        break;
+        // lettre's timeout bounds connecting and each command; this bounds the delivery.
+        let tries = async {
+            for attempt in 0..=self.retries {
+                if attempt > 0 {
+                    tokio::time::sleep(crate::backoff(attempt)).await;
+                }
+                attempts += 1;
+                match self.transport.send(msg.clone()).await {
+                    Ok(_) => return true,
+                    Err(e) => {
+                        last = self.describe_error(&e);
+                        // A 5xx answer (bad recipient, refused login) will not change on retry.
+                        if e.is_permanent() {
+                            break;
+                        }
+                        tracing::debug!("{}: attempt {attempts} failed: {last}", self.name);
                     }
-                    tracing::debug!("{}: attempt {attempts} failed: {last}", self.name);
                 }
             }
-        }
+            false
+        };
+        let delivered = tokio::time::timeout(self.deadline, tries).await;
+        let why = match delivered {
+            Ok(true) => return Ok(()),
+            Ok(false) => last,
+            Err(_) => format!(
+                "no answer within the delivery deadline of {}s (deadline_secs){}",
+                self.deadline.as_secs(),
+                if last.is_empty() {
+                    String::new()
+                } else {
+                    format!(", last: {last}")
+                }
+            ),
+        };
         Err(Error::Notify {
             notifier: self.name.clone(),
             message: format!(
-                "cannot send mail through SMTP server {}: {last} (after {attempts} attempt(s))",
+                "cannot send mail through SMTP server {}: {why} (after {attempts} attempt(s))",
                 self.server
             ),
         })

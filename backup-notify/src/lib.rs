@@ -30,8 +30,10 @@
 //! url = "https://example.com/hooks/backup"
 //! secret = "shared"                # X-Kaizen-Signature: sha256=<hex HMAC of the body>
 //! headers = { Authorization = "Bearer ..." }
-//! timeout_secs = 10                # per attempt (default 10)
+//! timeout_secs = 10                # per attempt: connect to end of answer, and most idle time (default 10)
+//! connect_timeout_secs = 5         # to establish the connection (default 5)
 //! retries = 3                      # after the first attempt, backoff 250 ms, 500 ms, 1 s, ...
+//! deadline_secs = 20               # the whole delivery of one event, retries included (default 20)
 //!
 //! [metrics]
 //! textfile = "/var/lib/node_exporter/textfile/kaizen_backup.prom"
@@ -45,6 +47,7 @@
 //! retries 5xx, 429, timeouts and connection errors (not other 4xx, nor SMTP 5xx answers);
 //! errors name the notifier and the server (scheme and host only: webhook URLs, header
 //! values, the HMAC secret and the SMTP password never appear in errors, logs or `Debug`).
+//! A receiver that accepts and never answers costs at most `deadline_secs` per event.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -79,10 +82,15 @@ pub struct Common {
     /// exact list, e.g. `on = ["backup.failed", "verify.failed", "backup.stale"]` for a
     /// pager that must only hear about failures. An unknown name is a configuration error.
     pub on: Option<Vec<String>>,
-    /// Seconds per delivery attempt.
+    /// Seconds per delivery attempt, from connecting to the end of the answer; also the
+    /// most a connection may stay idle (SMTP: each command).
     pub timeout_secs: u64,
+    /// Seconds to establish a connection (HTTP notifiers; SMTP uses `timeout_secs`).
+    pub connect_timeout_secs: u64,
     /// Retries after the first attempt (with exponential backoff).
     pub retries: u32,
+    /// Seconds for the whole delivery of one event, every attempt and pause included.
+    pub deadline_secs: u64,
 }
 
 impl Default for Common {
@@ -91,9 +99,22 @@ impl Default for Common {
             name: None,
             on: None,
             timeout_secs: 10,
+            connect_timeout_secs: 5,
             retries: 3,
+            deadline_secs: 20,
         }
     }
+}
+
+/// How long a delivery may take: per attempt, to connect, and in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// One attempt (and the most idle time within it).
+    pub request: Duration,
+    /// Establishing a connection.
+    pub connect: Duration,
+    /// The whole delivery, retries included.
+    pub deadline: Duration,
 }
 
 impl Common {
@@ -130,6 +151,15 @@ impl Common {
     /// Per-attempt timeout.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs.max(1))
+    }
+
+    /// Every limit of a delivery.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            request: self.timeout(),
+            connect: Duration::from_secs(self.connect_timeout_secs.max(1)).min(self.timeout()),
+            deadline: Duration::from_secs(self.deadline_secs.max(1)),
+        }
     }
 }
 

@@ -458,10 +458,15 @@ impl MetricsSink {
         let job = self.cfg.job.as_deref().unwrap_or(DEFAULT_JOB);
         let url = pushgateway_url(base, job, self.cfg.instance.as_deref(), &event.database);
         let body = render(&samples_for(event));
-        let timeout = std::time::Duration::from_secs(self.cfg.timeout_secs.unwrap_or(10).max(1));
-        let client = crate::http::client(timeout)?;
+        let request = std::time::Duration::from_secs(self.cfg.timeout_secs.unwrap_or(10).max(1));
+        let timeouts = crate::Timeouts {
+            request,
+            connect: request.min(std::time::Duration::from_secs(5)),
+            deadline: crate::Common::default().timeouts().deadline,
+        };
+        let client = crate::http::client(&timeouts)?;
         // POST, not PUT: see the module documentation.
-        crate::http::send_with_retries("pushgateway", &url, 2, timeout, || {
+        crate::http::send_with_retries("pushgateway", &url, 2, &timeouts, || {
             client
                 .post(&url)
                 .header("Content-Type", "text/plain; version=0.0.4")

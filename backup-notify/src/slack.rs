@@ -1,7 +1,5 @@
 //! Slack incoming webhook with a Block Kit message.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use backup_core::{Error, Event, EventKind, Notifier, Result, Secret};
 
@@ -14,7 +12,7 @@ pub struct Slack {
     url: Secret,
     events: Vec<EventKind>,
     retries: u32,
-    timeout: Duration,
+    timeouts: crate::Timeouts,
     client: reqwest::Client,
 }
 
@@ -41,8 +39,8 @@ impl Slack {
             url,
             events,
             retries: common.retries,
-            timeout: common.timeout(),
-            client: client(common.timeout())?,
+            timeouts: common.timeouts(),
+            client: client(&common.timeouts())?,
         })
     }
 }
@@ -108,7 +106,7 @@ impl Notifier for Slack {
             &self.name,
             self.url.expose(),
             self.retries,
-            self.timeout,
+            &self.timeouts,
             || self.client.post(self.url.expose()).json(&body),
         )
         .await

@@ -23,7 +23,7 @@ pub struct Webhook {
     headers: BTreeMap<String, Secret>,
     events: Vec<EventKind>,
     retries: u32,
-    timeout: std::time::Duration,
+    timeouts: crate::Timeouts,
     client: reqwest::Client,
 }
 
@@ -82,8 +82,8 @@ impl Webhook {
             headers,
             events,
             retries: common.retries,
-            timeout: common.timeout(),
-            client: client(common.timeout())?,
+            timeouts: common.timeouts(),
+            client: client(&common.timeouts())?,
         })
     }
 }
@@ -109,7 +109,7 @@ impl Notifier for Webhook {
             &self.name,
             self.url.expose(),
             self.retries,
-            self.timeout,
+            &self.timeouts,
             || {
                 let mut req = self
                     .client

@@ -235,6 +235,30 @@ async fn a_hanging_server_times_out_with_a_clear_error() {
 }
 
 #[tokio::test]
+async fn the_delivery_deadline_bounds_all_attempts() {
+    let server = Recorder::start(vec![Reply::Hang; 6]).await;
+    let c = Common {
+        deadline_secs: 3,
+        ..common(5, 2)
+    };
+    let n = webhook(format!("{}/h?token=abc", server.base), None, &[], c);
+    let started = Instant::now();
+    let err = n
+        .notify(&event(EventKind::BackupFailed, "db1"))
+        .await
+        .unwrap_err();
+    // 6 attempts of 2 s would take 12 s and more: the deadline cuts them at 3 s.
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert!(server.requests().len() <= 2);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("no answer within the delivery deadline of 3s"),
+        "{msg}"
+    );
+    assert!(!msg.contains("abc"), "{msg}");
+}
+
+#[tokio::test]
 async fn connection_refused_is_reported_without_secrets() {
     let port = closed_port();
     let n = webhook(

@@ -1,7 +1,9 @@
 //! Backends through opendal: `gs://bucket/prefix` (feature `gcs`, using the JSON API's
 //! resumable upload, which streams) and other schemes (feature `opendal`), e.g.
 //! `webdav://host/path` / `webdavs://` and `sftp://`. Every operator gets opendal's retry
-//! and timeout layers.
+//! and timeout layers, set from `[storage.timeouts]`: `request_secs` bounds each call
+//! (connecting included), `idle_secs` each read or write of a stream, `retries` the
+//! retries of temporary failures.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +17,7 @@ use futures::stream::BoxStream;
 use opendal::layers::{RetryLayer, TimeoutLayer};
 use opendal::{ErrorKind, Operator};
 
-use crate::options::UploadOptions;
+use crate::options::{TimeoutOptions, UploadOptions};
 
 /// A storage over an opendal operator (rooted at the prefix).
 #[derive(Debug, Clone)]
@@ -33,20 +35,24 @@ pub fn ensure_transport() {
 }
 
 /// Add the retry and timeout layers.
-pub fn layered(op: Operator) -> Operator {
+pub fn layered(op: Operator, t: &TimeoutOptions) -> Operator {
     op.layer(
         TimeoutLayer::new()
-            .with_timeout(Duration::from_secs(120))
-            .with_io_timeout(Duration::from_secs(60)),
+            .with_timeout(t.request())
+            .with_io_timeout(t.idle()),
     )
-    .layer(RetryLayer::new().with_max_times(4))
+    .layer(
+        RetryLayer::new()
+            .with_max_times(t.retries as usize)
+            .with_max_delay(Duration::from_secs(10)),
+    )
 }
 
 impl DalStorage {
     /// Wrap an operator; `url` is the redacted display URL.
-    pub fn new(op: Operator, url: String, upload: UploadOptions) -> Self {
+    pub fn new(op: Operator, url: String, upload: UploadOptions, t: &TimeoutOptions) -> Self {
         Self {
-            op: layered(op),
+            op: layered(op, t),
             url,
             upload,
         }
@@ -73,6 +79,23 @@ impl DalStorage {
 /// Map an opendal error (its text names the operation, never credentials).
 pub fn map_error(url: &str, op: &'static str, key: &str, e: opendal::Error) -> Error {
     match e.kind() {
+        // Writing creates the key: only a missing bucket (or base directory) answers 404.
+        ErrorKind::NotFound
+            if matches!(
+                op,
+                "put" | "start upload" | "write" | "upload" | "complete upload" | "check (write)"
+            ) =>
+        {
+            storage_error(
+                url,
+                op,
+                key,
+                format!(
+                    "the bucket or base directory of {url} does not exist; create it, or correct the storage URL"
+                ),
+                false,
+            )
+        }
         ErrorKind::NotFound => Error::NotFound(format!("{url}/{key}")),
         ErrorKind::AlreadyExists | ErrorKind::ConditionNotMatch => {
             Error::AlreadyExists(format!("{url}/{key}"))
@@ -378,6 +401,7 @@ pub mod gcs {
         prefix: &str,
         o: &GcsOptions,
         upload: UploadOptions,
+        timeouts: TimeoutOptions,
     ) -> Result<Arc<dyn Storage>> {
         ensure_transport();
         let mut b = opendal::services::Gcs::default()
@@ -414,7 +438,7 @@ pub mod gcs {
         } else {
             format!("gs://{bucket}/{prefix}")
         };
-        Ok(Arc::new(DalStorage::new(op, url, upload)))
+        Ok(Arc::new(DalStorage::new(op, url, upload, &timeouts)))
     }
 }
 
@@ -426,7 +450,11 @@ pub mod other {
     /// Open `webdav://host[:port]/path` (`webdavs://` for HTTPS) or `sftp://[user@]host[:port]/path`.
     /// WebDAV credentials come from `KAIZEN_BACKUP_WEBDAV_USER` / `KAIZEN_BACKUP_WEBDAV_PASSWORD`;
     /// SFTP uses the SSH agent and `~/.ssh/config`.
-    pub fn open(url: &url::Url, upload: UploadOptions) -> Result<Arc<dyn Storage>> {
+    pub fn open(
+        url: &url::Url,
+        upload: UploadOptions,
+        timeouts: TimeoutOptions,
+    ) -> Result<Arc<dyn Storage>> {
         ensure_transport();
         let host = url
             .host_str()
@@ -475,6 +503,6 @@ pub mod other {
                 first_line(&e.to_string())
             ))
         })?;
-        Ok(Arc::new(DalStorage::new(op, display, upload)))
+        Ok(Arc::new(DalStorage::new(op, display, upload, &timeouts)))
     }
 }

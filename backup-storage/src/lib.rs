@@ -27,7 +27,7 @@ pub mod options;
 #[cfg(feature = "s3")]
 pub mod s3;
 
-pub use options::{AzureOptions, GcsOptions, S3Options, UploadOptions};
+pub use options::{AzureOptions, GcsOptions, S3Options, TimeoutOptions, UploadOptions};
 
 /// The `[storage.*]` sections.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -41,6 +41,8 @@ pub struct StorageOptions {
     pub azure: AzureOptions,
     /// `[storage.gcs]`
     pub gcs: GcsOptions,
+    /// `[storage.timeouts]`
+    pub timeouts: TimeoutOptions,
 }
 
 #[allow(dead_code)]
@@ -82,6 +84,19 @@ fn bucket_and_prefix(url: &str) -> Result<(String, String)> {
     Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
 }
 
+/// An endpoint for messages: scheme, host and port only (no user information, no query).
+#[allow(dead_code)]
+fn redact_endpoint(endpoint: &str) -> String {
+    match url::Url::parse(endpoint) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{}://{h}:{p}", u.scheme()),
+            (Some(h), None) => format!("{}://{h}", u.scheme()),
+            _ => "<invalid endpoint>".into(),
+        },
+        Err(_) => "<invalid endpoint>".into(),
+    }
+}
+
 /// Open the storage a URL names. The `#[cfg]` lines below are the only place that
 /// knows which backends exist.
 #[cfg_attr(
@@ -104,23 +119,23 @@ pub fn open(url: &str, opts: &StorageOptions) -> Result<Arc<dyn Storage>> {
         #[cfg(feature = "s3")]
         "s3" => {
             let (b, p) = bucket_and_prefix(url)?;
-            s3::open(&b, &p, &opts.s3, opts.upload)
+            s3::open(&b, &p, &opts.s3, opts.upload, opts.timeouts)
         }
         #[cfg(feature = "azure")]
         "az" | "azure" => {
             let (b, p) = bucket_and_prefix(url)?;
-            azure::open(&b, &p, &opts.azure, opts.upload)
+            azure::open(&b, &p, &opts.azure, opts.upload, opts.timeouts)
         }
         #[cfg(feature = "gcs")]
         "gs" | "gcs" => {
             let (b, p) = bucket_and_prefix(url)?;
-            dal::gcs::open(&b, &p, &opts.gcs, opts.upload)
+            dal::gcs::open(&b, &p, &opts.gcs, opts.upload, opts.timeouts)
         }
         #[cfg(feature = "opendal")]
         "webdav" | "webdavs" | "sftp" => {
             let parsed = url::Url::parse(url)
                 .map_err(|e| Error::usage(format!("invalid storage URL: {e}")))?;
-            dal::other::open(&parsed, opts.upload)
+            dal::other::open(&parsed, opts.upload, opts.timeouts)
         }
         #[allow(unreachable_patterns)]
         "file" => Err(not_compiled("local storage", "local")),

@@ -4,6 +4,12 @@
 //! while the next ones are produced, at most `concurrency` at a time (so memory stays
 //! below part_size × concurrency). An aborted or failed write aborts the multipart
 //! upload: no part stays behind and nothing appears under the final key.
+//!
+//! Every request has the connect, request and idle timeouts and the retry budget of
+//! `[storage.timeouts]` ([`apply_timeouts`]), so a frozen endpoint fails a call in bounded
+//! time. A `NotFound` answer to a write or a listing means the bucket (container) itself
+//! is missing: writing creates a key and listing a missing prefix is empty, so only a
+//! missing bucket can answer 404 there.
 
 use std::sync::Arc;
 
@@ -15,27 +21,79 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path;
 
-use crate::options::UploadOptions;
+use crate::options::{TimeoutOptions, UploadOptions};
+use object_store::client::{HttpError, HttpErrorKind};
 use object_store::{
-    Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions,
-    PutPayload, WriteMultipart,
+    Attribute, Attributes, BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload, RetryConfig, WriteMultipart,
 };
+
+/// The client settings of `[storage.timeouts]`, as object_store configuration keys (set
+/// one by one, so what the builder read from the environment is kept).
+///
+/// `for_downloads`: a client for whole-object reads, whose length grows with the backup,
+/// so no request timeout can fit them: they are bounded by the idle timeout instead (a
+/// stalled download is resumed from where it stopped, within the retry budget).
+pub fn apply_timeouts(t: &TimeoutOptions, for_downloads: bool) -> [(ClientConfigKey, String); 3] {
+    let request = if for_downloads {
+        DOWNLOAD_REQUEST_LIMIT
+    } else {
+        t.request()
+    };
+    [
+        (
+            ClientConfigKey::ConnectTimeout,
+            format!("{}s", t.connect().as_secs()),
+        ),
+        (ClientConfigKey::Timeout, format!("{}s", request.as_secs())),
+        (
+            ClientConfigKey::ReadTimeout,
+            format!("{}s", t.idle().as_secs()),
+        ),
+    ]
+}
+
+/// The request limit of the download client: a day (the idle timeout is what bounds it).
+const DOWNLOAD_REQUEST_LIMIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The retry policy of `[storage.timeouts]`.
+pub fn retry_config(t: &TimeoutOptions) -> RetryConfig {
+    RetryConfig {
+        max_retries: t.retries as usize,
+        retry_timeout: t.retry_window(),
+        backoff: BackoffConfig::default(),
+    }
+}
+
+/// Operations after which a `NotFound` can only mean the bucket does not exist.
+fn creates_or_lists(op: &str) -> bool {
+    matches!(
+        op,
+        "put" | "start upload" | "upload part" | "complete upload" | "list" | "check (write)"
+    )
+}
 
 /// A bucket (or container) and a prefix inside it.
 #[derive(Debug, Clone)]
 pub struct ObjStore {
     store: Arc<dyn ObjectStore>,
+    /// The same store with the download client (see [`apply_timeouts`]), for `get`.
+    reader: Arc<dyn ObjectStore>,
     url: String,
+    /// Where requests go (for messages), e.g. `https://s3.us-east-1.amazonaws.com`.
+    endpoint: String,
     prefix: String,
     upload: UploadOptions,
     attributes: Attributes,
 }
 
 impl ObjStore {
-    /// Wrap `store`; `url` is the redacted display URL (`s3://bucket/prefix`).
+    /// Wrap `store`; `url` is the redacted display URL (`s3://bucket/prefix`), `endpoint`
+    /// where its requests go (named when the bucket does not exist).
     pub fn new(
         store: Arc<dyn ObjectStore>,
         url: String,
+        endpoint: String,
         prefix: &str,
         upload: UploadOptions,
         storage_class: Option<String>,
@@ -45,8 +103,10 @@ impl ObjStore {
             attributes.insert(Attribute::StorageClass, c.into());
         }
         Self {
+            reader: store.clone(),
             store,
             url,
+            endpoint,
             prefix: prefix.trim_matches('/').to_string(),
             upload: UploadOptions {
                 part_size: upload.part_size.max(5 * 1024 * 1024),
@@ -54,6 +114,12 @@ impl ObjStore {
             },
             attributes,
         }
+    }
+
+    /// Read whole objects through `reader` (built with `apply_timeouts(.., true)`).
+    pub fn with_reader(mut self, reader: Arc<dyn ObjectStore>) -> Self {
+        self.reader = reader;
+        self
     }
 
     fn path(&self, key: &str) -> Result<Path> {
@@ -84,33 +150,109 @@ impl ObjStore {
     }
 
     fn err(&self, op: &'static str, key: &str, e: object_store::Error) -> Error {
-        map_error(&self.url, op, key, e)
+        map_error(&self.url, &self.endpoint, op, key, e)
+    }
+
+    fn where_(&self) -> Where {
+        Where {
+            url: self.url.clone(),
+            endpoint: self.endpoint.clone(),
+        }
     }
 }
 
-/// Map an object_store error to ours: the message names the operation and key, never credentials.
-pub fn map_error(url: &str, op: &'static str, key: &str, e: object_store::Error) -> Error {
+/// Where a writer's requests go, for its error messages.
+#[derive(Debug, Clone)]
+struct Where {
+    url: String,
+    endpoint: String,
+}
+
+/// The bucket (or container) of a display URL `scheme://bucket/prefix`.
+fn bucket_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// The HTTP-level failure inside an object_store error, if the request itself failed
+/// (timeout, connection refused or reset) rather than being answered.
+fn http_failure(e: &object_store::Error) -> Option<HttpErrorKind> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<HttpError>() {
+            return Some(h.kind());
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// The service's error code of an answered request (`<Code>NoSuchBucket</Code>` in S3's
+/// and Azure's XML error bodies). object_store keeps the status of a failed listing
+/// private and shows the body only as text, so the code, a fixed protocol field, is
+/// read from there; nothing else is classified from text.
+fn service_error_code(text: &str) -> Option<&str> {
+    let start = text.find("<Code>")? + "<Code>".len();
+    let len = text[start..].find("</Code>")?;
+    Some(&text[start..start + len])
+}
+
+/// Whether an error says the bucket (container) does not exist.
+fn bucket_missing(op: &str, e: &object_store::Error) -> bool {
+    match e {
+        object_store::Error::NotFound { .. } => creates_or_lists(op),
+        object_store::Error::Generic { .. } if op == "list" && http_failure(e).is_none() => {
+            matches!(
+                service_error_code(&e.to_string()),
+                Some("NoSuchBucket" | "ContainerNotFound")
+            )
+        }
+        _ => false,
+    }
+}
+
+/// Map an object_store error to ours: the message names the operation, the key and the
+/// store's endpoint, never credentials. Classified by the error's variant and the HTTP
+/// failure's kind, not by its text (see [`service_error_code`] for the one exception).
+pub fn map_error(
+    url: &str,
+    endpoint: &str,
+    op: &'static str,
+    key: &str,
+    e: object_store::Error,
+) -> Error {
+    if bucket_missing(op, &e) {
+        return storage_error(
+            url,
+            op,
+            key,
+            format!(
+                "the bucket {:?} does not exist at {endpoint}; create it, or correct the storage URL or endpoint",
+                bucket_of(url)
+            ),
+            false,
+        );
+    }
     match e {
         object_store::Error::NotFound { .. } => Error::NotFound(format!("{url}/{key}")),
         object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
             Error::AlreadyExists(format!("{url}/{key}"))
         }
         other => {
-            let text = other.to_string();
-            let retryable = [
-                "timed out",
-                "timeout",
-                "connection",
-                "reset",
-                "Server error",
-                "500",
-                "502",
-                "503",
-                "504",
-            ]
-            .iter()
-            .any(|p| text.contains(p));
-            storage_error(url, op, key, scrub(&text), retryable)
+            let kind = http_failure(&other);
+            let text = scrub(&other.to_string());
+            let (message, retryable) = match kind {
+                Some(HttpErrorKind::Timeout) => (
+                    format!("timed out: {endpoint} stopped answering (storage.timeouts) — {text}"),
+                    true,
+                ),
+                Some(HttpErrorKind::Connect) => {
+                    (format!("cannot connect to {endpoint} — {text}"), true)
+                }
+                Some(HttpErrorKind::Request | HttpErrorKind::Interrupted) => (text, true),
+                _ => (text, false),
+            };
+            storage_error(url, op, key, message, retryable)
         }
     }
 }
@@ -140,7 +282,7 @@ fn scrub(text: &str) -> String {
 }
 
 struct MultipartWriter {
-    url: String,
+    at: Where,
     key: String,
     inner: Option<WriteMultipart>,
     concurrency: usize,
@@ -152,7 +294,7 @@ impl ObjectWriter for MultipartWriter {
     async fn write(&mut self, data: Bytes) -> Result<()> {
         let Some(w) = self.inner.as_mut() else {
             return Err(storage_error(
-                &self.url,
+                &self.at.url,
                 "write",
                 &self.key,
                 "writer already closed",
@@ -162,7 +304,7 @@ impl ObjectWriter for MultipartWriter {
         // Backpressure: wait while `concurrency` parts are in flight.
         w.wait_for_capacity(self.concurrency)
             .await
-            .map_err(|e| map_error(&self.url, "upload part", &self.key, e))?;
+            .map_err(|e| map_error(&self.at.url, &self.at.endpoint, "upload part", &self.key, e))?;
         self.written += data.len() as u64;
         w.put(data);
         Ok(())
@@ -171,7 +313,7 @@ impl ObjectWriter for MultipartWriter {
     async fn finish(mut self: Box<Self>) -> Result<ObjectMeta> {
         let Some(w) = self.inner.take() else {
             return Err(storage_error(
-                &self.url,
+                &self.at.url,
                 "finish",
                 &self.key,
                 "writer already closed",
@@ -180,7 +322,7 @@ impl ObjectWriter for MultipartWriter {
         };
         w.finish()
             .await
-            .map_err(|e| map_error(&self.url, "complete upload", &self.key, e))?;
+            .map_err(|e| self.err("complete upload", e))?;
         Ok(ObjectMeta {
             key: self.key.clone(),
             size: self.written,
@@ -190,12 +332,15 @@ impl ObjectWriter for MultipartWriter {
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
         match self.inner.take() {
-            Some(w) => w
-                .abort()
-                .await
-                .map_err(|e| map_error(&self.url, "abort upload", &self.key, e)),
+            Some(w) => w.abort().await.map_err(|e| self.err("abort upload", e)),
             None => Ok(()),
         }
+    }
+}
+
+impl MultipartWriter {
+    fn err(&self, op: &'static str, e: object_store::Error) -> Error {
+        map_error(&self.at.url, &self.at.endpoint, op, &self.key, e)
     }
 }
 
@@ -233,7 +378,7 @@ impl Storage for ObjStore {
             .await
             .map_err(|e| self.err("start upload", key, e))?;
         Ok(Box::new(MultipartWriter {
-            url: self.url.clone(),
+            at: self.where_(),
             key: key.to_string(),
             inner: Some(WriteMultipart::new_with_chunk_size(
                 upload,
@@ -247,15 +392,15 @@ impl Storage for ObjStore {
     async fn get(&self, key: &str) -> Result<ByteStream> {
         let path = self.path(key)?;
         let res = self
-            .store
+            .reader
             .get(&path)
             .await
             .map_err(|e| self.err("get", key, e))?;
-        let url = self.url.clone();
+        let at = self.where_();
         let key = key.to_string();
         Ok(res
             .into_stream()
-            .map(move |r| r.map_err(|e| map_error(&url, "read", &key, e)))
+            .map(move |r| r.map_err(|e| map_error(&at.url, &at.endpoint, "read", &key, e)))
             .boxed())
     }
 
@@ -288,7 +433,7 @@ impl Storage for ObjStore {
                             last_modified: Some(m.last_modified),
                         })
                     }),
-                Err(e) => Some(Err(map_error(&this.url, "list", "", e))),
+                Err(e) => Some(Err(this.err("list", "", e))),
             };
             futures::future::ready(out)
         });
@@ -350,5 +495,39 @@ impl Storage for ObjStore {
             }
             Err(e) => Err(self.err("put", key, e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_error_codes_and_buckets() {
+        let body = "Server returned non-2xx status code: 404 Not Found: <?xml version=\"1.0\"?>\
+                    <Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message></Error>";
+        assert_eq!(service_error_code(body), Some("NoSuchBucket"));
+        assert_eq!(service_error_code("connection reset"), None);
+        assert_eq!(service_error_code("<Code>unterminated"), None);
+        assert_eq!(bucket_of("s3://b/p/q"), "b");
+        assert_eq!(bucket_of("az://c"), "c");
+    }
+
+    #[test]
+    fn a_not_found_write_or_listing_means_the_bucket_is_missing() {
+        let nf = || object_store::Error::NotFound {
+            path: "p/k".into(),
+            source: "404".into(),
+        };
+        let e = map_error("s3://nb/p", "http://h:9000", "put", "k.lock", nf());
+        let text = e.to_string();
+        assert!(
+            text.contains("the bucket \"nb\" does not exist at http://h:9000"),
+            "{text}"
+        );
+        assert_eq!(e.exit_code(), 1);
+        // Reading a missing key is just that.
+        let e = map_error("s3://nb/p", "http://h:9000", "get", "k", nf());
+        assert!(matches!(e, Error::NotFound(_)), "{e}");
     }
 }

@@ -1,5 +1,8 @@
-//! Backend options (`[storage.s3]`, `[storage.azure]`, `[storage.gcs]`, `[storage.upload]`).
+//! Backend options (`[storage.s3]`, `[storage.azure]`, `[storage.gcs]`, `[storage.upload]`,
+//! `[storage.timeouts]`).
 //! Always compiled, so a configuration stays valid for binaries built without a backend.
+
+use std::time::Duration;
 
 use backup_core::Secret;
 use serde::{Deserialize, Serialize};
@@ -20,6 +23,75 @@ impl Default for UploadOptions {
             part_size: 8 * 1024 * 1024,
             concurrency: 4,
         }
+    }
+}
+
+/// Network timeouts of every storage call (`[storage.timeouts]`), so a store that stops
+/// answering (a frozen endpoint with the connection still open) fails the operation in
+/// bounded time instead of hanging it. Local storage ignores them.
+///
+/// The longest one call can take is about `retry_secs + request_secs`; cleanup after a
+/// failure (aborting uploads, releasing locks) is cut off after `cleanup_secs` in total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutOptions {
+    /// Seconds to establish a connection (TCP and TLS). Default 5.
+    pub connect_secs: u64,
+    /// Seconds for one request, from connecting to the end of its answer: a multipart
+    /// part (raise it with `upload.part_size` on slow links), a manifest, a listing page.
+    /// Downloads of whole backups grow with the backup and are bounded by `idle_secs`
+    /// instead (s3, az). Default 60.
+    pub request_secs: u64,
+    /// Seconds without a byte read before a request is given up (stalled downloads,
+    /// servers that accept and never answer); a stalled download resumes where it
+    /// stopped, within the retry budget. Default 30.
+    pub idle_secs: u64,
+    /// Retries of a failed request (timeouts, connection errors, 5xx). Default 3.
+    pub retries: u32,
+    /// No retry starts once a call has been running this long. Default 120.
+    pub retry_secs: u64,
+    /// Total seconds for cleanup after a failure or a signal (aborting uploads, deleting
+    /// partial objects, releasing locks); what is not done by then is left for `prune`.
+    /// Default 15.
+    pub cleanup_secs: u64,
+}
+
+impl Default for TimeoutOptions {
+    fn default() -> Self {
+        Self {
+            connect_secs: 5,
+            request_secs: 60,
+            idle_secs: 30,
+            retries: 3,
+            retry_secs: 120,
+            cleanup_secs: 15,
+        }
+    }
+}
+
+impl TimeoutOptions {
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s.max(1))
+    }
+    /// Connect timeout.
+    pub fn connect(&self) -> Duration {
+        Self::secs(self.connect_secs)
+    }
+    /// Per-request timeout.
+    pub fn request(&self) -> Duration {
+        Self::secs(self.request_secs)
+    }
+    /// Idle (read) timeout.
+    pub fn idle(&self) -> Duration {
+        Self::secs(self.idle_secs)
+    }
+    /// Window in which retries may start.
+    pub fn retry_window(&self) -> Duration {
+        Self::secs(self.retry_secs)
+    }
+    /// Total deadline of the cleanup after a failure.
+    pub fn cleanup(&self) -> Duration {
+        Self::secs(self.cleanup_secs)
     }
 }
 

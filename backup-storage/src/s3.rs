@@ -6,14 +6,12 @@
 //! `endpoint`, `AWS_ENDPOINT_URL` or `AWS_ENDPOINT`; `AWS_ALLOW_HTTP` allows plain HTTP.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use backup_core::{Error, Result, Storage};
-use object_store::RetryConfig;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 
-use crate::objstore::ObjStore;
-use crate::options::{S3Options, UploadOptions};
+use crate::objstore::{ObjStore, apply_timeouts, retry_config};
+use crate::options::{S3Options, TimeoutOptions, UploadOptions};
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -25,6 +23,7 @@ pub fn open(
     prefix: &str,
     o: &S3Options,
     upload: UploadOptions,
+    timeouts: TimeoutOptions,
 ) -> Result<Arc<dyn Storage>> {
     let cfg = |key: &str, msg: String| Error::Config {
         key: format!("storage.s3.{key}"),
@@ -36,15 +35,20 @@ pub fn open(
         .clone()
         .or_else(|| env("AWS_REGION"))
         .or_else(|| env("AWS_DEFAULT_REGION"));
-    b = b.with_region(region.unwrap_or_else(|| "us-east-1".into()));
-    if let Some(ep) = o
+    let region = region.unwrap_or_else(|| "us-east-1".into());
+    b = b.with_region(region.clone());
+    let endpoint = o
         .endpoint
         .clone()
         .or_else(|| env("AWS_ENDPOINT_URL"))
-        .or_else(|| env("AWS_ENDPOINT"))
-    {
-        b = b.with_endpoint(ep);
+        .or_else(|| env("AWS_ENDPOINT"));
+    if let Some(ep) = &endpoint {
+        b = b.with_endpoint(ep.clone());
     }
+    let endpoint = match endpoint {
+        Some(ep) => crate::redact_endpoint(&ep),
+        None => format!("https://s3.{region}.amazonaws.com"),
+    };
     if let Some(a) = o.allow_http {
         b = b.with_allow_http(a);
     }
@@ -82,12 +86,18 @@ pub fn open(
             ));
         }
     }
-    b = b.with_retry(RetryConfig {
-        max_retries: 5,
-        retry_timeout: Duration::from_secs(180),
-        ..Default::default()
-    });
+    b = b.with_retry(retry_config(&timeouts));
+    let mut downloads = b.clone();
+    for (key, value) in apply_timeouts(&timeouts, false) {
+        b = b.with_config(AmazonS3ConfigKey::Client(key), value);
+    }
+    for (key, value) in apply_timeouts(&timeouts, true) {
+        downloads = downloads.with_config(AmazonS3ConfigKey::Client(key), value);
+    }
     let store = b
+        .build()
+        .map_err(|e| Error::usage(format!("cannot set up s3://{bucket}: {e}")))?;
+    let reader = downloads
         .build()
         .map_err(|e| Error::usage(format!("cannot set up s3://{bucket}: {e}")))?;
     let url = if prefix.is_empty() {
@@ -95,11 +105,15 @@ pub fn open(
     } else {
         format!("s3://{bucket}/{prefix}")
     };
-    Ok(Arc::new(ObjStore::new(
-        Arc::new(store),
-        url,
-        prefix,
-        upload,
-        o.storage_class.clone(),
-    )))
+    Ok(Arc::new(
+        ObjStore::new(
+            Arc::new(store),
+            url,
+            endpoint,
+            prefix,
+            upload,
+            o.storage_class.clone(),
+        )
+        .with_reader(Arc::new(reader)),
+    ))
 }

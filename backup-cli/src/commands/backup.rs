@@ -21,6 +21,7 @@ pub fn options(ctx: &Ctx, name: String) -> Result<BackupOptions> {
     opts.extra_args = c.backup.pg_dump_args.clone();
     opts.jobs = c.backup.jobs;
     opts.staging_dir = c.backup.staging_dir.clone();
+    opts.cleanup_timeout = c.storage.options.timeouts.cleanup();
     crate::codecs::add_encoders(c, &mut opts)?;
     Ok(opts)
 }
@@ -95,22 +96,23 @@ pub async fn run(ctx: &Ctx, mut args: BackupArgs) -> Result<()> {
                 warn!("Optional target {} left out: {e}", t.storage.url());
             }
             Err(e) => {
-                release_all(guards).await;
+                release_all(ctx, guards).await;
                 return Err(e);
             }
         }
     }
     let result = locked_backup(ctx, &args, &pg, &usable, opts).await;
-    release_all(guards).await;
+    release_all(ctx, guards).await;
     result
 }
 
-async fn release_all(guards: Vec<lock::LockGuard>) {
-    for g in guards {
-        if let Err(e) = g.release().await {
-            warn!("Could not release a lock: {e}");
-        }
-    }
+async fn release_all(ctx: &Ctx, guards: Vec<lock::LockGuard>) {
+    futures::future::join_all(
+        guards
+            .into_iter()
+            .map(|g| crate::commands::release_lock(ctx, g)),
+    )
+    .await;
 }
 
 async fn locked_backup(

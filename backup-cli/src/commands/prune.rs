@@ -43,7 +43,7 @@ pub async fn prune_targets(
         };
         let res = prune::run(t.storage.as_ref(), &c.retention, &opts).await;
         if let Some(g) = guard {
-            g.release().await?;
+            crate::commands::release_lock(ctx, g).await;
         }
         reports.push(res?);
     }

@@ -74,9 +74,7 @@ async fn reported_restore(
     // Prune keeps the backup while it is read.
     let lease = take_lease(ctx, &resolved, "restore").await;
     let result = leased_restore(ctx, args, &target_db, resolved).await;
-    if let Some(l) = lease {
-        l.release().await;
-    }
+    crate::commands::release_lease(ctx, lease).await;
     result
 }
 

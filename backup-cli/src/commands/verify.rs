@@ -45,9 +45,7 @@ pub async fn run(ctx: &Ctx, spec: &str, quick: bool, json: bool) -> Result<()> {
     };
     let lease = take_lease(ctx, &resolved, "verify").await;
     let record = backup_verify::run(&vctx, &opts).await;
-    if let Some(l) = lease {
-        l.release().await;
-    }
+    crate::commands::release_lease(ctx, lease).await;
     let record = record?;
     if resolved.manifest.is_some()
         && let Err(e) = store_record(resolved.storage.as_ref(), &record).await
