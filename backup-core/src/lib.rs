@@ -11,6 +11,7 @@ pub mod backup;
 pub mod catalog;
 pub mod codec;
 pub mod error;
+pub mod leftovers;
 pub mod lock;
 pub mod manifest;
 pub mod name;
