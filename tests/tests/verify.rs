@@ -229,7 +229,10 @@ fn killed_verify_leaves_nothing_the_next_run_does_not_clean() {
                 ),
             ) != "0"
         });
-        assert!(restoring, "pg_restore never connected to the verify database");
+        assert!(
+            restoring,
+            "pg_restore never connected to the verify database"
+        );
         signal(&child, sig);
         let out = wait(child);
         assert_ne!(out.code, 0);
