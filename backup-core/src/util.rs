@@ -126,15 +126,23 @@ pub(crate) fn staging_dir(
             });
         }
     }
-    tempfile::Builder::new()
-        .prefix(&owned_prefix(crate::leftovers::STAGING_PREFIX))
-        .tempdir_in(base)
-        .map_err(|e| {
-            Error::io(
-                format!("creating a staging directory in {}", base.display()),
-                e,
-            )
-        })
+    // Private from the start: it holds plaintext table data.
+    #[cfg(unix)]
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::Permissions::from_mode(0o700)
+    };
+    let prefix = owned_prefix(crate::leftovers::STAGING_PREFIX);
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix);
+    #[cfg(unix)]
+    builder.permissions(mode);
+    builder.tempdir_in(base).map_err(|e| {
+        Error::io(
+            format!("creating a staging directory in {}", base.display()),
+            e,
+        )
+    })
 }
 
 #[cfg(test)]
