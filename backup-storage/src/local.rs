@@ -21,11 +21,11 @@ use tokio::io::AsyncWriteExt;
 /// Prefix of in-progress temporary files.
 pub const PARTIAL_PREFIX: &str = ".partial.";
 
-/// `.partial.<host tag>-<pid>-<random>.<key>`: the name says which run writes it, so a
+/// `.partial.<key>.<host tag>-<pid>-<random>`: the name says which run writes it, so a
 /// file whose run is gone can be told from one still being written.
 fn partial_name(key: &str) -> String {
     format!(
-        "{PARTIAL_PREFIX}{}-{}-{}.{key}",
+        "{PARTIAL_PREFIX}{key}.{}-{}-{}",
         backup_core::util::host_tag(),
         std::process::id(),
         backup_core::util::random_suffix(8)
@@ -35,7 +35,7 @@ fn partial_name(key: &str) -> String {
 /// The key and writer of a partial file's name (older versions' names have no writer).
 fn parse_partial(name: &str) -> Option<(String, Option<(String, u32)>)> {
     let rest = name.strip_prefix(PARTIAL_PREFIX)?;
-    if let Some((owner, key)) = rest.split_once('.') {
+    if let Some((key, owner)) = rest.rsplit_once('.') {
         let parts: Vec<&str> = owner.splitn(3, '-').collect();
         if let [tag, pid, _] = parts[..]
             && let Ok(pid) = pid.parse::<u32>()
@@ -43,6 +43,8 @@ fn parse_partial(name: &str) -> Option<(String, Option<(String, u32)>)> {
         {
             return Some((key.to_string(), Some((tag.to_string(), pid))));
         }
+        // Older versions: `.partial.<key>.<random>`.
+        return Some((key.to_string(), None));
     }
     Some((rest.to_string(), None))
 }
@@ -465,5 +467,29 @@ impl Storage for LocalStorage {
             let _ = std::fs::remove_file(&tmp);
             self.err("put", key, e)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn partial_names_say_their_key_and_writer() {
+        let name = partial_name("db.lock");
+        // Ends in the writer, never in the key (`*.lock` is what a lock looks like).
+        assert!(!name.ends_with(".lock"), "{name}");
+        let (key, writer) = parse_partial(&name).unwrap();
+        assert_eq!(key, "db.lock");
+        assert_eq!(
+            writer,
+            Some((backup_core::util::host_tag(), std::process::id()))
+        );
+        assert_eq!(
+            parse_partial(".partial.b.dump.ab12cd34"),
+            Some(("b.dump".to_string(), None))
+        );
+        assert_eq!(parse_partial("b.dump"), None);
     }
 }
