@@ -235,6 +235,16 @@ async fn watch_signals(cancel: CancellationToken) {
 
 async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
     use crate::commands::*;
+    if matches!(
+        command,
+        Command::Backup(_) | Command::Restore(_) | Command::Verify { .. } | Command::Prune { .. }
+    ) {
+        let c = ctx.config();
+        backup_core::leftovers::clean_temp_dirs(&[
+            c.backup.staging_dir.as_deref(),
+            c.restore.temp_dir.as_deref(),
+        ]);
+    }
     match command {
         Command::Backup(args) => backup::run(ctx, args).await,
         Command::Restore(args) => restore::run(ctx, args).await,

@@ -185,7 +185,7 @@ pub async fn scan(
         match info {
             Some(h)
                 if now - h.refreshed_at <= stale
-                    && (h.host != host || crate::lock::pid_alive(h.pid)) =>
+                    && (h.host != host || crate::util::pid_alive(h.pid)) =>
             {
                 leases.live.push((backup.to_string(), h));
             }

@@ -14,6 +14,7 @@ pub mod codec;
 pub mod contents;
 pub mod error;
 pub mod lease;
+pub mod leftovers;
 pub mod lock;
 pub mod manifest;
 pub mod name;

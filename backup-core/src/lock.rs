@@ -1,10 +1,30 @@
 //! Run locks kept in the storage itself, so two runs on different pods or hosts never
 //! back up, prune or restore the same database into the same storage at once.
 //!
-//! The lock is an object `<database>.lock` created with [`Storage::put_if_absent`]. It
-//! records who holds it and is refreshed while the run lasts; a lock not refreshed for
-//! `stale_after` is abandoned (its process was killed) and is taken over. On the same
-//! host, a lock whose process is gone is taken over at once.
+//! The lock is an object `<database>.lock` created with [`Storage::put_if_absent`], which
+//! every backend makes atomic where it can (local: a complete temporary file hard-linked
+//! into place; object stores: a conditional create): the lock is never visible before
+//! its content. It records who holds it and is refreshed while the run lasts.
+//!
+//! ```text
+//!   put_if_absent(db.lock) ──ok──▶ held
+//!        │ exists
+//!        ▼
+//!   read holder ── alive & fresh ──▶ wait (or refuse)
+//!        │ stale (not refreshed for stale_after) or its process is gone on this host
+//!        ▼
+//!   put_if_absent(db.lock.<holder>.<n>.lock)   ◀─ the claim: only one run wins it
+//!        │ won                                   (a dead claimer's claim is
+//!        ▼                                        followed by claim n+1)
+//!   still that holder? ─ yes ─▶ delete db.lock ─▶ back to put_if_absent
+//! ```
+//!
+//! Deleting a lock (take-over or release) needs the claim on that lock's generation
+//! (its holder's random id), so a lock is deleted at most once and never a newer lock
+//! that replaced it in between: two runs that both find a lock stale cannot both win.
+//! The holder claims its own lock to release it the same way. A holder that is alive
+//! but was stopped for longer than `stale_after` (3/4 of it without a refresh) can still
+//! lose its lock to another run; its refresher then says so.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,11 +32,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
-use crate::storage::{Storage, get_bytes};
+use crate::storage::{Storage, get_bytes, list_all};
 
 /// What a lock object says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +95,8 @@ impl Default for LockOptions {
 pub struct LockGuard {
     storage: Arc<dyn Storage>,
     key: String,
-    owner: String,
+    me: LockInfo,
+    stale_after: Duration,
     refresher: Option<JoinHandle<()>>,
     released: bool,
 }
@@ -94,20 +116,56 @@ pub fn lock_key(name: &str) -> String {
     format!("{safe}.lock")
 }
 
-pub(crate) fn pid_alive(pid: u32) -> bool {
-    // Signal 0 checks existence; EPERM means it exists but is not ours.
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None) {
-        Ok(()) => true,
-        Err(nix::errno::Errno::EPERM) => true,
-        Err(_) => false,
+/// What the lock object currently is.
+#[derive(Debug, Clone)]
+enum Holder {
+    /// No lock object.
+    Missing,
+    /// A lock written by a run.
+    Held(LockInfo),
+    /// An object that does not parse (written by something else, or damaged): judged by
+    /// its age, identified by a hash of its bytes.
+    Unreadable {
+        generation: String,
+        modified: Option<DateTime<Utc>>,
+    },
+}
+
+impl Holder {
+    /// The id of this lock's generation: who created it (unique per run).
+    fn generation(&self) -> Option<&str> {
+        match self {
+            Holder::Missing => None,
+            Holder::Held(h) => Some(&h.owner),
+            Holder::Unreadable { generation, .. } => Some(generation),
+        }
     }
 }
 
+async fn read_holder(storage: &dyn Storage, key: &str) -> Result<Holder> {
+    let bytes = match get_bytes(storage, key).await {
+        Ok(b) => b,
+        Err(Error::NotFound(_)) => return Ok(Holder::Missing),
+        Err(e) => return Err(e),
+    };
+    if let Ok(info) = serde_json::from_slice::<LockInfo>(&bytes) {
+        return Ok(Holder::Held(info));
+    }
+    let modified = match storage.head(key).await? {
+        Some(m) => m.last_modified,
+        None => return Ok(Holder::Missing),
+    };
+    let digest = Sha256::digest(&bytes);
+    Ok(Holder::Unreadable {
+        generation: format!("x{}", hex::encode(&digest[..8])),
+        modified,
+    })
+}
+
 async fn read_lock(storage: &dyn Storage, key: &str) -> Result<Option<LockInfo>> {
-    match get_bytes(storage, key).await {
-        Ok(b) => Ok(serde_json::from_slice(&b).ok()),
-        Err(Error::NotFound(_)) => Ok(None),
-        Err(e) => Err(e),
+    match read_holder(storage, key).await? {
+        Holder::Held(h) => Ok(Some(h)),
+        _ => Ok(None),
     }
 }
 
@@ -115,6 +173,129 @@ fn to_bytes(info: &LockInfo) -> Result<Bytes> {
     serde_json::to_vec(info)
         .map(Bytes::from)
         .map_err(|e| Error::other(format!("cannot serialize lock: {e}")))
+}
+
+/// Why a holder counts as gone, if it does.
+fn abandoned(
+    info: &LockInfo,
+    here: &str,
+    stale_after: Duration,
+    now: DateTime<Utc>,
+) -> Option<&'static str> {
+    if info.host == here && !crate::util::pid_alive(info.pid) {
+        return Some("its process is gone");
+    }
+    let age = (now - info.refreshed_at).to_std().unwrap_or(Duration::ZERO);
+    (age > stale_after).then_some("not refreshed in time")
+}
+
+/// The claim objects on generation `generation` of `key` are `<key>.<generation>.<n>.lock`
+/// (ending in `.lock`, so listings treat them as lock metadata, never as backups).
+fn claim_prefix(key: &str, generation: &str) -> String {
+    format!("{key}.{generation}.")
+}
+
+/// Win the right to delete generation `generation` of the lock at `key`, and delete it.
+/// Returns whether this call deleted it. Only one run can hold a claim (conditional
+/// create); a claim whose run is gone is followed by the next number.
+async fn claim_and_delete(
+    storage: &dyn Storage,
+    key: &str,
+    generation: &str,
+    me: &LockInfo,
+    stale_after: Duration,
+) -> Result<bool> {
+    let prefix = claim_prefix(key, generation);
+    let mut claims: Vec<(u32, String)> = list_all(storage, &prefix)
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            let n = o
+                .key
+                .strip_prefix(&prefix)?
+                .strip_suffix(".lock")?
+                .parse()
+                .ok()?;
+            Some((n, o.key))
+        })
+        .collect();
+    claims.sort();
+    let mut ours = false;
+    let next = match claims.last() {
+        None => 0,
+        Some((n, last)) => match read_holder(storage, last).await? {
+            // Our own claim, from a create that was retried.
+            Holder::Held(c) if c.owner == me.owner => {
+                ours = true;
+                *n
+            }
+            // Someone else is deleting it right now, unless that run is gone.
+            Holder::Held(c) if abandoned(&c, &me.host, stale_after, Utc::now()).is_none() => {
+                return Ok(false);
+            }
+            _ => n.saturating_add(1),
+        },
+    };
+    let mine = format!("{prefix}{next}.lock");
+    // The claim carries the time it was made, so it is judged fresh while it is used.
+    let claim = LockInfo {
+        refreshed_at: Utc::now(),
+        ..me.clone()
+    };
+    if !ours && !storage.put_if_absent(&mine, to_bytes(&claim)?).await? {
+        return Ok(false);
+    }
+    // The claim is ours: nobody else deletes this generation, so if it is still there
+    // it is still there when we delete it.
+    let deleted = match read_holder(storage, key).await? {
+        h if h.generation() == Some(generation) => {
+            storage.delete(key).await?;
+            true
+        }
+        _ => false,
+    };
+    for (_, k) in &claims {
+        let _ = storage.delete(k).await;
+    }
+    storage.delete(&mine).await?;
+    Ok(deleted)
+}
+
+/// Every run that holds a live lock in `storage` (any database), but `except` (an owner
+/// id): described, for messages. A lock not refreshed for `stale_after`, or whose process
+/// is gone on this host, is not live.
+pub async fn live_holders(
+    storage: &dyn Storage,
+    except: Option<&str>,
+    stale_after: Duration,
+) -> Result<Vec<String>> {
+    let here = crate::util::hostname();
+    let mut out = Vec::new();
+    for o in list_all(storage, "").await? {
+        if !o.key.ends_with(".lock") {
+            continue;
+        }
+        let now = Utc::now();
+        match read_holder(storage, &o.key).await? {
+            Holder::Missing => {}
+            Holder::Held(h) => {
+                if Some(h.owner.as_str()) != except
+                    && abandoned(&h, &here, stale_after, now).is_none()
+                {
+                    out.push(h.describe());
+                }
+            }
+            Holder::Unreadable { modified, .. } => {
+                let stale = modified
+                    .and_then(|m| (now - m).to_std().ok())
+                    .is_some_and(|age| age > stale_after);
+                if !stale {
+                    out.push(format!("an unreadable lock object {}", o.key));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Take the lock on `name` in `storage` for `operation`, waiting up to `opts.timeout`.
@@ -141,39 +322,33 @@ pub async fn acquire(
         if storage.put_if_absent(&key, to_bytes(&me)?).await? {
             break;
         }
-        let holder = read_lock(storage.as_ref(), &key).await?;
-        let abandoned = match &holder {
-            // Unreadable or vanished between the two calls: try again at once.
-            None => true,
-            Some(h) => {
-                let age = Utc::now() - h.refreshed_at;
-                let stale = age.to_std().map(|a| a > opts.stale_after).unwrap_or(false);
-                let dead_here = h.host == me.host && !pid_alive(h.pid);
-                if stale || dead_here {
-                    warn!(
-                        "Taking over an abandoned lock on {name}: {} ({})",
-                        h.describe(),
-                        if dead_here {
-                            "its process is gone"
-                        } else {
-                            "not refreshed in time"
-                        }
-                    );
-                }
-                stale || dead_here
-            }
+        let holder = read_holder(storage.as_ref(), &key).await?;
+        let reason = match &holder {
+            // Released between the two calls: try again at once.
+            Holder::Missing => continue,
+            // A retried create whose first attempt went through.
+            Holder::Held(h) if h.owner == me.owner => break,
+            Holder::Held(h) => abandoned(h, &me.host, opts.stale_after, Utc::now()),
+            Holder::Unreadable { modified, .. } => modified
+                .and_then(|m| (Utc::now() - m).to_std().ok())
+                .is_some_and(|age| age > opts.stale_after)
+                .then_some("unreadable and not refreshed in time"),
         };
-        if abandoned {
-            storage.put_replace(&key, to_bytes(&me)?).await?;
-            // Another run may have taken it over at the same moment: the last writer wins,
-            // and each checks it is that writer before going on.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            match read_lock(storage.as_ref(), &key).await? {
-                Some(h) if h.owner == me.owner => break,
-                _ => continue,
+        if let (Some(reason), Some(generation)) = (reason, holder.generation()) {
+            let who = match &holder {
+                Holder::Held(h) => h.describe(),
+                _ => "an unreadable lock object".to_string(),
+            };
+            if claim_and_delete(storage.as_ref(), &key, generation, &me, opts.stale_after).await? {
+                warn!("Took over an abandoned lock on {name}: {who} ({reason})");
             }
+            // Whoever deleted it, the lock is now free for the first create that comes.
+            continue;
         }
-        let holder = holder.map(|h| h.describe()).unwrap_or_default();
+        let holder = match &holder {
+            Holder::Held(h) => h.describe(),
+            _ => "an unreadable lock object".to_string(),
+        };
         if started.elapsed() >= opts.timeout {
             return Err(Error::Refused(format!(
                 "another kaizen-backup run holds the lock on {name} in {}: {holder}; wait for it to finish \
@@ -198,7 +373,8 @@ pub async fn acquire(
     Ok(LockGuard {
         storage,
         key,
-        owner: me.owner,
+        me,
+        stale_after: opts.stale_after,
         refresher: Some(refresher),
         released: false,
     })
@@ -234,16 +410,26 @@ fn spawn_refresher(
 }
 
 impl LockGuard {
+    /// The random id of this run's lock (what [`live_holders`] leaves out).
+    pub fn owner(&self) -> &str {
+        &self.me.owner
+    }
+
     /// Release the lock (only if we still hold it).
     pub async fn release(mut self) -> Result<()> {
         self.released = true;
         if let Some(r) = self.refresher.take() {
             r.abort();
         }
-        match read_lock(self.storage.as_ref(), &self.key).await? {
-            Some(h) if h.owner == self.owner => self.storage.delete(&self.key).await,
-            _ => Ok(()),
-        }
+        claim_and_delete(
+            self.storage.as_ref(),
+            &self.key,
+            &self.me.owner,
+            &self.me,
+            self.stale_after,
+        )
+        .await
+        .map(|_| ())
     }
 }
 
@@ -256,14 +442,12 @@ impl Drop for LockGuard {
             // Best effort when an error path skipped release(); a leftover expires anyway.
             let storage = self.storage.clone();
             let key = self.key.clone();
-            let owner = self.owner.clone();
+            let me = self.me.clone();
+            let stale_after = self.stale_after;
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
-                    if let Ok(Some(h)) = read_lock(storage.as_ref(), &key).await
-                        && h.owner == owner
-                    {
-                        let _ = storage.delete(&key).await;
-                    }
+                    let _ =
+                        claim_and_delete(storage.as_ref(), &key, &me.owner, &me, stale_after).await;
                 });
             }
         }

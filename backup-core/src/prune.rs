@@ -71,6 +71,8 @@ pub struct PruneReport {
     pub backups: Vec<PruneEntry>,
     /// Incomplete leftovers deleted (or that would be).
     pub incomplete_removed: Vec<String>,
+    /// Unfinished uploads of dead runs aborted (or that would be): keys they were for.
+    pub uploads_aborted: Vec<String>,
     /// Deletions that failed.
     pub errors: Vec<String>,
 }

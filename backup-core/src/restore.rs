@@ -245,7 +245,7 @@ pub async fn load(
     // file is removed when `tmp` is dropped, whatever happens.
     let dir = opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::Builder::new()
-        .prefix("kaizen-restore-")
+        .prefix(&crate::util::owned_prefix(crate::leftovers::RESTORE_PREFIX))
         .tempfile_in(&dir)
         .map_err(|e| Error::io(format!("creating a temporary file in {}", dir.display()), e))?;
     let path = tmp.path().to_path_buf();

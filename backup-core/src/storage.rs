@@ -28,6 +28,25 @@ pub struct ObjectMeta {
     pub last_modified: Option<DateTime<Utc>>,
 }
 
+/// A write that was started and never finished or aborted (its run was killed): a local
+/// `.partial.*` file, an open S3 multipart upload. Not an object: `list` and `get` do not
+/// see it, yet it takes space (and is billed). Found by [`Storage::list_incomplete`],
+/// removed by [`Storage::abort_incomplete`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncompleteUpload {
+    /// The key the object would have had.
+    pub key: String,
+    /// The backend's handle on the write (local: the file name; S3: the upload id).
+    pub id: String,
+    /// When the write started (local: when it was last written), when the backend says.
+    pub started: Option<DateTime<Utc>>,
+    /// Bytes stored so far, when the backend says.
+    pub size: Option<u64>,
+    /// Who wrote it, when the backend records it: `(host tag, process id)`, see
+    /// [`crate::util::host_tag`].
+    pub writer: Option<(String, u32)>,
+}
+
 /// A streaming write of one object. Call [`finish`](Self::finish) to commit or
 /// [`abort`](Self::abort) to discard; dropping without either must not leave a
 /// visible object (backends clean up as best they can).
@@ -83,6 +102,19 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     async fn put_replace(&self, key: &str, data: Bytes) -> Result<()> {
         self.delete(key).await?;
         put_bytes(self, key, data).await.map(|_| ())
+    }
+
+    /// Writes that were started and never finished or aborted. Backends whose unfinished
+    /// writes cannot be listed (they expire by themselves, or stay invisible and free)
+    /// report none.
+    async fn list_incomplete(&self) -> Result<Vec<IncompleteUpload>> {
+        Ok(Vec::new())
+    }
+
+    /// Discard an unfinished write found by [`list_incomplete`](Self::list_incomplete).
+    /// Discarding one that is already gone is not an error.
+    async fn abort_incomplete(&self, _upload: &IncompleteUpload) -> Result<()> {
+        Ok(())
     }
 
     /// Create `key` with `data` only if it does not exist yet (used for lock objects).

@@ -11,6 +11,34 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
+/// A short tag for this host (hex of a hash of its name), for names of temporary files
+/// and directories: with the process id it tells which run made them and whether that
+/// run is gone ([`pid_alive`] on the same host).
+pub fn host_tag() -> String {
+    use sha2::{Digest, Sha256};
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| hex::encode(&Sha256::digest(hostname().as_bytes())[..4]))
+        .clone()
+}
+
+/// Whether process `pid` exists on this host (signal 0; EPERM means it exists but is
+/// not ours).
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) | Err(nix::errno::Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}
+
+/// `PREFIX-<host tag>-<pid>-` for a temporary name made by this run
+/// (see [`crate::leftovers`]).
+pub fn owned_prefix(prefix: &str) -> String {
+    format!("{prefix}-{}-{}-", host_tag(), std::process::id())
+}
+
 /// The OS user running the tool, or `unknown`.
 pub fn os_user() -> String {
     nix::unistd::User::from_uid(nix::unistd::geteuid())
@@ -98,15 +126,23 @@ pub(crate) fn staging_dir(
             });
         }
     }
-    tempfile::Builder::new()
-        .prefix("kaizen-dump-")
-        .tempdir_in(base)
-        .map_err(|e| {
-            Error::io(
-                format!("creating a staging directory in {}", base.display()),
-                e,
-            )
-        })
+    // Private from the start: it holds plaintext table data.
+    #[cfg(unix)]
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::Permissions::from_mode(0o700)
+    };
+    let prefix = owned_prefix(crate::leftovers::STAGING_PREFIX);
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix);
+    #[cfg(unix)]
+    builder.permissions(mode);
+    builder.tempdir_in(base).map_err(|e| {
+        Error::io(
+            format!("creating a staging directory in {}", base.display()),
+            e,
+        )
+    })
 }
 
 /// Test hook: when `KAIZEN_BACKUP_TEST_PAUSE` names `point`, stop there until the process

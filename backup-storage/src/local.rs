@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use backup_core::storage::{ByteStream, ObjectMeta, ObjectWriter, Storage, storage_error};
+use backup_core::storage::{
+    ByteStream, IncompleteUpload, ObjectMeta, ObjectWriter, Storage, storage_error,
+};
 use backup_core::{Error, Result};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -18,6 +20,34 @@ use tokio::io::AsyncWriteExt;
 
 /// Prefix of in-progress temporary files.
 pub const PARTIAL_PREFIX: &str = ".partial.";
+
+/// `.partial.<key>.<host tag>-<pid>-<random>`: the name says which run writes it, so a
+/// file whose run is gone can be told from one still being written.
+fn partial_name(key: &str) -> String {
+    format!(
+        "{PARTIAL_PREFIX}{key}.{}-{}-{}",
+        backup_core::util::host_tag(),
+        std::process::id(),
+        backup_core::util::random_suffix(8)
+    )
+}
+
+/// The key and writer of a partial file's name (older versions' names have no writer).
+fn parse_partial(name: &str) -> Option<(String, Option<(String, u32)>)> {
+    let rest = name.strip_prefix(PARTIAL_PREFIX)?;
+    if let Some((key, owner)) = rest.rsplit_once('.') {
+        let parts: Vec<&str> = owner.splitn(3, '-').collect();
+        if let [tag, pid, _] = parts[..]
+            && let Ok(pid) = pid.parse::<u32>()
+            && tag.len() == 8
+        {
+            return Some((key.to_string(), Some((tag.to_string(), pid))));
+        }
+        // Older versions: `.partial.<key>.<random>`.
+        return Some((key.to_string(), None));
+    }
+    Some((rest.to_string(), None))
+}
 
 /// A directory holding backups.
 #[derive(Debug, Clone)]
@@ -107,13 +137,12 @@ impl ObjectWriter for LocalWriter {
             file.sync_all().await?;
             drop(file);
             // Never replace an object that appeared while we were writing.
-            if fs::try_exists(&self.final_path).await? {
+            if !publish_new(&self.tmp_path, &self.final_path).await? {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::AlreadyExists,
                     "object already exists",
                 ));
             }
-            fs::rename(&self.tmp_path, &self.final_path).await?;
             sync_dir(&self.storage.root).await
         }
         .await;
@@ -158,6 +187,54 @@ async fn sync_dir(dir: &Path) -> std::io::Result<()> {
     d.sync_all().await
 }
 
+/// Make the complete file `tmp` visible as `path` only if `path` does not exist, in one
+/// step (a hard link, which fails if the name is taken; `renameat2(RENAME_NOREPLACE)`
+/// where the filesystem has no hard links). `tmp` is gone afterwards either way.
+/// Returns `false` when `path` already existed.
+async fn publish_new(tmp: &Path, path: &Path) -> std::io::Result<bool> {
+    let linked = match fs::hard_link(tmp, path).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        #[cfg(target_os = "linux")]
+        Err(e)
+            if e.raw_os_error().is_some_and(|n| {
+                use nix::errno::Errno;
+                [Errno::EPERM, Errno::EOPNOTSUPP, Errno::ENOSYS].contains(&Errno::from_raw(n))
+            }) =>
+        {
+            let (tmp, path) = (tmp.to_path_buf(), path.to_path_buf());
+            return tokio::task::spawn_blocking(move || rename_noreplace(&tmp, &path))
+                .await
+                .map_err(std::io::Error::other)?;
+        }
+        Err(e) => Err(e),
+    };
+    let _ = fs::remove_file(tmp).await;
+    linked
+}
+
+#[cfg(target_os = "linux")]
+fn rename_noreplace(tmp: &Path, path: &Path) -> std::io::Result<bool> {
+    let res = nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        tmp,
+        nix::fcntl::AT_FDCWD,
+        path,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    );
+    match res {
+        Ok(()) => Ok(true),
+        Err(nix::errno::Errno::EEXIST) => {
+            let _ = std::fs::remove_file(tmp);
+            Ok(false)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(tmp);
+            Err(std::io::Error::from(e))
+        }
+    }
+}
+
 fn meta_from(key: String, md: &std::fs::Metadata) -> ObjectMeta {
     ObjectMeta {
         key,
@@ -181,10 +258,7 @@ impl Storage for LocalStorage {
         {
             return Err(Error::AlreadyExists(format!("{}/{key}", self.url())));
         }
-        let tmp_path = self.root.join(format!(
-            "{PARTIAL_PREFIX}{key}.{}",
-            backup_core::util::random_suffix(8)
-        ));
+        let tmp_path = self.root.join(partial_name(key));
         let mut opts = fs::OpenOptions::new();
         opts.write(true).create_new(true).mode(0o600);
         let file = opts
@@ -270,10 +344,7 @@ impl Storage for LocalStorage {
 
     async fn check(&self) -> Result<()> {
         self.ensure_root().await?;
-        let probe = self.root.join(format!(
-            "{PARTIAL_PREFIX}check.{}",
-            backup_core::util::random_suffix(8)
-        ));
+        let probe = self.root.join(partial_name("check"));
         fs::write(&probe, b"ok")
             .await
             .map_err(|e| self.err("check (write)", "", e))?;
@@ -292,6 +363,60 @@ impl Storage for LocalStorage {
         Ok(Some(space))
     }
 
+    async fn list_incomplete(&self) -> Result<Vec<IncompleteUpload>> {
+        let mut out = Vec::new();
+        let mut rd = match fs::read_dir(&self.root).await {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(self.err("list", PARTIAL_PREFIX, e)),
+        };
+        while let Some(entry) = rd
+            .next_entry()
+            .await
+            .map_err(|e| self.err("list", PARTIAL_PREFIX, e))?
+        {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let Some((key, writer)) = parse_partial(&name) else {
+                continue;
+            };
+            let md = match entry.metadata().await {
+                Ok(md) if md.is_file() => md,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.err("list", &name, e)),
+            };
+            out.push(IncompleteUpload {
+                key,
+                id: name,
+                started: md.modified().ok().map(DateTime::<Utc>::from),
+                size: Some(md.len()),
+                writer,
+            });
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn abort_incomplete(&self, upload: &IncompleteUpload) -> Result<()> {
+        if !upload.id.starts_with(PARTIAL_PREFIX) {
+            return Err(storage_error(
+                &self.url(),
+                "abort",
+                &upload.id,
+                "not a partial file",
+                false,
+            ));
+        }
+        let path = self.path(&upload.id)?;
+        match fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err("abort", &upload.id, e)),
+        }
+    }
+
     fn local_path(&self, key: &str) -> Option<PathBuf> {
         self.path(key).ok()
     }
@@ -299,10 +424,7 @@ impl Storage for LocalStorage {
     async fn put_replace(&self, key: &str, data: Bytes) -> Result<()> {
         let path = self.path(key)?;
         self.ensure_root().await?;
-        let tmp = self.root.join(format!(
-            "{PARTIAL_PREFIX}{key}.{}",
-            backup_core::util::random_suffix(8)
-        ));
+        let tmp = self.root.join(partial_name(key));
         let res: std::io::Result<()> = async {
             let mut opts = fs::OpenOptions::new();
             opts.write(true).create_new(true).mode(0o600);
@@ -322,20 +444,52 @@ impl Storage for LocalStorage {
     }
 
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool> {
+        // Written completely to a private file first, then linked into place: a reader
+        // never sees the object without its content, and only one creator wins.
         let path = self.path(key)?;
         self.ensure_root().await?;
-        let mut opts = fs::OpenOptions::new();
-        opts.write(true).create_new(true).mode(0o600);
-        match opts.open(&path).await {
-            Ok(mut f) => {
-                f.write_all(&data)
-                    .await
-                    .map_err(|e| self.err("put", key, e))?;
-                f.sync_all().await.map_err(|e| self.err("put", key, e))?;
-                Ok(true)
+        let tmp = self.root.join(partial_name(key));
+        let res: std::io::Result<bool> = async {
+            let mut opts = fs::OpenOptions::new();
+            opts.write(true).create_new(true).mode(0o600);
+            let mut f = opts.open(&tmp).await?;
+            f.write_all(&data).await?;
+            f.sync_all().await?;
+            drop(f);
+            let created = publish_new(&tmp, &path).await?;
+            if created {
+                sync_dir(&self.root).await?;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(self.err("put", key, e)),
+            Ok(created)
         }
+        .await;
+        res.map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            self.err("put", key, e)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn partial_names_say_their_key_and_writer() {
+        let name = partial_name("db.lock");
+        // Ends in the writer, never in the key (`*.lock` is what a lock looks like).
+        assert!(!name.ends_with(".lock"), "{name}");
+        let (key, writer) = parse_partial(&name).unwrap();
+        assert_eq!(key, "db.lock");
+        assert_eq!(
+            writer,
+            Some((backup_core::util::host_tag(), std::process::id()))
+        );
+        assert_eq!(
+            parse_partial(".partial.b.dump.ab12cd34"),
+            Some(("b.dump".to_string(), None))
+        );
+        assert_eq!(parse_partial("b.dump"), None);
     }
 }

@@ -14,7 +14,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use backup_core::storage::{ByteStream, ObjectMeta, ObjectWriter, Storage, storage_error};
+use backup_core::storage::{
+    ByteStream, IncompleteUpload, ObjectMeta, ObjectWriter, Storage, storage_error,
+};
 use backup_core::{Error, Result};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -73,6 +75,27 @@ fn creates_or_lists(op: &str) -> bool {
     )
 }
 
+/// One unfinished multipart upload, by its full object path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenUpload {
+    /// Object path in the bucket.
+    pub path: String,
+    /// The backend's upload id.
+    pub id: String,
+    /// When it was started, if the backend says.
+    pub initiated: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Listing and aborting unfinished multipart uploads, for backends that keep them
+/// (S3): object_store can start and abort uploads but not list them.
+#[async_trait]
+pub trait MultipartAdmin: Send + Sync + std::fmt::Debug {
+    /// Unfinished uploads whose object path starts with `prefix`.
+    async fn list_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>>;
+    /// Abort one; an upload that is already gone is not an error.
+    async fn abort_upload(&self, path: &str, id: &str) -> Result<()>;
+}
+
 /// A bucket (or container) and a prefix inside it.
 #[derive(Debug, Clone)]
 pub struct ObjStore {
@@ -85,6 +108,7 @@ pub struct ObjStore {
     prefix: String,
     upload: UploadOptions,
     attributes: Attributes,
+    uploads: Option<Arc<dyn MultipartAdmin>>,
 }
 
 impl ObjStore {
@@ -113,12 +137,19 @@ impl ObjStore {
                 concurrency: upload.concurrency.max(1),
             },
             attributes,
+            uploads: None,
         }
     }
 
     /// Read whole objects through `reader` (built with `apply_timeouts(.., true)`).
     pub fn with_reader(mut self, reader: Arc<dyn ObjectStore>) -> Self {
         self.reader = reader;
+        self
+    }
+
+    /// Let `list_incomplete`/`abort_incomplete` see this backend's unfinished uploads.
+    pub fn with_multipart_admin(mut self, admin: Arc<dyn MultipartAdmin>) -> Self {
+        self.uploads = Some(admin);
         self
     }
 
@@ -459,6 +490,42 @@ impl Storage for ObjStore {
             .delete(&path)
             .await
             .map_err(|e| self.err("check (delete)", &key, e))
+    }
+
+    async fn list_incomplete(&self) -> Result<Vec<IncompleteUpload>> {
+        let Some(admin) = &self.uploads else {
+            return Ok(Vec::new());
+        };
+        let prefix = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut out: Vec<IncompleteUpload> = admin
+            .list_uploads(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|u| {
+                let key = self.key_of(&Path::from(u.path.as_str()))?;
+                Some(IncompleteUpload {
+                    key,
+                    id: u.id,
+                    started: u.initiated,
+                    size: None,
+                    writer: None,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key).then_with(|| a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    async fn abort_incomplete(&self, upload: &IncompleteUpload) -> Result<()> {
+        let Some(admin) = &self.uploads else {
+            return Ok(());
+        };
+        let path = self.path(&upload.key)?;
+        admin.abort_upload(path.as_ref(), &upload.id).await
     }
 
     async fn put_replace(&self, key: &str, data: Bytes) -> Result<()> {

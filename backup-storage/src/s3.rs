@@ -7,10 +7,19 @@
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use backup_core::storage::storage_error;
 use backup_core::{Error, Result, Storage};
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::ClientOptions;
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
+use object_store::client::{
+    HttpClient, HttpConnector, HttpRequest, HttpRequestBody, ReqwestConnector,
+};
+use object_store::multipart::MultipartStore;
 
-use crate::objstore::{ObjStore, apply_timeouts, retry_config};
+use crate::objstore::{
+    MultipartAdmin, ObjStore, OpenUpload, apply_timeouts, map_error, retry_config,
+};
 use crate::options::{S3Options, TimeoutOptions, UploadOptions};
 
 fn env(name: &str) -> Option<String> {
@@ -94,6 +103,8 @@ pub fn open(
     for (key, value) in apply_timeouts(&timeouts, true) {
         downloads = downloads.with_config(AmazonS3ConfigKey::Client(key), value);
     }
+    let raw_endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
+    let virtual_hosted = o.virtual_hosted_style.unwrap_or(false);
     let store = b
         .build()
         .map_err(|e| Error::usage(format!("cannot set up s3://{bucket}: {e}")))?;
@@ -105,15 +116,208 @@ pub fn open(
     } else {
         format!("s3://{bucket}/{prefix}")
     };
+    // Where ListMultipartUploads goes: the bucket's URL, as object_store addresses it.
+    let base = match (raw_endpoint, virtual_hosted) {
+        (Some(ep), true) => ep.trim_end_matches('/').to_string(),
+        (Some(ep), false) => format!("{}/{bucket}", ep.trim_end_matches('/')),
+        (None, true) => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+        (None, false) => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+    };
+    let client = ReqwestConnector::default()
+        .connect(
+            &ClientOptions::new()
+                .with_allow_http(
+                    o.allow_http.unwrap_or(false)
+                        || env("AWS_ALLOW_HTTP").is_some_and(|v| v == "true"),
+                )
+                .with_timeout(timeouts.request())
+                .with_connect_timeout(timeouts.connect()),
+        )
+        .map_err(|e| Error::usage(format!("cannot set up s3://{bucket}: {e}")))?;
+    let store = Arc::new(store);
+    let admin = S3Uploads {
+        store: store.clone(),
+        client,
+        base,
+        region: region.clone(),
+        url: url.clone(),
+        endpoint: endpoint.clone(),
+    };
     Ok(Arc::new(
         ObjStore::new(
-            Arc::new(store),
+            store,
             url,
             endpoint,
             prefix,
             upload,
             o.storage_class.clone(),
         )
-        .with_reader(Arc::new(reader)),
+        .with_reader(Arc::new(reader))
+        .with_multipart_admin(Arc::new(admin)),
     ))
+}
+
+/// ListMultipartUploads (signed with object_store's SigV4) and AbortMultipartUpload.
+#[derive(Debug)]
+struct S3Uploads {
+    store: Arc<AmazonS3>,
+    client: HttpClient,
+    base: String,
+    region: String,
+    url: String,
+    /// Where requests go (named in errors).
+    endpoint: String,
+}
+
+impl S3Uploads {
+    fn fail(&self, message: impl std::fmt::Display) -> Error {
+        storage_error(&self.url, "list unfinished uploads", "", message, true)
+    }
+
+    async fn page(&self, prefix: &str, markers: Option<&(String, String)>) -> Result<String> {
+        let mut query: Vec<(&str, &str)> = vec![("prefix", prefix)];
+        if let Some((key, id)) = markers {
+            query.push(("key-marker", key));
+            query.push(("upload-id-marker", id));
+        }
+        let query: String = query
+            .iter()
+            .map(|(k, v)| format!("&{k}={}", uri_encode(v)))
+            .collect();
+        let uri = format!("{}?uploads={query}", self.base);
+        let mut req = HttpRequest::new(HttpRequestBody::empty());
+        *req.uri_mut() = uri
+            .parse()
+            .map_err(|e| self.fail(format!("bad URL: {e}")))?;
+        let cred = self
+            .store
+            .credentials()
+            .get_credential()
+            .await
+            .map_err(|e| map_error(&self.url, &self.endpoint, "list unfinished uploads", "", e))?;
+        AwsAuthorizer::new(&cred, "s3", &self.region)
+            .try_authorize(&mut req, None)
+            .map_err(|e| map_error(&self.url, &self.endpoint, "list unfinished uploads", "", e))?;
+        let resp = self.client.execute(req).await.map_err(|e| self.fail(e))?;
+        let status = resp.status();
+        let body = resp.into_body().bytes().await.map_err(|e| self.fail(e))?;
+        let text = String::from_utf8_lossy(&body).to_string();
+        if !status.is_success() {
+            let code = xml_values(&text, "Code")
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            return Err(self.fail(format!("HTTP {} {code}", status.as_u16())));
+        }
+        Ok(text)
+    }
+}
+
+#[async_trait]
+impl MultipartAdmin for S3Uploads {
+    async fn list_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>> {
+        let mut out = Vec::new();
+        let mut markers = None;
+        // Pages of up to 1000; the markers say where the next one starts.
+        for _ in 0..1000 {
+            let text = self.page(prefix, markers.as_ref()).await?;
+            for block in xml_values(&text, "Upload") {
+                let (Some(path), Some(id)) = (
+                    xml_values(&block, "Key").into_iter().next(),
+                    xml_values(&block, "UploadId").into_iter().next(),
+                ) else {
+                    continue;
+                };
+                let initiated = xml_values(&block, "Initiated")
+                    .into_iter()
+                    .next()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                    .map(|t| t.with_timezone(&chrono::Utc));
+                out.push(OpenUpload {
+                    path,
+                    id,
+                    initiated,
+                });
+            }
+            let truncated =
+                xml_values(&text, "IsTruncated").first().map(String::as_str) == Some("true");
+            let next = (
+                xml_values(&text, "NextKeyMarker").into_iter().next(),
+                xml_values(&text, "NextUploadIdMarker").into_iter().next(),
+            );
+            match next {
+                (Some(k), Some(i)) if truncated => markers = Some((k, i)),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn abort_upload(&self, path: &str, id: &str) -> Result<()> {
+        let location = object_store::path::Path::from(path);
+        match self.store.abort_multipart(&location, &id.to_string()).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(map_error(
+                &self.url,
+                &self.endpoint,
+                "abort unfinished upload",
+                path,
+                e,
+            )),
+        }
+    }
+}
+
+/// Percent-encoding of a query value as SigV4 wants it (RFC 3986 unreserved kept).
+fn uri_encode(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The text of every `<tag>…</tag>` element in `xml` (not nested in itself), unescaped.
+fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        let after = &rest[i + open.len()..];
+        let Some(j) = after.find(&close) else {
+            break;
+        };
+        out.push(
+            after[..j]
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&amp;", "&"),
+        );
+        rest = &after[j + close.len()..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_multipart_uploads_result_is_read() {
+        let xml = "<ListMultipartUploadsResult><Bucket>b</Bucket><IsTruncated>false</IsTruncated>\
+            <Upload><Key>p/a&amp;b.dump</Key><UploadId>u1</UploadId><Initiated>2024-01-15T14:30:00.000Z</Initiated></Upload>\
+            <Upload><Key>p/c.dump</Key><UploadId>u2</UploadId></Upload></ListMultipartUploadsResult>";
+        let ups = xml_values(xml, "Upload");
+        assert_eq!(ups.len(), 2);
+        assert_eq!(xml_values(&ups[0], "Key"), ["p/a&b.dump"]);
+        assert_eq!(xml_values(&ups[1], "UploadId"), ["u2"]);
+        assert_eq!(xml_values(xml, "IsTruncated"), ["false"]);
+        assert_eq!(uri_encode("p/x y"), "p%2Fx%20y");
+    }
 }

@@ -23,8 +23,11 @@ fn unique(p: &str) -> String {
     format!("{p}-{:x}", rand::rng().random::<u64>())
 }
 
-async fn suite(s: Arc<dyn Storage>) {
+/// `lists_incomplete`: whether the backend keeps unfinished writes that it can list
+/// (local partial files, S3 multipart uploads); the others report none.
+async fn suite(s: Arc<dyn Storage>, lists_incomplete: bool) {
     s.check().await.unwrap();
+    assert_eq!(s.list_incomplete().await.unwrap(), []);
     // put / finish / head / get / list
     put_bytes(s.as_ref(), "a.dump", Bytes::from_static(b"hello world"))
         .await
@@ -85,6 +88,29 @@ async fn suite(s: Arc<dyn Storage>) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+
+    // A write whose run died (no finish, no abort, no drop) is listed as unfinished,
+    // never as an object, until it is aborted.
+    {
+        let mut w = s.put("killed.dump").await.unwrap();
+        w.write(Bytes::from(vec![3u8; 1024])).await.unwrap();
+        std::mem::forget(w);
+    }
+    assert!(s.head("killed.dump").await.unwrap().is_none());
+    let open = s.list_incomplete().await.unwrap();
+    if lists_incomplete {
+        assert_eq!(
+            open.iter().map(|u| u.key.as_str()).collect::<Vec<_>>(),
+            ["killed.dump"],
+            "{open:?}"
+        );
+    }
+    for u in &open {
+        s.abort_incomplete(u).await.unwrap();
+        // Aborting twice is not an error.
+        s.abort_incomplete(u).await.unwrap();
+    }
+    assert_eq!(s.list_incomplete().await.unwrap(), []);
 
     // missing keys
     assert!(s.head("nope").await.unwrap().is_none());
@@ -174,7 +200,14 @@ async fn suite(s: Arc<dyn Storage>) {
 #[tokio::test]
 async fn local_directory() {
     let dir = tempfile::tempdir().unwrap();
-    suite(open(dir.path().to_str().unwrap(), &StorageOptions::default()).unwrap()).await;
+    suite(
+        open(dir.path().to_str().unwrap(), &StorageOptions::default()).unwrap(),
+        true,
+    )
+    .await;
+    // Nothing is left in the directory, hidden files included.
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 fn s3_opts() -> StorageOptions {
@@ -189,7 +222,7 @@ fn s3_opts() -> StorageOptions {
 #[tokio::test]
 async fn s3_moto() {
     let url = format!("s3://{}/{}", env("KAIZEN_TEST_S3_BUCKET"), unique("suite"));
-    suite(open(&url, &s3_opts()).unwrap()).await;
+    suite(open(&url, &s3_opts()).unwrap(), true).await;
 }
 
 fn azure_opts() -> StorageOptions {
@@ -208,7 +241,7 @@ async fn azure_azurite() {
         env("KAIZEN_TEST_AZURE_CONTAINER"),
         unique("suite")
     );
-    suite(open(&url, &azure_opts()).unwrap()).await;
+    suite(open(&url, &azure_opts()).unwrap(), false).await;
 }
 
 #[tokio::test]
@@ -217,7 +250,7 @@ async fn gcs_emulator() {
     o.gcs.endpoint = Some(env("KAIZEN_TEST_GCS_ENDPOINT"));
     o.gcs.anonymous = true;
     let url = format!("gs://{}/{}", env("KAIZEN_TEST_GCS_BUCKET"), unique("suite"));
-    suite(open(&url, &o).unwrap()).await;
+    suite(open(&url, &o).unwrap(), false).await;
 }
 
 #[tokio::test]
@@ -225,7 +258,7 @@ async fn webdav_wsgidav() {
     let ep = env("KAIZEN_TEST_WEBDAV_ENDPOINT");
     let host = ep.trim_start_matches("http://").trim_end_matches('/');
     let url = format!("webdav://{host}/{}", unique("suite"));
-    suite(open(&url, &StorageOptions::default()).unwrap()).await;
+    suite(open(&url, &StorageOptions::default()).unwrap(), false).await;
 }
 
 #[tokio::test]

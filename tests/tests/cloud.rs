@@ -224,8 +224,13 @@ fn a_backup_killed_mid_upload_leaves_no_visible_backup() {
         assert_ne!(out.code, 0, "{}", out.stderr);
         let list = cli.run(&["--storage", &url, "list", "--json"]);
         list.assert_code(0);
+        // No backup; the killed run's open upload is listed as unfinished, not as a backup.
         assert!(
-            list.json().as_array().unwrap().is_empty(),
+            list.json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["kind"] == "unfinished_upload"),
             "{}",
             list.stdout
         );

@@ -101,6 +101,19 @@ pub async fn run(ctx: &Ctx, mut args: BackupArgs) -> Result<()> {
             }
         }
     }
+    // What killed runs left in these storages (their lock is gone, or their process).
+    let stale_after = c.lock.options(args.lock_timeout).stale_after;
+    for (g, t) in guards.iter().zip(&usable) {
+        if let Err(e) =
+            backup_core::leftovers::clean_storage(t.storage.as_ref(), Some(g.owner()), stale_after)
+                .await
+        {
+            warn!(
+                "Could not look for unfinished uploads in {}: {e}",
+                t.storage.url()
+            );
+        }
+    }
     let result = locked_backup(ctx, &args, &pg, &usable, opts).await;
     release_all(ctx, guards).await;
     result

@@ -1,6 +1,7 @@
 //! `kaizen-backup list [--json]`.
 
 use backup_core::catalog;
+use backup_core::storage::IncompleteUpload;
 use backup_core::util::human_size;
 use backup_core::{Result, Storage};
 use tracing::warn;
@@ -24,9 +25,20 @@ pub async fn run(ctx: &Ctx, json: bool) -> Result<()> {
         for (key, why) in &cat.unreadable {
             warn!("Unreadable manifest {key} in {}: {why}", t.storage.url());
         }
+        // Unfinished writes take space (and are billed) though they are no object.
+        let uploads = match t.storage.list_incomplete().await {
+            Ok(u) => u,
+            Err(e) => {
+                warn!("Cannot list unfinished uploads in {}: {e}", t.storage.url());
+                Vec::new()
+            }
+        };
         if json {
             for b in &cat.backups {
                 rows.push(entry_json(t.storage.as_ref(), b));
+            }
+            for u in &uploads {
+                rows.push(upload_json(t.storage.as_ref(), u));
             }
             for o in &cat.incomplete {
                 warn!(
@@ -41,7 +53,7 @@ pub async fn run(ctx: &Ctx, json: bool) -> Result<()> {
         if targets.len() > 1 || i > 0 {
             crate::app::emit(format!("== {}", t.storage.url()));
         }
-        print_table(&cat);
+        print_table(&cat, &uploads);
     }
     if json {
         let out = serde_json::to_string_pretty(&rows)
@@ -75,8 +87,21 @@ fn entry_json(storage: &dyn Storage, b: &catalog::BackupEntry) -> serde_json::Va
     })
 }
 
-fn print_table(cat: &catalog::Catalog) {
-    if cat.backups.is_empty() && cat.incomplete.is_empty() {
+/// An unfinished upload as a `list --json` row: `kind` says it is not a backup.
+fn upload_json(storage: &dyn Storage, u: &IncompleteUpload) -> serde_json::Value {
+    serde_json::json!({
+        "name": u.key,
+        "kind": "unfinished_upload",
+        "incomplete": true,
+        "started_at": u.started,
+        "size_bytes": u.size,
+        "upload_id": u.id,
+        "target": storage.url(),
+    })
+}
+
+fn print_table(cat: &catalog::Catalog, uploads: &[IncompleteUpload]) {
+    if cat.backups.is_empty() && cat.incomplete.is_empty() && uploads.is_empty() {
         crate::app::emit("No backups.".to_string());
         return;
     }
@@ -115,6 +140,20 @@ fn print_table(cat: &catalog::Catalog) {
             o.key,
             when,
             human_size(o.size),
+            "-",
+            "-"
+        ));
+    }
+    for u in uploads {
+        let when = u
+            .started
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        crate::app::emit(format!(
+            "{:<32} {:<20} {:>8} {:<12} {:<20} UNFINISHED UPLOAD (a run in progress, or killed: the next backup or prune removes it)",
+            u.key,
+            when,
+            u.size.map(human_size).unwrap_or_else(|| "-".into()),
             "-",
             "-"
         ));

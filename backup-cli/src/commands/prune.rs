@@ -41,7 +41,21 @@ pub async fn prune_targets(
             lease_stale_after: c.lock.options(None).stale_after,
             ..PruneOptions::default()
         };
-        let res = prune::run(t.storage.as_ref(), &c.retention, &opts).await;
+        let mut res = prune::run(t.storage.as_ref(), &c.retention, &opts).await;
+        // Unfinished uploads of dead runs (a backup run cleans them itself when it starts).
+        if !locked && let Ok(report) = res.as_mut() {
+            let stale_after = c.lock.options(lock_timeout).stale_after;
+            let own = guard.as_ref().map(|g| g.owner());
+            let uploads = if dry_run {
+                backup_core::leftovers::dead_uploads(t.storage.as_ref(), own, stale_after).await
+            } else {
+                backup_core::leftovers::clean_storage(t.storage.as_ref(), own, stale_after).await
+            };
+            match uploads {
+                Ok(u) => report.uploads_aborted = u.into_iter().map(|u| u.key).collect(),
+                Err(e) => report.errors.push(format!("unfinished uploads: {e}")),
+            }
+        }
         if let Some(g) = guard {
             crate::commands::release_lock(ctx, g).await;
         }
@@ -74,6 +88,10 @@ pub fn log_report(r: &PruneReport) {
     }
     for k in &r.incomplete_removed {
         info!("{verb} incomplete leftover {k}");
+    }
+    let verb = if r.dry_run { "Would abort" } else { "Aborted" };
+    for k in &r.uploads_aborted {
+        info!("{verb} the unfinished upload of {k} (its run is gone)");
     }
     for e in &r.errors {
         warn!("Prune error in {}: {e}", r.target);
