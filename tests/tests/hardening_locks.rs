@@ -274,3 +274,65 @@ fn a_killed_backups_upload_is_aborted_by_the_next_backup() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["name"], "after");
 }
+
+#[test]
+fn a_killed_local_backups_partial_file_is_listed_then_removed_by_the_next_backup() {
+    let pg = Pg::get();
+    let db = small_db(&pg, "khl_partial");
+    let cli = Cli::for_db(&db.name);
+    // pg_dump waits behind this lock with its output file open: a known step.
+    let key: u32 = rand::random::<u32>() >> 1;
+    let holder = pg.hold_advisory_lock(
+        &db.name,
+        &format!("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT pg_advisory_lock({key})"),
+    );
+    let killed = cli.spawn(&["backup", "killed"]);
+    assert!(
+        wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
+            blocked_sessions(&pg, &db.name) >= 1
+                && !entries(&cli.backups(), ".partial.killed.dump").is_empty()
+        }),
+        "the backup never reached pg_dump with its partial file: {:?}",
+        cli.backup_files()
+    );
+    signal(&killed, Signal::SIGKILL);
+    wait(killed);
+    drop(holder);
+    let partial = entries(&cli.backups(), ".partial.killed.dump");
+    assert_eq!(partial.len(), 1, "{:?}", cli.backup_files());
+    assert_eq!(
+        mode(&partial[0]) & 0o077,
+        0,
+        "a partial file is readable by others"
+    );
+    // Invisible as a backup, shown as an unfinished upload.
+    let list = cli.run(&["list", "--json"]);
+    list.assert_code(0);
+    let rows = list.json();
+    let rows = rows.as_array().unwrap();
+    assert!(
+        rows.iter().all(|r| r["kind"] == "unfinished_upload"),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r["name"].as_str().is_some_and(|n| n.contains("killed"))
+                || r.to_string().contains("killed.dump")),
+        "the killed run's partial file is not listed: {rows:?}"
+    );
+    // The next backup removes it (its writer's process is gone on this host) and works.
+    cli.run(&["backup", "after", "--lock-timeout", "0"])
+        .assert_code(0);
+    assert!(
+        entries(&cli.backups(), ".partial.").is_empty(),
+        "left: {:?}",
+        cli.backup_files()
+    );
+    let names: Vec<String> = cli
+        .list()
+        .iter()
+        .filter(|r| r["kind"] != "unfinished_upload")
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["after"]);
+}

@@ -19,6 +19,8 @@ pub const STANDALONE_VARS: &[&str] = &[
     "KAIZEN_BACKUP_WEBDAV_PASSWORD",
     // The binary's own path, for the test harness and `cargo xtask bench`.
     "KAIZEN_BACKUP_BIN",
+    // Test hook: stop at a named step (`backup_core::util::pause_point`).
+    "KAIZEN_BACKUP_TEST_PAUSE",
 ];
 
 /// The shape of the configuration: every section and key, with `{}` for free-form maps.
