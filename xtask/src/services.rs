@@ -445,6 +445,58 @@ pub fn ensure_pushgateway(base: &Path) -> Result<PathBuf> {
     find().with_context(|| format!("prometheus-pushgateway still not found after apt-get; {hint}"))
 }
 
+/// `promtool` (checks the alert rules and the dashboard's PromQL): the system's, or the
+/// one unpacked from Debian's `prometheus` package under `base` (no service installed).
+pub fn ensure_promtool(base: &Path) -> Result<PathBuf> {
+    let local = base.join("prometheus/usr/bin/promtool");
+    let find = || {
+        [PathBuf::from("/usr/bin/promtool"), local.clone()]
+            .into_iter()
+            .find(|p| p.is_file())
+    };
+    if let Some(p) = find() {
+        return Ok(p);
+    }
+    let _lock = InstallLock::take(base)?;
+    if let Some(p) = find() {
+        return Ok(p);
+    }
+    let debs = base.join("prometheus-deb");
+    let _ = std::fs::remove_dir_all(&debs);
+    std::fs::create_dir_all(&debs)?;
+    let download = |update: bool| -> Result<()> {
+        if update {
+            run_install(
+                "the Debian package lists",
+                Command::new("apt-get").args(["update", "-q"]),
+            )?;
+        }
+        run_install(
+            "Debian's prometheus package (for promtool)",
+            Command::new("apt-get")
+                .args(["download", "prometheus"])
+                .current_dir(&debs),
+        )
+    };
+    if download(false).is_err() {
+        download(crate::pg::is_root())?;
+    }
+    let deb = std::fs::read_dir(&debs)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download prometheus left no .deb")?;
+    run_install(
+        "promtool (unpacked from the package)",
+        Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(base.join("prometheus")),
+    )?;
+    let _ = std::fs::remove_dir_all(&debs);
+    find().context("promtool missing from Debian's prometheus package")
+}
+
 /// Start the selected non-PostgreSQL services; their logs and data go to `dir`.
 /// The tools are installed under `base` when missing.
 pub fn start(base: &Path, selected: &[String], dir: PathBuf) -> Result<Running> {
@@ -469,6 +521,15 @@ pub fn start(base: &Path, selected: &[String], dir: PathBuf) -> Result<Running> 
     } else {
         None
     };
+    if has("pushgateway") {
+        // Monitoring tests: promtool checks the rules and the dashboard's queries.
+        match ensure_promtool(base) {
+            Ok(p) => running
+                .env
+                .push(("KAIZEN_TEST_PROMTOOL".into(), p.display().to_string())),
+            Err(e) => eprintln!("xtask: promtool unavailable ({e:#}); its checks are skipped"),
+        }
+    }
     let pushgateway = if has("pushgateway") {
         Some(ensure_pushgateway(base)?)
     } else {
