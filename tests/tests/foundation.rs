@@ -704,14 +704,16 @@ fn password_never_in_argv_logs_or_manifest() {
     let child = cli.spawn(&["-vv", "backup", "s"]);
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
+    // Sample every descendant until the run has exited (a gap with no child, e.g. between
+    // pg_dump's version check and the dump itself, is not the end).
     loop {
-        let cmds = descendant_cmdlines(child.id());
-        if cmds.is_empty() && !seen.is_empty() {
-            break;
-        }
-        seen.extend(cmds);
-        if Instant::now() > deadline || std::fs::metadata(format!("/proc/{}", child.id())).is_err()
-        {
+        seen.extend(descendant_cmdlines(child.id()));
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+        let exited = stat
+            .rsplit_once(')')
+            .is_none_or(|(_, r)| r.trim_start().starts_with('Z'));
+        if exited || Instant::now() > deadline {
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
