@@ -269,6 +269,7 @@ pub async fn load(
         .await
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     check_checksum(resolved, &hash)?;
+    crate::util::pause_point("restore-downloaded").await;
     cmd.arg(format!("--jobs={}", opts.jobs))
         .arg(&path)
         .stdin(std::process::Stdio::null());
