@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod install;
 mod pg;
 mod services;
 mod test;
