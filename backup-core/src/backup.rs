@@ -40,6 +40,12 @@ use crate::storage::{ObjectMeta, ObjectWriter, Storage, put_bytes};
 use crate::transform::Transform;
 use crate::util::human_size;
 
+mod directory;
+mod process;
+
+use directory::*;
+pub use process::{collect_stderr, terminate};
+
 /// Size of each read from pg_dump's pipe.
 const CHUNK: usize = 256 * 1024;
 /// Chunks buffered per target before pg_dump is slowed down.
@@ -735,176 +741,6 @@ async fn pump(child: &mut Child, mut sink: Sink<'_>) -> Result<(String, u64)> {
     sink.finish().await
 }
 
-/// Follow pg_dump's `--verbose` stderr: the ids of finished items go to the receiver, the
-/// last lines that are not progress messages are kept for error messages.
-fn follow_verbose_stderr(child: &mut Child) -> (JoinHandle<String>, mpsc::UnboundedReceiver<u32>) {
-    use tokio::io::AsyncBufReadExt;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let stderr = child.stderr.take();
-    let task = tokio::spawn(async move {
-        let Some(s) = stderr else {
-            return String::new();
-        };
-        // Bytes, not UTF-8 lines: object names in the database's encoding must not stop
-        // the reader (pg_dump would then block on a full pipe).
-        let mut reader = tokio::io::BufReader::new(s);
-        let mut raw = Vec::new();
-        let mut kept: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-        loop {
-            raw.clear();
-            match reader.read_until(b'\n', &mut raw).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            let line = String::from_utf8_lossy(&raw).trim_end().to_string();
-            if let Some(rest) = line.strip_prefix("pg_dump: finished item ") {
-                if let Some(id) = rest.split_whitespace().next().and_then(|w| w.parse().ok()) {
-                    let _ = tx.send(id);
-                }
-                continue;
-            }
-            let progress = line.strip_prefix("pg_dump: ").is_some_and(|r| {
-                !["error", "warning", "detail", "hint", "fatal"]
-                    .iter()
-                    .any(|p| r.starts_with(p))
-            });
-            if progress || line.trim().is_empty() {
-                continue;
-            }
-            kept.push_back(line);
-            if kept.len() > 10 {
-                kept.pop_front();
-            }
-        }
-        kept.into_iter().collect::<Vec<_>>().join("\n")
-    });
-    (task, rx)
-}
-
-/// Stream the directory pg_dump is writing as a tar archive into the sink: data files as
-/// their items finish (each deleted once sent), everything else after pg_dump exited,
-/// the table of contents last.
-async fn pump_directory(
-    child: &mut Child,
-    dir: &std::path::Path,
-    mut items: mpsc::UnboundedReceiver<u32>,
-    stderr: &mut JoinHandle<String>,
-    mut sink: Sink<'_>,
-) -> Result<(String, u64)> {
-    let mut early = 0usize;
-    let status = loop {
-        tokio::select! {
-            Some(id) = items.recv() => {
-                for name in files_of_item(dir, id).await? {
-                    send_file(dir, &name, &mut sink).await?;
-                    early += 1;
-                }
-            }
-            st = child.wait() => {
-                break st.map_err(|e| Error::Tool(format!("waiting for pg_dump: {e}")))?;
-            }
-        }
-    };
-    if !status.success() {
-        return Err(Error::ChildFailed {
-            tool: "pg_dump".into(),
-            status: status.to_string(),
-            stderr: stderr.await.unwrap_or_default(),
-        });
-    }
-    let mut rest = list_dir(dir).await?;
-    if !rest.iter().any(|n| n == "toc.dat") {
-        return Err(Error::Tool(
-            "pg_dump finished without writing toc.dat".into(),
-        ));
-    }
-    rest.sort_by_key(|n| (n == "toc.dat", n.clone()));
-    info!(
-        "Parallel dump: {early} of {} files streamed while pg_dump was still running",
-        early + rest.len()
-    );
-    for name in rest {
-        send_file(dir, &name, &mut sink).await?;
-    }
-    sink.push(Bytes::from_static(&crate::tar::END)).await?;
-    sink.finish().await
-}
-
-async fn list_dir(dir: &std::path::Path) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let mut rd = tokio::fs::read_dir(dir)
-        .await
-        .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
-    while let Some(e) = rd
-        .next_entry()
-        .await
-        .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
-    {
-        match e.file_name().into_string() {
-            Ok(n) => out.push(n),
-            Err(n) => {
-                return Err(Error::Tool(format!(
-                    "unexpected file {n:?} in the dump directory"
-                )));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Data files of item `id`: `ID.dat`, or `ID.dat.gz` (`.lz4`, `.zst` on PostgreSQL 16+);
-/// none for items without data.
-async fn files_of_item(dir: &std::path::Path, id: u32) -> Result<Vec<String>> {
-    let mut names = Vec::new();
-    for suffix in [".dat", ".dat.gz", ".dat.lz4", ".dat.zst"] {
-        let name = format!("{id}{suffix}");
-        if tokio::fs::try_exists(dir.join(&name))
-            .await
-            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
-        {
-            names.push(name);
-        }
-    }
-    Ok(names)
-}
-
-/// Send one file as a tar entry, then delete it.
-async fn send_file(dir: &std::path::Path, name: &str, sink: &mut Sink<'_>) -> Result<()> {
-    let path = dir.join(name);
-    let f = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    let meta = f
-        .metadata()
-        .await
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    let size = meta.len();
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs());
-    sink.push(Bytes::copy_from_slice(&crate::tar::header(
-        name, size, mtime,
-    )?))
-    .await?;
-    let sent = sink.copy_from(f, &path.display().to_string()).await?;
-    if sent != size {
-        return Err(Error::Tool(format!(
-            "{} changed while it was archived ({sent} bytes read, {size} expected)",
-            path.display()
-        )));
-    }
-    let pad = crate::tar::padding(size);
-    if pad > 0 {
-        sink.push(Bytes::from_static(&crate::tar::END[..pad]))
-            .await?;
-    }
-    tokio::fs::remove_file(&path)
-        .await
-        .map_err(|e| Error::io(format!("removing {}", path.display()), e))
-}
-
 /// Send a chunk to every live target. A required target that stopped fails the backup;
 /// an optional one is dropped from the fan-out.
 async fn fan_out(tasks: &mut [TargetTask], data: Bytes) -> Result<()> {
@@ -973,49 +809,6 @@ async fn remove_all(
         work,
     )
     .await;
-}
-
-/// Stop pg_dump: SIGTERM first so it can tell the server, then SIGKILL.
-pub async fn terminate(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        if tokio::time::timeout(std::time::Duration::from_secs(3), child.wait())
-            .await
-            .is_ok()
-        {
-            return;
-        }
-    }
-    let _ = child.kill().await;
-}
-
-/// Keep the last lines of a child's stderr for error messages.
-pub fn collect_stderr(child: &mut Child) -> JoinHandle<String> {
-    let stderr = child.stderr.take();
-    tokio::spawn(async move {
-        let Some(mut s) = stderr else {
-            return String::new();
-        };
-        let mut all = Vec::new();
-        let mut buf = [0u8; 8192];
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    all.extend_from_slice(&buf[..n]);
-                    if all.len() > 64 * 1024 {
-                        all.drain(..all.len() - 32 * 1024);
-                    }
-                }
-            }
-        }
-        let text = String::from_utf8_lossy(&all);
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        lines[lines.len().saturating_sub(10)..].join("\n")
-    })
 }
 
 /// Checks on one target before anything is written: the name is free, and there is room.
