@@ -33,6 +33,8 @@ pub mod toc;
 pub mod transform;
 pub mod util;
 pub mod verify;
+pub mod wal;
+pub mod walarchive;
 
 pub use error::{Error, Result};
 pub use manifest::{Manifest, ObjectCounts, TableCount};

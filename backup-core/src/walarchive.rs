@@ -1,0 +1,478 @@
+//! The WAL archive: `wal-push` and `wal-fetch` over any [`Storage`].
+//!
+//! ```text
+//! wal-push %p:  read file ─► SHA-256 ─► is NAME-<sha> stored? ─ yes ─► done (PostgreSQL retried)
+//!                                  │          other NAME-<sha'> ─► refuse: never overwrite
+//!                                  └─ no ─► zstd ─► age ─► put on every target ─► exit 0
+//! wal-fetch %f %p: find NAME-<sha> ─► get ─► decode ─► hash while writing %p.tmp
+//!                  ─► sha matches ─► fsync, rename to %p    (else: next target, or error naming it)
+//! ```
+//!
+//! Each archived file is one object named `NAME-SHA256[.zst][.age]`: the name PostgreSQL
+//! gave it, the SHA-256 of its content as PostgreSQL wrote it, and the codecs applied.
+//! An object is visible only once completely written (the [`Storage`] contract), so a
+//! push killed at any instant leaves nothing that a fetch would serve; the checksum in
+//! the name lets a repeated push recognise identical content without decrypting
+//! anything, and lets a fetch prove that what it hands PostgreSQL is what was pushed.
+//! The archive of a storage target lives in its `wal` sub-location (see
+//! [`wal_location`]), apart from the backups.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::codec::{self, AgeEncryptor, DecryptKeys, EncryptionConfig, ZstdEncoder};
+use crate::error::{Error, Result};
+use crate::storage::{ObjectMeta, ObjectWriter, Storage, list_all};
+use crate::transform::{Transform, finish_chain};
+use crate::wal::WalFile;
+
+/// Size of the chunks read from a WAL file.
+const CHUNK: usize = 1024 * 1024;
+
+/// The location of a storage target's WAL archive: `URL/wal`.
+pub fn wal_location(target_url: &str) -> String {
+    format!("{}/wal", target_url.trim_end_matches('/'))
+}
+
+/// How archived files are encoded.
+#[derive(Debug, Clone, Default)]
+pub struct PushOptions {
+    /// zstd level, or `None` to store files as they are.
+    pub zstd_level: Option<i32>,
+    /// Encryption (age) when enabled.
+    pub encryption: EncryptionConfig,
+}
+
+/// One file in the archive, as its object key tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedFile {
+    /// The name PostgreSQL gave the file (`000000010000000000000002`, `00000002.history`).
+    pub name: String,
+    /// SHA-256 (hex) of the file's content.
+    pub sha256: String,
+    /// Compressed with zstd.
+    pub zstd: bool,
+    /// Encrypted with age.
+    pub age: bool,
+    /// The object.
+    pub object: ObjectMeta,
+}
+
+impl ArchivedFile {
+    /// Parse an object key of the archive; `None` for objects that are not archived files.
+    pub fn from_object(object: ObjectMeta) -> Option<Self> {
+        let mut rest = object.key.as_str();
+        let age = match rest.strip_suffix(".age") {
+            Some(r) => {
+                rest = r;
+                true
+            }
+            None => false,
+        };
+        let zstd = match rest.strip_suffix(".zst") {
+            Some(r) => {
+                rest = r;
+                true
+            }
+            None => false,
+        };
+        let (name, sha) = rest.rsplit_once('-')?;
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) || name.is_empty() {
+            return None;
+        }
+        Some(Self {
+            name: name.to_string(),
+            sha256: sha.to_ascii_lowercase(),
+            zstd,
+            age,
+            object,
+        })
+    }
+}
+
+/// The object key for a file.
+fn key_for(name: &str, sha256: &str, opts: &PushOptions) -> String {
+    let mut key = format!("{name}-{sha256}");
+    if opts.zstd_level.is_some() {
+        key.push_str(".zst");
+    }
+    if opts.encryption.enabled() {
+        key.push_str(".age");
+    }
+    key
+}
+
+/// What a push did on one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Stored now.
+    Stored,
+    /// The identical file was already stored (a retry after a crash or a timeout).
+    AlreadyStored,
+}
+
+/// The copies of `name` that `store` holds.
+pub async fn find(store: &dyn Storage, name: &str) -> Result<Vec<ArchivedFile>> {
+    Ok(list_all(store, name)
+        .await?
+        .into_iter()
+        .filter_map(ArchivedFile::from_object)
+        .filter(|f| f.name == name)
+        .collect())
+}
+
+/// Every archived file of `store`, sorted by name.
+pub async fn list(store: &dyn Storage) -> Result<Vec<ArchivedFile>> {
+    let mut v: Vec<ArchivedFile> = list_all(store, "")
+        .await?
+        .into_iter()
+        .filter_map(ArchivedFile::from_object)
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(v)
+}
+
+/// SHA-256 (hex) and size of a file.
+async fn hash_file(path: &Path) -> Result<(String, u64)> {
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| Error::io(format!("cannot open WAL file {}", path.display()), e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .await
+            .map_err(|e| Error::io(format!("cannot read WAL file {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// A conflict: the archive holds other content under this name.
+fn conflict(store: &dyn Storage, name: &str, have: &str, new: &str) -> Error {
+    Error::Refused(format!(
+        "WAL file {name} is already archived on {} with different content (stored sha256 {have}, \
+         this file {new}); refusing to overwrite it. Two clusters may be archiving into the same \
+         location, or the server's WAL was damaged: investigate before anything is deleted",
+        store.url()
+    ))
+}
+
+/// Archive the WAL file at `path` on every store. Returns what happened on each, in
+/// order; an error on any store is an error (PostgreSQL will call again).
+pub async fn push(
+    stores: &[Arc<dyn Storage>],
+    path: &Path,
+    opts: &PushOptions,
+) -> Result<Vec<Pushed>> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::usage(format!("{} is not a WAL file path", path.display())))?
+        .to_string();
+    // Any segment size: the name's shape is what matters here.
+    WalFile::parse(&name, crate::wal::DEFAULT_SEGMENT_SIZE)
+        .or_else(|_| WalFile::parse(&name, 1 << 30))?;
+    let (sha, _size) = hash_file(path).await?;
+
+    let mut outcome = vec![Pushed::Stored; stores.len()];
+    let mut todo: Vec<usize> = Vec::new();
+    for (i, store) in stores.iter().enumerate() {
+        let copies = find(store.as_ref(), &name).await?;
+        if let Some(other) = copies.iter().find(|c| c.sha256 != sha) {
+            return Err(conflict(store.as_ref(), &name, &other.sha256, &sha));
+        }
+        if copies.is_empty() {
+            todo.push(i);
+        } else {
+            outcome[i] = Pushed::AlreadyStored;
+        }
+    }
+    if todo.is_empty() {
+        return Ok(outcome);
+    }
+    let key = key_for(&name, &sha, opts);
+    let mut writers: Vec<Box<dyn ObjectWriter>> = Vec::with_capacity(todo.len());
+    let mut writing: Vec<usize> = Vec::with_capacity(todo.len());
+    for &i in &todo {
+        match stores[i].put(&key).await {
+            Ok(w) => {
+                writers.push(w);
+                writing.push(i);
+            }
+            Err(Error::AlreadyExists(_)) => {
+                // Stored by a concurrent push since we looked: same name, same checksum.
+                outcome[i] = Pushed::AlreadyStored;
+            }
+            Err(e) => {
+                abort_all(writers).await;
+                return Err(e);
+            }
+        }
+    }
+    let todo = writing;
+    if todo.is_empty() {
+        return Ok(outcome);
+    }
+    match encode_into(path, opts, &mut writers, &sha).await {
+        Ok(()) => {}
+        Err(e) => {
+            abort_all(writers).await;
+            return Err(e);
+        }
+    }
+    let mut first_err = None;
+    for (w, &i) in writers.into_iter().zip(&todo) {
+        match w.finish().await {
+            Ok(_) => {}
+            Err(Error::AlreadyExists(_)) => {
+                // Another push of the same file won the race: fine if it is the same content.
+                let copies = find(stores[i].as_ref(), &name).await?;
+                if let Some(other) = copies.iter().find(|c| c.sha256 != sha) {
+                    first_err.get_or_insert(conflict(stores[i].as_ref(), &name, &other.sha256, &sha));
+                } else {
+                    outcome[i] = Pushed::AlreadyStored;
+                }
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(outcome),
+    }
+}
+
+async fn abort_all(writers: Vec<Box<dyn ObjectWriter>>) {
+    for w in writers {
+        let _ = w.abort().await;
+    }
+}
+
+/// Read the file again, encode it and write every chunk to every writer. The content's
+/// hash is checked again: a file that changed between the two reads is not archived.
+async fn encode_into(
+    path: &Path,
+    opts: &PushOptions,
+    writers: &mut [Box<dyn ObjectWriter>],
+    expect_sha: &str,
+) -> Result<()> {
+    let mut chain: Vec<Box<dyn Transform>> = Vec::new();
+    if let Some(level) = opts.zstd_level {
+        chain.push(Box::new(ZstdEncoder::new(level)?));
+    }
+    if opts.encryption.enabled() {
+        chain.push(Box::new(AgeEncryptor::new(&opts.encryption)?));
+    }
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| Error::io(format!("cannot open WAL file {}", path.display()), e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .await
+            .map_err(|e| Error::io(format!("cannot read WAL file {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        let mut data = buf[..n].to_vec();
+        for t in chain.iter_mut() {
+            let mut out = Vec::new();
+            t.push(&data, &mut out)?;
+            data = out;
+        }
+        write_all(writers, data).await?;
+    }
+    let tail = finish_chain(&mut chain)?;
+    write_all(writers, tail).await?;
+    if hex::encode(hasher.finalize()) != expect_sha {
+        return Err(Error::Refused(format!(
+            "WAL file {} changed while it was being archived",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+async fn write_all(writers: &mut [Box<dyn ObjectWriter>], data: Vec<u8>) -> Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let data = Bytes::from(data);
+    for w in writers.iter_mut() {
+        w.write(data.clone()).await?;
+    }
+    Ok(())
+}
+
+/// Where a fetch found the file.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The store's URL.
+    pub from: String,
+    /// Bytes written.
+    pub size: u64,
+}
+
+/// Fetch `name` into `dest` (written to a temporary name beside it, checked, synced and
+/// renamed: `dest` never holds a partial file). Stores are tried in order; a copy whose
+/// checksum does not match is reported and the next store is tried. Returns
+/// [`Error::NotFound`] when no store has the file.
+pub async fn fetch(
+    stores: &[Arc<dyn Storage>],
+    name: &str,
+    dest: &Path,
+    keys: &DecryptKeys,
+) -> Result<Fetched> {
+    WalFile::parse(name, crate::wal::DEFAULT_SEGMENT_SIZE)
+        .or_else(|_| WalFile::parse(name, 1 << 30))?;
+    let mut failures: Vec<String> = Vec::new();
+    let mut found_any = false;
+    for store in stores {
+        let copies = find(store.as_ref(), name).await?;
+        let Some(copy) = copies.first() else { continue };
+        found_any = true;
+        if copies.iter().any(|c| c.sha256 != copy.sha256) {
+            failures.push(format!(
+                "{}: holds {} copies of {name} with different content",
+                store.url(),
+                copies.len()
+            ));
+            continue;
+        }
+        match fetch_one(store.as_ref(), copy, dest, keys).await {
+            Ok(size) => {
+                return Ok(Fetched {
+                    from: store.url(),
+                    size,
+                });
+            }
+            Err(e @ (Error::Refused(_) | Error::Config { .. })) => return Err(e),
+            Err(e) => {
+                tracing::warn!(target = %store.url(), "WAL file {name}: {e}");
+                failures.push(format!("{}: {e}", store.url()));
+            }
+        }
+    }
+    if !found_any {
+        return Err(Error::NotFound(format!("WAL file {name} is not in the archive")));
+    }
+    Err(Error::Corrupt(format!(
+        "WAL file {name}: no good copy in the archive ({})",
+        failures.join("; ")
+    )))
+}
+
+/// The temporary file a fetch writes before renaming it to `dest`.
+fn temp_path(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(".kaizen-fetch");
+    dest.with_file_name(name)
+}
+
+async fn fetch_one(
+    store: &dyn Storage,
+    copy: &ArchivedFile,
+    dest: &Path,
+    keys: &DecryptKeys,
+) -> Result<u64> {
+    let mut stream = store.get(&copy.object.key).await?;
+    if copy.age {
+        stream = codec::age_decode(stream, keys, &[])?;
+    }
+    if copy.zstd {
+        stream = codec::zstd_decode(stream);
+    }
+    let tmp = temp_path(dest);
+    let io = |what: &str, e| Error::io(format!("cannot {what} {}", tmp.display()), e);
+    let mut file = tokio::fs::File::create(&tmp)
+        .await
+        .map_err(|e| io("create", e))?;
+    let written = async {
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            file.write_all(&chunk).await.map_err(|e| io("write", e))?;
+        }
+        let got = hex::encode(hasher.finalize());
+        if got != copy.sha256 {
+            return Err(Error::Corrupt(format!(
+                "checksum mismatch for {} (object {}): expected sha256 {}, got {got}",
+                copy.name, copy.object.key, copy.sha256
+            )));
+        }
+        file.sync_all().await.map_err(|e| io("sync", e))?;
+        Ok(size)
+    }
+    .await;
+    drop(file);
+    match written {
+        Ok(size) => {
+            tokio::fs::rename(&tmp, dest)
+                .await
+                .map_err(|e| Error::io(format!("cannot rename to {}", dest.display()), e))?;
+            Ok(size)
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(key: &str) -> ObjectMeta {
+        ObjectMeta {
+            key: key.into(),
+            size: 1,
+            last_modified: None,
+        }
+    }
+
+    #[test]
+    fn object_keys_parse() {
+        let sha = "a".repeat(64);
+        let f = ArchivedFile::from_object(meta(&format!("000000010000000000000002-{sha}.zst.age")))
+            .unwrap();
+        assert_eq!(f.name, "000000010000000000000002");
+        assert!(f.zstd && f.age);
+        let f = ArchivedFile::from_object(meta(&format!("00000002.history-{sha}"))).unwrap();
+        assert_eq!(f.name, "00000002.history");
+        assert!(!f.zstd && !f.age);
+        for bad in [
+            "000000010000000000000002".to_string(),
+            format!("000000010000000000000002-{}", "a".repeat(63)),
+            format!("-{sha}"),
+            "000000010000000000000002-zz.zst".to_string(),
+        ] {
+            assert!(ArchivedFile::from_object(meta(&bad)).is_none(), "{bad}");
+        }
+        let opts = PushOptions {
+            zstd_level: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(key_for("x", &sha, &opts), format!("x-{sha}.zst"));
+    }
+}
