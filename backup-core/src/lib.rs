@@ -22,6 +22,7 @@ pub mod notify;
 pub mod pg;
 pub mod pgpass;
 pub mod prune;
+pub mod recovery;
 pub mod restore;
 pub mod retention;
 pub mod secret;

@@ -161,7 +161,11 @@ pub fn segments_per_log(segment_size: u64) -> u64 {
 /// The file name of segment `segno` on `timeline`.
 pub fn segment_name(timeline: u32, segno: u64, segment_size: u64) -> String {
     let per_log = segments_per_log(segment_size);
-    format!("{timeline:08X}{:08X}{:08X}", segno / per_log, segno % per_log)
+    format!(
+        "{timeline:08X}{:08X}{:08X}",
+        segno / per_log,
+        segno % per_log
+    )
 }
 
 /// Whether `segment_size` is one PostgreSQL allows (a power of two, 1 MiB to 1 GiB).
@@ -189,7 +193,9 @@ pub fn parse_history(text: &str) -> Result<Vec<TimelineSwitch>> {
         }
         let mut fields = line.split_whitespace();
         let (Some(tli), Some(lsn)) = (fields.next(), fields.next()) else {
-            return Err(Error::Corrupt(format!("timeline history: bad line {line:?}")));
+            return Err(Error::Corrupt(format!(
+                "timeline history: bad line {line:?}"
+            )));
         };
         let parent: u32 = tli
             .parse()
@@ -250,7 +256,10 @@ mod tests {
                 segno: 0xA * 256 + 0xFF
             }
         );
-        assert_eq!(segment_name(1, 0xA * 256 + 0xFF, SEG), "000000010000000A000000FF");
+        assert_eq!(
+            segment_name(1, 0xA * 256 + 0xFF, SEG),
+            "000000010000000A000000FF"
+        );
         assert_eq!(
             WalFile::parse("00000002.history", SEG).unwrap(),
             WalFile::History { timeline: 2 }
@@ -293,7 +302,10 @@ mod tests {
         let l: Lsn = "0/2000028".parse().unwrap();
         assert_eq!(l.segment(SEG), 2);
         let l: Lsn = "1/0".parse().unwrap();
-        assert_eq!(segment_name(1, l.segment(SEG), SEG), "000000010000000100000000");
+        assert_eq!(
+            segment_name(1, l.segment(SEG), SEG),
+            "000000010000000100000000"
+        );
     }
 
     #[test]

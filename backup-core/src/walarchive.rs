@@ -240,7 +240,12 @@ pub async fn push(
                 // Another push of the same file won the race: fine if it is the same content.
                 let copies = find(stores[i].as_ref(), &name).await?;
                 if let Some(other) = copies.iter().find(|c| c.sha256 != sha) {
-                    first_err.get_or_insert(conflict(stores[i].as_ref(), &name, &other.sha256, &sha));
+                    first_err.get_or_insert(conflict(
+                        stores[i].as_ref(),
+                        &name,
+                        &other.sha256,
+                        &sha,
+                    ));
                 } else {
                     outcome[i] = Pushed::AlreadyStored;
                 }
@@ -371,7 +376,9 @@ pub async fn fetch(
         }
     }
     if !found_any {
-        return Err(Error::NotFound(format!("WAL file {name} is not in the archive")));
+        return Err(Error::NotFound(format!(
+            "WAL file {name} is not in the archive"
+        )));
     }
     Err(Error::Corrupt(format!(
         "WAL file {name}: no good copy in the archive ({})",
