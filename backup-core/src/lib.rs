@@ -36,6 +36,7 @@ pub mod util;
 pub mod verify;
 pub mod wal;
 pub mod walarchive;
+pub mod window;
 
 pub use error::{Error, Result};
 pub use manifest::{Manifest, ObjectCounts, TableCount};

@@ -1,0 +1,206 @@
+//! The recoverable window: which base backup a point-in-time restore starts from and
+//! how far the archived WAL reaches from it without a gap.
+//!
+//! ```text
+//! timeline 1: [seg 2][seg 3][seg 4]---switch at 0/5000100--.
+//! timeline 2:                              [seg 5][seg 6]   (6 is the end: recoverable to its last commit)
+//!             ^ base backup start (seg 2)   a missing seg 5 would end the window at seg 4
+//! ```
+//!
+//! Recovery follows the newest timeline (`recovery_target_timeline = 'latest'`): for each
+//! segment number it reads the newest timeline of that timeline's ancestry whose history
+//! began at or before the segment, as PostgreSQL does.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+
+use crate::wal::{Lsn, TimelineSwitch, WalFile, segment_name, timeline_at};
+use crate::walarchive::ArchivedFile;
+
+/// What the window needs to know about one physical backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseBackup {
+    /// Backup name.
+    pub name: String,
+    /// Timeline the backup was taken on.
+    pub timeline: u32,
+    /// Where its WAL starts.
+    pub start_lsn: Lsn,
+    /// Where it reaches consistency.
+    pub end_lsn: Lsn,
+    /// When it ended (no commit before this time needs it).
+    pub stop_time: DateTime<Utc>,
+    /// The cluster's WAL segment size.
+    pub segment_size: u64,
+}
+
+/// The newest timeline the archive knows (from history files and segments); 1 when the
+/// archive is empty.
+pub fn latest_timeline(files: &[ArchivedFile], segment_size: u64) -> u32 {
+    files
+        .iter()
+        .filter_map(|f| WalFile::parse(&f.name, segment_size).ok())
+        .map(|w| w.timeline())
+        .max()
+        .unwrap_or(1)
+}
+
+/// The timeline whose file recovery reads for segment `segno` on the way to `target`.
+pub fn timeline_of_segment(
+    history: &[TimelineSwitch],
+    target: u32,
+    segno: u64,
+    segment_size: u64,
+) -> u32 {
+    let mut tli = history.first().map_or(target, |s| s.parent);
+    for (i, s) in history.iter().enumerate() {
+        if segno >= s.switchpoint.segment(segment_size) {
+            tli = history.get(i + 1).map_or(target, |n| n.parent);
+        }
+    }
+    tli
+}
+
+/// Whether a base backup lies on the way to `target` (taken on a timeline of its
+/// ancestry, before that timeline was switched away from).
+pub fn on_path(history: &[TimelineSwitch], target: u32, b: &BaseBackup) -> bool {
+    timeline_at(history, target, b.start_lsn) == b.timeline
+        && timeline_at(history, target, b.end_lsn) == b.timeline
+}
+
+/// How far the archive reaches from a starting point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coverage {
+    /// The last segment readable without a gap: `(timeline, segno)`, if any.
+    pub last: Option<(u32, u64)>,
+    /// The end of that segment (recovery can reach no further).
+    pub end_lsn: Option<Lsn>,
+    /// The first missing segment, when the archive holds later segments on the path
+    /// (a gap in the middle, not merely the end of the archive).
+    pub gap: Option<String>,
+}
+
+/// Walk the archive from `start` along the path to `target`.
+pub fn coverage(
+    files: &[ArchivedFile],
+    history: &[TimelineSwitch],
+    target: u32,
+    start: Lsn,
+    segment_size: u64,
+) -> Coverage {
+    let present: HashSet<(u32, u64)> = files
+        .iter()
+        .filter_map(|f| match WalFile::parse(&f.name, segment_size) {
+            Ok(WalFile::Segment { timeline, segno }) => Some((timeline, segno)),
+            _ => None,
+        })
+        .collect();
+    let want = |segno: u64| {
+        (
+            timeline_of_segment(history, target, segno, segment_size),
+            segno,
+        )
+    };
+    let mut seg = start.segment(segment_size);
+    let mut last = None;
+    while present.contains(&want(seg)) {
+        last = Some(want(seg));
+        seg += 1;
+    }
+    let gap = present
+        .iter()
+        .any(|&(t, s)| s > seg && want(s) == (t, s))
+        .then(|| {
+            let (t, s) = want(seg);
+            segment_name(t, s, segment_size)
+        });
+    Coverage {
+        last,
+        end_lsn: last.map(|(_, s)| Lsn((s + 1) * segment_size)),
+        gap,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::ObjectMeta;
+    use crate::wal::{DEFAULT_SEGMENT_SIZE as SEG, parse_history};
+
+    fn files(names: &[&str]) -> Vec<ArchivedFile> {
+        names
+            .iter()
+            .map(|n| ArchivedFile {
+                name: (*n).to_string(),
+                sha256: "0".repeat(64),
+                zstd: false,
+                age: false,
+                object: ObjectMeta {
+                    key: (*n).to_string(),
+                    size: 1,
+                    last_modified: None,
+                },
+            })
+            .collect()
+    }
+
+    fn lsn(s: &str) -> Lsn {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn one_timeline_contiguous_and_with_a_gap() {
+        let f = files(&[
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000010000000000000004",
+        ]);
+        let c = coverage(&f, &[], 1, lsn("0/2000028"), SEG);
+        assert_eq!(c.last, Some((1, 4)));
+        assert_eq!(c.end_lsn, Some(lsn("0/5000000")));
+        assert_eq!(c.gap, None);
+
+        let f = files(&["000000010000000000000002", "000000010000000000000004"]);
+        let c = coverage(&f, &[], 1, lsn("0/2000028"), SEG);
+        assert_eq!(c.last, Some((1, 2)));
+        assert_eq!(c.gap.as_deref(), Some("000000010000000000000003"));
+
+        // Nothing archived from the start: no coverage, and no gap either.
+        let c = coverage(&f, &[], 1, lsn("0/9000000"), SEG);
+        assert_eq!((c.last, c.gap), (None, None));
+    }
+
+    #[test]
+    fn timelines_are_followed_at_their_switch_points() {
+        let history = parse_history("1\t0/5000100\tno recovery target specified\n").unwrap();
+        assert_eq!(timeline_of_segment(&history, 2, 4, SEG), 1);
+        assert_eq!(timeline_of_segment(&history, 2, 5, SEG), 2);
+        let f = files(&[
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000005.partial",
+            "000000010000000000000006", // the old primary went on: not on the path
+            "00000002.history",
+            "000000020000000000000005",
+            "000000020000000000000006",
+        ]);
+        assert_eq!(latest_timeline(&f, SEG), 2);
+        let c = coverage(&f, &history, 2, lsn("0/3000028"), SEG);
+        assert_eq!(c.last, Some((2, 6)));
+        assert_eq!(c.gap, None);
+
+        let b = |tli, start: &str, end: &str| BaseBackup {
+            name: "b".into(),
+            timeline: tli,
+            start_lsn: lsn(start),
+            end_lsn: lsn(end),
+            stop_time: Utc::now(),
+            segment_size: SEG,
+        };
+        assert!(on_path(&history, 2, &b(1, "0/3000028", "0/3000100")));
+        assert!(!on_path(&history, 2, &b(1, "0/6000028", "0/6000100")));
+        assert!(on_path(&history, 2, &b(2, "0/6000028", "0/6000100")));
+        assert!(!on_path(&history, 2, &b(3, "0/6000028", "0/6000100")));
+    }
+}
