@@ -122,6 +122,69 @@ pub fn coverage(
     }
 }
 
+/// What `pg_waldump` shows of a stretch of WAL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalScan {
+    /// The time of the last transaction commit or abort.
+    pub last_xact_time: Option<DateTime<Utc>>,
+    /// Its position.
+    pub last_xact_lsn: Option<Lsn>,
+    /// Restore points (`pg_create_restore_point`) with their positions.
+    pub restore_points: Vec<(String, Lsn)>,
+}
+
+/// Read `pg_waldump` output (run with `TZ=UTC`). The tool ends with an error at the end
+/// of the WAL it was given; the records before it are what counts.
+pub fn parse_waldump(out: &str) -> WalScan {
+    let mut scan = WalScan::default();
+    for line in out.lines() {
+        let Some((head, desc)) = line.split_once("desc: ") else {
+            continue;
+        };
+        let lsn = head
+            .split_once("lsn: ")
+            .and_then(|(_, r)| r.split(',').next())
+            .and_then(|l| l.trim().parse::<Lsn>().ok());
+        if let Some(rest) = desc
+            .strip_prefix("COMMIT ")
+            .or_else(|| desc.strip_prefix("ABORT "))
+        {
+            let ts = rest.split(';').next().unwrap_or("").trim();
+            let ts = ts.strip_suffix(" UTC").unwrap_or(ts);
+            if let Ok(t) = chrono::NaiveDateTime::parse_from_str(ts, "%Y-%m-%d %H:%M:%S%.f") {
+                scan.last_xact_time = Some(t.and_utc());
+                scan.last_xact_lsn = lsn;
+            }
+        } else if let Some(name) = desc.strip_prefix("RESTORE_POINT ")
+            && let Some(l) = lsn
+        {
+            scan.restore_points.push((name.trim_end().to_string(), l));
+        }
+    }
+    scan
+}
+
+/// Run `pg_waldump` over the segments `first..=last` in `dir`.
+pub async fn scan_wal(
+    pg_waldump: &std::path::Path,
+    dir: &std::path::Path,
+    first: &str,
+    last: &str,
+) -> crate::error::Result<WalScan> {
+    let out = tokio::process::Command::new(pg_waldump)
+        .arg("--path")
+        .arg(dir)
+        .arg(first)
+        .arg(last)
+        .env("TZ", "UTC")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| crate::error::Error::io(format!("cannot run {}", pg_waldump.display()), e))?;
+    Ok(parse_waldump(&String::from_utf8_lossy(&out.stdout)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +210,25 @@ mod tests {
 
     fn lsn(s: &str) -> Lsn {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn waldump_output_is_read() {
+        let out = "rmgr: Transaction len (rec/tot):    130/   130, tx:        732, lsn: 0/03034478, prev 0/03034438, desc: COMMIT 2026-12-02 06:17:44.793901 UTC; inval msgs: catcache 63\n\
+                   rmgr: XLOG        len (rec/tot):     98/    98, tx:        735, lsn: 0/03055B98, prev 0/03055B58, desc: RESTORE_POINT my point\n\
+                   rmgr: Transaction len (rec/tot):     34/    34, tx:        736, lsn: 0/03055D00, prev 0/03055C40, desc: ABORT 2026-12-02 06:17:45.000001 UTC\n\
+                   pg_waldump: error: error in WAL record at 0/3055D28: invalid record length\n";
+        let s = parse_waldump(out);
+        assert_eq!(
+            s.last_xact_time.map(|t| t.to_rfc3339()),
+            Some("2026-12-02T06:17:45.000001+00:00".into())
+        );
+        assert_eq!(s.last_xact_lsn, Some(lsn("0/3055D00")));
+        assert_eq!(
+            s.restore_points,
+            vec![("my point".to_string(), lsn("0/3055B98"))]
+        );
+        assert_eq!(parse_waldump(""), WalScan::default());
     }
 
     #[test]
