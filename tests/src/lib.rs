@@ -7,12 +7,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 pub mod cli;
+pub mod cluster;
 pub mod http;
 pub mod pg;
 pub mod proxy;
 pub mod services;
 
 pub use cli::{Cli, Output};
+pub use cluster::Cluster;
 pub use http::Recorder;
 pub use pg::{Pg, TestDb, assert_same};
 pub use services::{Azure, Gcs, S3, Smtp};
