@@ -33,6 +33,7 @@ pub fn give_to_postgres(path: &Path) {
 }
 
 /// One cluster: its data directory, socket directory and log live in `root`.
+#[derive(Debug)]
 pub struct Cluster {
     root: PathBuf,
     pub data: PathBuf,
