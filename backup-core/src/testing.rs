@@ -266,7 +266,10 @@ impl ObjectWriter for MemoryWriter {
     async fn write(&mut self, data: Bytes) -> Result<()> {
         self.storage.check_fault(Op::Write, &self.key)?;
         let mut state = self.storage.state();
-        let open = state.open.get_mut(&self.id).ok_or_else(|| self.gone(Op::Write))?;
+        let open = state
+            .open
+            .get_mut(&self.id)
+            .ok_or_else(|| self.gone(Op::Write))?;
         open.data.extend_from_slice(&data);
         Ok(())
     }
@@ -464,7 +467,11 @@ pub fn manifest(name: &str, database: &str, finished_at: DateTime<Utc>) -> Manif
 /// (4 bytes), then the manifest.
 pub async fn put_backup(storage: &dyn Storage, m: &Manifest) -> Result<()> {
     crate::storage::put_bytes(storage, &m.object, Bytes::from_static(b"data")).await?;
-    crate::storage::put_bytes(storage, &Manifest::key_for(&m.name), Bytes::from(m.to_json()?))
-        .await?;
+    crate::storage::put_bytes(
+        storage,
+        &Manifest::key_for(&m.name),
+        Bytes::from(m.to_json()?),
+    )
+    .await?;
     Ok(())
 }
