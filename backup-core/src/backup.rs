@@ -15,6 +15,12 @@
 //! checked first. The data object is committed first; the manifest is written only
 //! after every required target committed. Any failure aborts every write.
 //!
+//! [`run`] reads as its phases: check the options, preflight (tools, connection,
+//! versions), choose the targets (the name is free, there is room), stage (parallel
+//! dumps), export the snapshot, start pg_dump, stream it while counting, finish the
+//! dump, then the commit protocol of `backup/commit.rs` (data on every target, the
+//! manifest last, or a rollback), which does not care what produced the bytes.
+//!
 //! Cleanup after a failure or a signal (aborting uploads, deleting what was committed)
 //! has a total deadline, [`BackupOptions::cleanup_timeout`] (at most
 //! [`SIGNAL_CLEANUP`] after a signal): a store that stopped answering cannot hold the
@@ -40,11 +46,15 @@ use crate::storage::{ObjectMeta, ObjectWriter, Storage, put_bytes};
 use crate::transform::Transform;
 use crate::util::human_size;
 
+mod commit;
 mod directory;
+mod dump;
 mod fanout;
 mod process;
 
+use commit::*;
 use directory::*;
+use dump::*;
 use fanout::*;
 pub use process::{collect_stderr, terminate};
 
@@ -251,48 +261,123 @@ pub async fn preflight(pg: &PgConfig) -> Result<(Preflight, tokio_postgres::Clie
     Ok((Preflight { pg_dump, server }, client))
 }
 
-/// Run one backup of `pg` (its configured database) to `targets`.
+/// Run one backup of `pg` (its configured database) to `targets`. Each step is one
+/// phase below; a failure after the uploads started aborts them, and a failure after
+/// the data was committed removes it again (the commit protocol, `backup/commit.rs`).
 pub async fn run(
     pg: &PgConfig,
     targets: &[Target],
     mut opts: BackupOptions,
     cancel: CancellationToken,
 ) -> Result<BackupOutcome> {
+    check_options(&opts, targets)?;
+    let started = Instant::now();
+    let started_at = Utc::now();
+    info!("Starting backup: {}", opts.name);
+    let (pre, client) = preflight(pg).await?;
+    let plan = Plan::new(&opts, &pre);
+    let (targets, skipped) = choose_targets(targets, &plan, &opts.name, &cancel).await?;
+    let staging = plan.staging(&opts)?;
+    let snapshot = export_snapshot(&client).await?;
+    let mut dump = Dump::spawn(pg, &pre.pg_dump, &opts, &snapshot, staging)?;
+    let mut upload = Upload::start(
+        &targets,
+        &plan.data_key,
+        skipped,
+        opts.cleanup_timeout,
+        &cancel,
+    );
+    let dumped = match stream_and_count(&mut dump, &mut upload, &client, &mut opts, &cancel).await {
+        Ok(d) => d,
+        Err(e) => {
+            tokio::join!(dump.terminate(), upload.abort());
+            return Err(e);
+        }
+    };
+    end_snapshot(&client).await;
+    if let Err(e) = finish_dump(dump, &dumped).await {
+        upload.abort().await;
+        return Err(e);
+    }
+    let committed = upload.commit_data().await?;
+    let manifest = manifest(pg, &pre, &opts, &plan, started_at, dumped);
+    let stored = committed.write_manifest(&manifest).await?;
+    Ok(BackupOutcome {
+        manifest,
+        committed: stored.committed,
+        failed_optional: stored.failed_optional,
+        duration: started.elapsed(),
+    })
+}
+
+/// Phase: refuse options that cannot work, before anything is touched.
+fn check_options(opts: &BackupOptions, targets: &[Target]) -> Result<()> {
     crate::name::validate(&opts.name)?;
     if targets.is_empty() {
         return Err(Error::usage("no storage target configured"));
     }
-    let started = Instant::now();
-    let started_at = Utc::now();
-    info!("Starting backup: {}", opts.name);
-
     if opts.jobs == 0 {
         return Err(Error::usage("jobs must be at least 1"));
     }
-    let directory = opts.jobs > 1;
-    let (pre, client) = preflight(pg).await?;
-    let data_key = data_key(
-        &opts.name,
-        opts.compression,
-        directory,
-        opts.encryption == "age",
-    );
-    let manifest_key = Manifest::key_for(&opts.name);
+    Ok(())
+}
 
-    // Never overwrite: refuse a name that exists (manifest or data) on any target. An
-    // optional target that cannot be reached, or lacks space, is left out (and reported).
-    let required_space = ((pre.server.database_size as f64) * opts.space_ratio) as u64;
+/// What one run writes, decided before anything is written.
+#[derive(Debug)]
+struct Plan {
+    /// A parallel dump in directory format, carried as a tar archive.
+    directory: bool,
+    /// Key of the data object.
+    data_key: String,
+    /// Key of the manifest.
+    manifest_key: String,
+    /// Free space to ask of local targets and of the staging directory, if checked.
+    required_space: Option<u64>,
+}
+
+impl Plan {
+    fn new(opts: &BackupOptions, pre: &Preflight) -> Self {
+        let directory = opts.jobs > 1;
+        let required = ((pre.server.database_size as f64) * opts.space_ratio) as u64;
+        Self {
+            directory,
+            data_key: data_key(
+                &opts.name,
+                opts.compression,
+                directory,
+                opts.encryption == "age",
+            ),
+            manifest_key: Manifest::key_for(&opts.name),
+            required_space: opts.space_check.then_some(required),
+        }
+    }
+
+    /// Phase: a parallel dump is staged on local disk; check there is room for all of it.
+    fn staging(&self, opts: &BackupOptions) -> Result<Option<tempfile::TempDir>> {
+        if !self.directory {
+            return Ok(None);
+        }
+        let base = opts.staging_dir.clone().unwrap_or_else(std::env::temp_dir);
+        crate::util::staging_dir(&base, self.required_space, "staging of the parallel dump")
+            .map(Some)
+    }
+}
+
+/// Phase: never overwrite: refuse a name that exists (manifest or data) on any target.
+/// An optional target that cannot be reached, or lacks space, is left out and returned
+/// with the reason as the second value.
+async fn choose_targets(
+    targets: &[Target],
+    plan: &Plan,
+    name: &str,
+    cancel: &CancellationToken,
+) -> Result<(Vec<Target>, Vec<(String, String)>)> {
     let mut active: Vec<Target> = Vec::with_capacity(targets.len());
     let mut skipped: Vec<(String, String)> = Vec::new();
-    let names = [&manifest_key, &data_key];
+    let names = [&plan.manifest_key, &plan.data_key];
     for t in targets {
         let checked = tokio::select! {
-            r = precheck(
-                t,
-                &names,
-                &opts.name,
-                opts.space_check.then_some(required_space),
-            ) => r,
+            r = precheck(t, &names, name, plan.required_space) => r,
             _ = cancel.cancelled() => return Err(Error::Interrupted("a signal".into())),
         };
         match checked {
@@ -307,261 +392,7 @@ pub async fn run(
     if active.is_empty() {
         return Err(Error::other("no storage target is usable for this backup"));
     }
-    let targets = &active[..];
-
-    // A parallel dump is staged on local disk: check there is room for all of it.
-    let staging = if directory {
-        let base = opts.staging_dir.clone().unwrap_or_else(std::env::temp_dir);
-        Some(crate::util::staging_dir(
-            &base,
-            opts.space_check.then_some(required_space),
-            "staging of the parallel dump",
-        )?)
-    } else {
-        None
-    };
-
-    // A REPEATABLE READ snapshot shared with pg_dump: the counts describe exactly what is dumped.
-    // The counts run beside pg_dump: one backend, no parallel workers, so they take
-    // a core at most from the dump they describe (they finish long before it does).
-    client
-        .batch_execute(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
-             SET LOCAL max_parallel_workers_per_gather = 0",
-        )
-        .await
-        .map_err(|e| db_error("starting the snapshot transaction", &e))?;
-    let snapshot: String = client
-        .query_one("SELECT pg_export_snapshot()", &[])
-        .await
-        .map_err(|e| db_error("exporting the snapshot", &e))?
-        .get(0);
-
-    let mut cmd = pg.command(&pre.pg_dump.path, &pg.name);
-    cmd.arg(format!("--compress={}", opts.compression.pg_dump_level()))
-        .arg(format!("--snapshot={snapshot}"))
-        .arg("--no-password")
-        .args(&opts.extra_args)
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let dump_dir = staging.as_ref().map(|t| t.path().join("dump"));
-    if let Some(dir) = &dump_dir {
-        // English messages: the "finished item" lines tell which files are complete.
-        cmd.arg("--format=directory")
-            .arg(format!("--jobs={}", opts.jobs))
-            .arg("--verbose")
-            .arg("--file")
-            .arg(dir)
-            .env("LC_ALL", "C")
-            .stdout(std::process::Stdio::null());
-    } else {
-        cmd.arg("--format=custom")
-            .stdout(std::process::Stdio::piped());
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::Tool(format!("cannot start {}: {e}", pre.pg_dump.path.display())))?;
-    let (mut stderr_task, items) = if directory {
-        let (task, rx) = follow_verbose_stderr(&mut child);
-        (task, Some(rx))
-    } else {
-        (collect_stderr(&mut child), None)
-    };
-
-    let mut tasks: Vec<TargetTask> = targets
-        .iter()
-        .map(|t| {
-            let cleanup = Cleanup {
-                timeout: opts.cleanup_timeout,
-                signal: cancel.clone(),
-            };
-            spawn_target(t.storage.clone(), data_key.clone(), t.optional, cleanup)
-        })
-        .collect();
-
-    let counts_fut = async {
-        let counts = crate::stats::object_counts(&client).await?;
-        let tables = if opts.row_counts {
-            crate::stats::table_counts(&client).await?
-        } else {
-            Vec::new()
-        };
-        Ok::<_, Error>((counts, tables))
-    };
-
-    let sink = Sink {
-        transforms: &mut opts.transforms,
-        tasks: &mut tasks,
-        hasher: Sha256::new(),
-        size: 0,
-        progress: opts.progress.clone(),
-    };
-    let pump = async {
-        match (&dump_dir, items) {
-            (Some(dir), Some(items)) => {
-                pump_directory(&mut child, dir, items, &mut stderr_task, sink).await
-            }
-            _ => pump(&mut child, sink).await,
-        }
-    };
-    let result = tokio::select! {
-        r = async { tokio::try_join!(pump, counts_fut) } => r,
-        _ = cancel.cancelled() => Err(Error::Interrupted("a signal".into())),
-    };
-
-    let (hash_size, (counts, tables)) = match result {
-        Ok(v) => v,
-        Err(e) => {
-            tokio::join!(
-                terminate(&mut child),
-                abort_all(&mut tasks, cleanup_budget(opts.cleanup_timeout, &cancel))
-            );
-            return Err(e);
-        }
-    };
-    let _ = client.batch_execute("COMMIT").await;
-
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| Error::Tool(format!("waiting for pg_dump: {e}")))?;
-    let stderr = stderr_task.await.unwrap_or_default();
-    if !status.success() {
-        abort_all(&mut tasks, cleanup_budget(opts.cleanup_timeout, &cancel)).await;
-        return Err(Error::ChildFailed {
-            tool: "pg_dump".into(),
-            status: status.to_string(),
-            stderr,
-        });
-    }
-    let (sha256, size) = hash_size;
-    if size == 0 {
-        abort_all(&mut tasks, cleanup_budget(opts.cleanup_timeout, &cancel)).await;
-        return Err(Error::other(
-            "pg_dump produced no output; nothing was stored",
-        ));
-    }
-
-    // Commit the data objects.
-    let mut committed: Vec<(usize, ObjectMeta)> = Vec::new();
-    let mut failed_optional = skipped;
-    let mut failure: Option<Error> = None;
-    for t in tasks.iter_mut() {
-        if let Some(tx) = t.tx.take() {
-            let _ = tx.send(Msg::Commit).await;
-        }
-    }
-    for (i, t) in tasks.into_iter().enumerate() {
-        let res = t
-            .handle
-            .await
-            .map_err(|e| Error::other(format!("upload task failed: {e}")));
-        match res.and_then(|r| r) {
-            Ok(Some(meta)) => committed.push((i, meta)),
-            Ok(None) => {
-                let msg = "upload stopped before the end of the stream".to_string();
-                if t.optional {
-                    failed_optional.push((t.url.clone(), msg));
-                } else if failure.is_none() {
-                    failure = Some(Error::other(format!("{}: {msg}", t.url)));
-                }
-            }
-            Err(e) => {
-                if t.optional {
-                    warn!("Optional target {} failed: {e}", t.url);
-                    failed_optional.push((t.url.clone(), e.to_string()));
-                } else if failure.is_none() {
-                    failure = Some(e);
-                }
-            }
-        }
-    }
-    if failure.is_none() && cancel.is_cancelled() {
-        failure = Some(Error::Interrupted("a signal".into()));
-    }
-    if let Some(e) = failure {
-        let stores: Vec<_> = committed
-            .iter()
-            .map(|(i, _)| &targets[*i].storage)
-            .collect();
-        remove_all(&stores, &[&data_key], &opts, &cancel).await;
-        return Err(e);
-    }
-    if committed.is_empty() {
-        return Err(Error::other("no storage target committed the backup"));
-    }
-
-    let manifest = Manifest {
-        format_version: FORMAT_VERSION,
-        name: opts.name.clone(),
-        object: data_key.clone(),
-        database: pg.name.clone(),
-        server_version: pre.server.version.clone(),
-        pg_dump_version: pre.pg_dump.version.clone(),
-        format: if directory { "directory" } else { "custom" }.into(),
-        compression: opts.compression.name().into(),
-        compression_level: opts.compression.level(),
-        encryption: opts.encryption.clone(),
-        recipients: opts.recipients.clone(),
-        started_at,
-        finished_at: Utc::now(),
-        size_bytes: size,
-        sha256,
-        tool_version: crate::TOOL_VERSION.into(),
-        pinned: opts.pinned,
-        database_size_bytes: pre.server.database_size,
-        encoding: Some(pre.server.encoding.clone()),
-        lc_collate: Some(pre.server.lc_collate.clone()),
-        lc_ctype: Some(pre.server.lc_ctype.clone()),
-        tables,
-        counts,
-        host: Some(crate::util::hostname()),
-        kind: Some(opts.kind.clone()),
-    };
-    let json = Bytes::from(manifest.to_json()?);
-    let mut committed_urls = Vec::new();
-    let mut manifest_failure = None;
-    for (i, _) in &committed {
-        let t = &targets[*i];
-        let written = tokio::select! {
-            r = put_bytes(t.storage.as_ref(), &manifest_key, json.clone()) => r,
-            _ = cancel.cancelled() => Err(Error::Interrupted("a signal".into())),
-        };
-        match written {
-            Ok(_) => committed_urls.push(t.storage.url()),
-            Err(e @ Error::Interrupted(_)) => {
-                manifest_failure = Some(e);
-                break;
-            }
-            Err(e) if t.optional => {
-                warn!(
-                    "Optional target {} failed writing the manifest: {e}",
-                    t.storage.url()
-                );
-                remove_all(&[&t.storage], &[&data_key], &opts, &cancel).await;
-                failed_optional.push((t.storage.url(), e.to_string()));
-            }
-            Err(e) => {
-                manifest_failure = Some(e);
-                break;
-            }
-        }
-    }
-    if let Some(e) = manifest_failure {
-        let stores: Vec<_> = committed
-            .iter()
-            .map(|(i, _)| &targets[*i].storage)
-            .collect();
-        // The manifest first: without it, nothing is visible as a backup.
-        remove_all(&stores, &[&manifest_key, &data_key], &opts, &cancel).await;
-        return Err(e);
-    }
-    Ok(BackupOutcome {
-        manifest,
-        committed: committed_urls,
-        failed_optional,
-        duration: started.elapsed(),
-    })
+    Ok((active, skipped))
 }
 
 /// Checks on one target before anything is written: the name is free, and there is room.
@@ -592,6 +423,120 @@ async fn precheck(
     Ok(())
 }
 
+/// Phase: a REPEATABLE READ snapshot shared with pg_dump, so the counts describe exactly
+/// what is dumped. The counts run beside pg_dump: one backend, no parallel workers, so
+/// they take a core at most from the dump they describe (they finish long before it does).
+async fn export_snapshot(client: &tokio_postgres::Client) -> Result<String> {
+    client
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
+             SET LOCAL max_parallel_workers_per_gather = 0",
+        )
+        .await
+        .map_err(|e| db_error("starting the snapshot transaction", &e))?;
+    Ok(client
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(|e| db_error("exporting the snapshot", &e))?
+        .get(0))
+}
+
+/// Phase: the snapshot is no longer needed once pg_dump has read everything.
+async fn end_snapshot(client: &tokio_postgres::Client) {
+    let _ = client.batch_execute("COMMIT").await;
+}
+
+/// What the dump produced and what the snapshot held.
+#[derive(Debug)]
+struct Dumped {
+    sha256: String,
+    size: u64,
+    counts: crate::manifest::ObjectCounts,
+    tables: Vec<crate::manifest::TableCount>,
+}
+
+/// Phase: pg_dump's bytes go through the transforms to every upload while the object
+/// (and row) counts are read in the same snapshot. A signal stops both.
+async fn stream_and_count(
+    dump: &mut Dump,
+    upload: &mut Upload,
+    client: &tokio_postgres::Client,
+    opts: &mut BackupOptions,
+    cancel: &CancellationToken,
+) -> Result<Dumped> {
+    let row_counts = opts.row_counts;
+    let counts = async {
+        let counts = crate::stats::object_counts(client).await?;
+        let tables = if row_counts {
+            crate::stats::table_counts(client).await?
+        } else {
+            Vec::new()
+        };
+        Ok::<_, Error>((counts, tables))
+    };
+    let sink = upload.sink(&mut opts.transforms, opts.progress.clone());
+    let ((sha256, size), (counts, tables)) = tokio::select! {
+        r = async { tokio::try_join!(dump.stream(sink), counts) } => r?,
+        _ = cancel.cancelled() => return Err(Error::Interrupted("a signal".into())),
+    };
+    Ok(Dumped {
+        sha256,
+        size,
+        counts,
+        tables,
+    })
+}
+
+/// Phase: pg_dump must have exited cleanly and produced something.
+async fn finish_dump(dump: Dump, dumped: &Dumped) -> Result<()> {
+    dump.wait().await?;
+    if dumped.size == 0 {
+        return Err(Error::other(
+            "pg_dump produced no output; nothing was stored",
+        ));
+    }
+    Ok(())
+}
+
+/// Phase: the manifest of the backup that was just committed.
+fn manifest(
+    pg: &PgConfig,
+    pre: &Preflight,
+    opts: &BackupOptions,
+    plan: &Plan,
+    started_at: chrono::DateTime<Utc>,
+    dumped: Dumped,
+) -> Manifest {
+    let directory = plan.directory;
+    Manifest {
+        format_version: FORMAT_VERSION,
+        name: opts.name.clone(),
+        object: plan.data_key.clone(),
+        database: pg.name.clone(),
+        server_version: pre.server.version.clone(),
+        pg_dump_version: pre.pg_dump.version.clone(),
+        format: if directory { "directory" } else { "custom" }.into(),
+        compression: opts.compression.name().into(),
+        compression_level: opts.compression.level(),
+        encryption: opts.encryption.clone(),
+        recipients: opts.recipients.clone(),
+        started_at,
+        finished_at: Utc::now(),
+        size_bytes: dumped.size,
+        sha256: dumped.sha256,
+        tool_version: crate::TOOL_VERSION.into(),
+        pinned: opts.pinned,
+        database_size_bytes: pre.server.database_size,
+        encoding: Some(pre.server.encoding.clone()),
+        lc_collate: Some(pre.server.lc_collate.clone()),
+        lc_ctype: Some(pre.server.lc_ctype.clone()),
+        tables: dumped.tables,
+        counts: dumped.counts,
+        host: Some(crate::util::hostname()),
+        kind: Some(opts.kind.clone()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -606,5 +551,103 @@ mod tests {
         assert_eq!(data_key("b", g, true, false), "b.tar");
         assert_eq!(data_key("b", z, true, true), "b.tar.zst.age");
         assert_eq!(data_key("b", Compression::None, true, false), "b.tar");
+    }
+
+    use crate::testing::{MemoryStorage, Op};
+
+    fn target(store: &MemoryStorage, optional: bool) -> Target {
+        Target {
+            storage: Arc::new(store.clone()),
+            optional,
+        }
+    }
+
+    fn plan(required_space: Option<u64>) -> Plan {
+        Plan {
+            directory: false,
+            data_key: "b1.dump".into(),
+            manifest_key: "b1.manifest.json".into(),
+            required_space,
+        }
+    }
+
+    async fn choose(targets: &[Target], required_space: Option<u64>) -> Result<Vec<String>> {
+        let (active, skipped) = choose_targets(
+            targets,
+            &plan(required_space),
+            "b1",
+            &CancellationToken::new(),
+        )
+        .await?;
+        assert_eq!(active.len() + skipped.len(), targets.len());
+        Ok(active.iter().map(|t| t.storage.url()).collect())
+    }
+
+    #[test]
+    fn options_that_cannot_work_are_usage_errors() {
+        let store = MemoryStorage::new("a");
+        let mut opts = BackupOptions::new("b1");
+        assert_eq!(check_options(&opts, &[]).unwrap_err().exit_code(), 2);
+        opts.jobs = 0;
+        let err = check_options(&opts, &[target(&store, false)]).unwrap_err();
+        assert_eq!(err.to_string(), "jobs must be at least 1");
+        let opts = BackupOptions::new("../b1");
+        assert_eq!(
+            check_options(&opts, &[target(&store, false)])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_name_taken_on_any_target_is_refused_even_an_optional_one() {
+        for key in ["b1.dump", "b1.manifest.json"] {
+            let (a, b) = (MemoryStorage::new("a"), MemoryStorage::new("b"));
+            put_bytes(&b, key, Bytes::from_static(b"old"))
+                .await
+                .unwrap();
+            let err = choose(&[target(&a, false), target(&b, true)], None)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::AlreadyExists(_)), "{err}");
+            assert!(err.to_string().contains("memory://b"), "{err}");
+            assert_eq!(&b.object(key).unwrap()[..], b"old");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unusable_optional_target_is_left_out_and_a_required_one_fails() {
+        let (a, b) = (MemoryStorage::new("a"), MemoryStorage::new("b"));
+        b.fail(Op::Head, "");
+        let active = choose(&[target(&a, false), target(&b, true)], None)
+            .await
+            .unwrap();
+        assert_eq!(active, ["memory://a"]);
+        let err = choose(&[target(&a, false), target(&b, false)], None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("injected failure"), "{err}");
+        let err = choose(&[target(&b, true)], None).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no storage target is usable for this backup"
+        );
+    }
+
+    #[tokio::test]
+    async fn space_is_checked_only_when_asked_and_where_known() {
+        let (a, b) = (MemoryStorage::new("a"), MemoryStorage::new("b"));
+        a.set_available_space(Some(100));
+        // `b` cannot tell (an object store): never refused for space.
+        let both = [target(&a, false), target(&b, false)];
+        assert_eq!(choose(&both, Some(100)).await.unwrap().len(), 2);
+        assert_eq!(choose(&both, None).await.unwrap().len(), 2);
+        let err = choose(&both, Some(101)).await.unwrap_err();
+        assert!(matches!(err, Error::InsufficientSpace { .. }), "{err}");
+        let active = choose(&[target(&a, true), target(&b, false)], Some(101))
+            .await
+            .unwrap();
+        assert_eq!(active, ["memory://b"]);
     }
 }

@@ -29,6 +29,8 @@ pub mod secret;
 pub mod stats;
 pub mod storage;
 pub mod tar;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 pub mod tls;
 pub mod toc;
 pub mod transform;

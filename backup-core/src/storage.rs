@@ -76,8 +76,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Metadata of one object, `None` if it does not exist.
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
 
-    /// Every object whose key starts with `prefix` (not recursive into deeper
-    /// "directories" is not required: keys are flat names here).
+    /// Every object whose key starts with `prefix`. Keys are flat names, so there are no
+    /// "directories" to recurse into.
     async fn list(&self, prefix: &str) -> Result<BoxStream<'static, Result<ObjectMeta>>>;
 
     /// Delete an object. Deleting a missing object is not an error.

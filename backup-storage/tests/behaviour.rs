@@ -1,5 +1,6 @@
 //! One behaviour suite, run unchanged against every backend: local directory, S3 (moto),
-//! Azure (Azurite), GCS (gcp-storage-emulator) and WebDAV (wsgidav) through opendal.
+//! Azure (Azurite), GCS (gcp-storage-emulator) and WebDAV (wsgidav) through opendal, and
+//! backup-core's in-memory test storage (so unit tests that use it prove something).
 //! Cloud servers come from `cargo xtask test`.
 
 #![allow(clippy::unwrap_used)]
@@ -208,6 +209,13 @@ async fn local_directory() {
     // Nothing is left in the directory, hidden files included.
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn in_memory() {
+    let store = backup_core::testing::MemoryStorage::new("suite");
+    suite(Arc::new(store.clone()), true).await;
+    assert_eq!(store.keys(), Vec::<String>::new());
 }
 
 fn s3_opts() -> StorageOptions {

@@ -235,12 +235,7 @@ pub(super) async fn abort_all(tasks: &mut [TargetTask], budget: Duration) {
 }
 
 /// Delete `keys` (in order) from every store in `stores`, all within the cleanup deadline.
-pub(super) async fn remove_all(
-    stores: &[&Arc<dyn Storage>],
-    keys: &[&String],
-    opts: &BackupOptions,
-    cancel: &CancellationToken,
-) {
+pub(super) async fn remove_all(stores: &[&Arc<dyn Storage>], keys: &[&String], cleanup: &Cleanup) {
     let work = futures::future::join_all(stores.iter().map(|s| async move {
         for key in keys {
             if let Err(e) = s.delete(key).await {
@@ -248,11 +243,10 @@ pub(super) async fn remove_all(
             }
         }
     }));
-    let budget = cleanup_budget(opts.cleanup_timeout, cancel);
     let _ = within(
         "removing the objects of the failed backup",
         "without a manifest they are not a backup, and `prune` removes them",
-        budget,
+        cleanup.budget(),
         work,
     )
     .await;

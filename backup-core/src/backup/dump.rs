@@ -1,0 +1,99 @@
+//! The pg_dump child of one backup: its command line (custom format to a pipe, or
+//! directory format with N jobs into the staging directory), its output streamed into
+//! the upload's sink, and its exit status.
+
+use super::*;
+
+/// A running pg_dump.
+pub(super) struct Dump {
+    child: Child,
+    /// The last lines of its error output (or, for a parallel dump, what follows them).
+    stderr: JoinHandle<String>,
+    /// Parallel dumps: the directory pg_dump writes and the ids of the items it finished.
+    directory: Option<(std::path::PathBuf, mpsc::UnboundedReceiver<u32>)>,
+    /// Removed, with anything left in it, when the dump is dropped.
+    _staging: Option<tempfile::TempDir>,
+}
+
+impl Dump {
+    /// Start pg_dump on `snapshot` (exported by our own transaction). With a staging
+    /// directory it dumps there in directory format with `opts.jobs` workers.
+    pub(super) fn spawn(
+        pg: &PgConfig,
+        pg_dump: &Tool,
+        opts: &BackupOptions,
+        snapshot: &str,
+        staging: Option<tempfile::TempDir>,
+    ) -> Result<Self> {
+        let mut cmd = pg.command(&pg_dump.path, &pg.name);
+        cmd.arg(format!("--compress={}", opts.compression.pg_dump_level()))
+            .arg(format!("--snapshot={snapshot}"))
+            .arg("--no-password")
+            .args(&opts.extra_args)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let dump_dir = staging.as_ref().map(|t| t.path().join("dump"));
+        if let Some(dir) = &dump_dir {
+            // English messages: the "finished item" lines tell which files are complete.
+            cmd.arg("--format=directory")
+                .arg(format!("--jobs={}", opts.jobs))
+                .arg("--verbose")
+                .arg("--file")
+                .arg(dir)
+                .env("LC_ALL", "C")
+                .stdout(std::process::Stdio::null());
+        } else {
+            cmd.arg("--format=custom")
+                .stdout(std::process::Stdio::piped());
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::Tool(format!("cannot start {}: {e}", pg_dump.path.display())))?;
+        let (stderr, directory) = match dump_dir {
+            Some(dir) => {
+                let (task, items) = follow_verbose_stderr(&mut child);
+                (task, Some((dir, items)))
+            }
+            None => (collect_stderr(&mut child), None),
+        };
+        Ok(Self {
+            child,
+            stderr,
+            directory,
+            _staging: staging,
+        })
+    }
+
+    /// Send everything pg_dump writes into `sink`. Returns (sha256 hex, stored size).
+    pub(super) async fn stream(&mut self, sink: Sink<'_>) -> Result<(String, u64)> {
+        match self.directory.take() {
+            Some((dir, items)) => {
+                pump_directory(&mut self.child, &dir, items, &mut self.stderr, sink).await
+            }
+            None => pump(&mut self.child, sink).await,
+        }
+    }
+
+    /// Stop pg_dump (after a failure elsewhere).
+    pub(super) async fn terminate(&mut self) {
+        terminate(&mut self.child).await;
+    }
+
+    /// Wait for pg_dump to exit; a failure carries the last lines of its error output.
+    pub(super) async fn wait(mut self) -> Result<()> {
+        let status = self
+            .child
+            .wait()
+            .await
+            .map_err(|e| Error::Tool(format!("waiting for pg_dump: {e}")))?;
+        let stderr = (&mut self.stderr).await.unwrap_or_default();
+        if !status.success() {
+            return Err(Error::ChildFailed {
+                tool: "pg_dump".into(),
+                status: status.to_string(),
+                stderr,
+            });
+        }
+        Ok(())
+    }
+}
