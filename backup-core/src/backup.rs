@@ -50,12 +50,14 @@ mod commit;
 mod directory;
 mod dump;
 mod fanout;
+mod physical;
 mod process;
 
 use commit::*;
 use directory::*;
 use dump::*;
 use fanout::*;
+pub use physical::run_physical;
 pub use process::{collect_stderr, terminate};
 
 /// Size of each read from pg_dump's pipe.
@@ -534,6 +536,7 @@ fn manifest(
         counts: dumped.counts,
         host: Some(crate::util::hostname()),
         kind: Some(opts.kind.clone()),
+        physical: None,
     }
 }
 

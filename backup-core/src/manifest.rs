@@ -98,6 +98,25 @@ pub struct Manifest {
     /// `backup`, or `safety` for the copy taken before a restore replaced a database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// Physical backups: where their WAL starts and ends, and the cluster they belong to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<PhysicalInfo>,
+}
+
+/// What a physical backup records beside the common fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhysicalInfo {
+    /// Timeline the backup was taken on.
+    pub timeline: u32,
+    /// WAL position where the backup starts (recovery begins here).
+    pub start_lsn: crate::wal::Lsn,
+    /// WAL position where it is consistent (the earliest recovery target).
+    pub end_lsn: crate::wal::Lsn,
+    /// The cluster's system identifier (`pg_control_system()`): WAL of another cluster
+    /// never applies.
+    pub system_identifier: String,
+    /// The cluster's `wal_segment_size` in bytes.
+    pub wal_segment_size: u64,
 }
 
 impl Manifest {
