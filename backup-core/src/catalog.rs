@@ -46,10 +46,13 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// The newest backup of `database` (any kind but safety copies), if any.
+    /// The newest logical backup of `database` (not a safety copy), if any: what
+    /// `restore latest` and `verify latest` mean. Physical backups are chosen by
+    /// point-in-time restore itself.
     pub fn latest(&self, database: Option<&str>) -> Option<&BackupEntry> {
         self.backups.iter().find(|b| {
             b.manifest.kind.as_deref() != Some("safety")
+                && b.manifest.physical.is_none()
                 && database.is_none_or(|d| b.manifest.database == d)
         })
     }

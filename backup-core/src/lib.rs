@@ -21,6 +21,7 @@ pub mod name;
 pub mod notify;
 pub mod pg;
 pub mod pgpass;
+pub mod pitr;
 pub mod prune;
 pub mod recovery;
 pub mod restore;
