@@ -43,10 +43,12 @@ use crate::util::human_size;
 mod directory;
 mod fanout;
 mod process;
+mod settings;
 
 use directory::*;
 use fanout::*;
 pub use process::{collect_stderr, terminate};
+pub use settings::{BackupSettings, CompressionKind};
 
 /// Size of each read from pg_dump's pipe.
 const CHUNK: usize = 256 * 1024;
@@ -118,11 +120,14 @@ pub struct Target {
 /// Builds the transform chain of one backup (compression, then encryption).
 pub type TransformFactory = Box<dyn Fn() -> Result<Vec<Box<dyn Transform>>> + Send + Sync>;
 
-/// What to back up and how.
+/// What to back up and how: the configured [`BackupSettings`] and the parts only a
+/// run knows (name, transforms, progress).
 pub struct BackupOptions {
     /// Backup name (validated).
     pub name: String,
-    /// Compression.
+    /// What `[backup]` configures.
+    pub settings: BackupSettings,
+    /// Compression (from the settings, see [`BackupOptions::with_settings`]).
     pub compression: Compression,
     /// Transforms applied after pg_dump (zstd, age), in order.
     pub transforms: Vec<Box<dyn Transform>>,
@@ -130,24 +135,12 @@ pub struct BackupOptions {
     pub encryption: String,
     /// Public recipients recorded in the manifest.
     pub recipients: Vec<String>,
-    /// Check free space on local targets first.
-    pub space_check: bool,
-    /// Estimated stored size as a fraction of `pg_database_size` (for the space check).
-    pub space_ratio: f64,
-    /// Count rows of every table in the dump's snapshot.
-    pub row_counts: bool,
     /// Mark the backup pinned.
     pub pinned: bool,
-    /// Extra `pg_dump` arguments that are not secrets (e.g. `--exclude-table`).
-    pub extra_args: Vec<String>,
     /// Kind label: `backup` or `safety` (safety backups taken before a restore).
     pub kind: String,
     /// Told the stored bytes written so far.
     pub progress: Option<crate::util::Progress>,
-    /// Parallel pg_dump jobs; more than 1 dumps in directory format (see the module docs).
-    pub jobs: u32,
-    /// Where a parallel dump is staged (default: the system's temporary directory).
-    pub staging_dir: Option<std::path::PathBuf>,
     /// Total deadline of the cleanup after a failure (aborting uploads, deleting objects
     /// already committed); what is not done by then is left for `prune`.
     pub cleanup_timeout: Duration,
@@ -163,7 +156,7 @@ impl std::fmt::Debug for BackupOptions {
                 &self.transforms.iter().map(|t| t.name()).collect::<Vec<_>>(),
             )
             .field("encryption", &self.encryption)
-            .field("jobs", &self.jobs)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
@@ -173,21 +166,26 @@ impl BackupOptions {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
+            settings: BackupSettings::default(),
             compression: Compression::Gzip(6),
             transforms: Vec::new(),
             encryption: "none".into(),
             recipients: Vec::new(),
-            space_check: true,
-            space_ratio: 0.5,
-            row_counts: true,
             pinned: false,
-            extra_args: Vec::new(),
             kind: "backup".into(),
             progress: None,
-            jobs: 1,
-            staging_dir: None,
             cleanup_timeout: Duration::from_secs(15),
         }
+    }
+
+    /// Options for backup `name` with configured `settings` (a compression level out of
+    /// range is a configuration error).
+    pub fn with_settings(name: impl Into<String>, settings: BackupSettings) -> Result<Self> {
+        Ok(Self {
+            compression: settings.compression()?,
+            settings,
+            ..Self::new(name)
+        })
     }
 }
 
@@ -266,10 +264,10 @@ pub async fn run(
     let started_at = Utc::now();
     info!("Starting backup: {}", opts.name);
 
-    if opts.jobs == 0 {
+    if opts.settings.jobs == 0 {
         return Err(Error::usage("jobs must be at least 1"));
     }
-    let directory = opts.jobs > 1;
+    let directory = opts.settings.jobs > 1;
     let (pre, client) = preflight(pg).await?;
     let data_key = data_key(
         &opts.name,
@@ -281,7 +279,7 @@ pub async fn run(
 
     // Never overwrite: refuse a name that exists (manifest or data) on any target. An
     // optional target that cannot be reached, or lacks space, is left out (and reported).
-    let required_space = ((pre.server.database_size as f64) * opts.space_ratio) as u64;
+    let required_space = ((pre.server.database_size as f64) * opts.settings.space_ratio) as u64;
     let mut active: Vec<Target> = Vec::with_capacity(targets.len());
     let mut skipped: Vec<(String, String)> = Vec::new();
     let names = [&manifest_key, &data_key];
@@ -291,7 +289,7 @@ pub async fn run(
                 t,
                 &names,
                 &opts.name,
-                opts.space_check.then_some(required_space),
+                opts.settings.space_check.then_some(required_space),
             ) => r,
             _ = cancel.cancelled() => return Err(Error::Interrupted("a signal".into())),
         };
@@ -311,10 +309,14 @@ pub async fn run(
 
     // A parallel dump is staged on local disk: check there is room for all of it.
     let staging = if directory {
-        let base = opts.staging_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let base = opts
+            .settings
+            .staging_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
         Some(crate::util::staging_dir(
             &base,
-            opts.space_check.then_some(required_space),
+            opts.settings.space_check.then_some(required_space),
             "staging of the parallel dump",
         )?)
     } else {
@@ -341,14 +343,14 @@ pub async fn run(
     cmd.arg(format!("--compress={}", opts.compression.pg_dump_level()))
         .arg(format!("--snapshot={snapshot}"))
         .arg("--no-password")
-        .args(&opts.extra_args)
+        .args(&opts.settings.pg_dump_args)
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let dump_dir = staging.as_ref().map(|t| t.path().join("dump"));
     if let Some(dir) = &dump_dir {
         // English messages: the "finished item" lines tell which files are complete.
         cmd.arg("--format=directory")
-            .arg(format!("--jobs={}", opts.jobs))
+            .arg(format!("--jobs={}", opts.settings.jobs))
             .arg("--verbose")
             .arg("--file")
             .arg(dir)
@@ -381,7 +383,7 @@ pub async fn run(
 
     let counts_fut = async {
         let counts = crate::stats::object_counts(&client).await?;
-        let tables = if opts.row_counts {
+        let tables = if opts.settings.row_counts {
             crate::stats::table_counts(&client).await?
         } else {
             Vec::new()
