@@ -1,6 +1,5 @@
-//! Wiring: configuration, logging, runtime, signals, and the error-to-exit-code edge.
-
-use std::io::IsTerminal;
+//! The run of one command line: configuration, logging, runtime, signals, the audit
+//! trail, and the error-to-exit-code edge. What commands share is in [`Ctx`].
 
 use backup_core::Error;
 use tokio_util::sync::CancellationToken;
@@ -8,6 +7,8 @@ use tracing::error;
 
 use crate::cli::{Cli, Command, ConfigCommand};
 use crate::config::{self, Loaded};
+use crate::ctx::Ctx;
+use crate::output::emit;
 
 /// Features compiled into this binary (shown by `--version`).
 pub const FEATURES: &[&str] = &[
@@ -30,30 +31,6 @@ pub const FEATURES: &[&str] = &[
     #[cfg(feature = "metrics")]
     "metrics",
 ];
-
-/// Everything a command needs.
-pub struct Ctx {
-    pub loaded: Loaded,
-    pub cancel: CancellationToken,
-    /// Draw progress bars (text logs, not quiet; the bar itself checks for a terminal).
-    pub progress: bool,
-    /// Notifications, metrics and audit.
-    pub reporter: crate::events::Reporter,
-}
-
-impl Ctx {
-    pub fn config(&self) -> &config::Config {
-        &self.loaded.config
-    }
-
-    /// Time cleanup may take now (`storage.timeouts.cleanup_secs`, less after a signal).
-    pub fn cleanup_budget(&self) -> std::time::Duration {
-        backup_core::backup::cleanup_budget(
-            self.config().storage.options.timeouts.cleanup(),
-            &self.cancel,
-        )
-    }
-}
 
 /// Run the parsed command line; returns the exit status.
 pub fn run(cli: Cli) -> u8 {
@@ -127,12 +104,8 @@ pub fn run(cli: Cli) -> u8 {
     };
     let cancel = CancellationToken::new();
     let reporter = reporter.with_cancel(cancel.clone());
-    let ctx = Ctx {
-        progress: verbosity >= 0 && loaded.config.log.format == crate::cli::LogFormat::Text,
-        loaded,
-        cancel: cancel.clone(),
-        reporter,
-    };
+    let progress = verbosity >= 0 && loaded.config.log.format == crate::cli::LogFormat::Text;
+    let ctx = Ctx::new(loaded, cancel.clone(), progress, reporter);
     let result = rt.block_on(async move {
         tokio::spawn(watch_signals(cancel));
         let audit = audit_subject(&ctx, &cli.command);
@@ -170,11 +143,10 @@ pub fn run(cli: Cli) -> u8 {
     }
 }
 
-/// Notifiers from `[[notify]]` and the old variables, plus the metrics sink.
+/// Notifiers from `[[notify]]` (the old variables' included), plus the metrics sink.
 fn build_reporter(loaded: &Loaded) -> Result<crate::events::Reporter, Error> {
     let c = &loaded.config;
     let mut sinks = backup_notify::build_all(&c.notify)?;
-    sinks.extend(backup_notify::build_all(&loaded.legacy_notify)?);
     if let Some(m) = backup_notify::metrics::MetricsSink::from_config(&c.metrics)? {
         sinks.push(Box::new(m));
     }
@@ -241,8 +213,8 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
     ) {
         let c = ctx.config();
         backup_core::leftovers::clean_temp_dirs(&[
-            c.backup.staging_dir.as_deref(),
-            c.restore.temp_dir.as_deref(),
+            c.backup.settings.staging_dir.as_deref(),
+            c.restore.settings.temp_dir.as_deref(),
         ]);
     }
     match command {
@@ -267,11 +239,6 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::Unpin { name } => prune::pin(ctx, &name, false).await,
         Command::Completions { .. } | Command::Man { .. } | Command::Keygen { .. } => Ok(()),
     }
-}
-
-/// Whether standard input is a terminal (for the production confirmation prompt).
-pub fn interactive() -> bool {
-    std::io::stdin().is_terminal()
 }
 
 /// Write `kaizen-backup.1` and one page per subcommand into `dir`.
@@ -304,16 +271,8 @@ fn write_man(dir: &std::path::Path) -> u8 {
     0
 }
 
-/// Print a line on stdout; a closed pipe (`| head`) is not an error.
-pub fn emit(line: impl std::fmt::Display) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-}
-
 /// The audited action of a command and its subject (None for read-only commands).
 fn audit_subject(ctx: &Ctx, command: &Command) -> Option<(&'static str, String)> {
-    let _ = ctx;
     match command {
         Command::Backup(a) => Some(("backup", a.name.clone().unwrap_or_default())),
         Command::Restore(a) => Some((
@@ -321,9 +280,7 @@ fn audit_subject(ctx: &Ctx, command: &Command) -> Option<(&'static str, String)>
             format!(
                 "{} -> {}",
                 a.backup,
-                a.target_db
-                    .clone()
-                    .unwrap_or_else(|| ctx.config().database.name.clone())
+                a.target_db.as_deref().unwrap_or(ctx.database())
             ),
         )),
         Command::Verify { backup, quick, .. } => Some((

@@ -6,9 +6,9 @@ use backup_core::catalog::Resolved;
 use backup_core::codec::{self, DecryptKeys};
 use backup_core::manifest::Manifest;
 use backup_core::restore::Decoder;
-use backup_core::{Error, Result, Secret};
+use backup_core::{Error, Result};
 
-use crate::config::{Config, var_or_file};
+use crate::config::Config;
 
 /// Add the encoders to a backup's options.
 pub fn add_encoders(c: &Config, opts: &mut BackupOptions) -> Result<()> {
@@ -25,22 +25,12 @@ pub fn add_encoders(c: &Config, opts: &mut BackupOptions) -> Result<()> {
     Ok(())
 }
 
-/// The keys for decrypting: configuration first, then `KAIZEN_BACKUP_AGE_IDENTITY_FILE`
-/// and `KAIZEN_BACKUP_AGE_PASSPHRASE` (or `_FILE`).
+/// The keys for decrypting, from `[encryption]` (where `KAIZEN_BACKUP_AGE_IDENTITY_FILE`
+/// and `KAIZEN_BACKUP_AGE_PASSPHRASE` land too).
 pub fn keys(c: &Config) -> Result<DecryptKeys> {
-    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-    let identity_file = c.encryption.identity_file.clone().or_else(|| {
-        env.get("KAIZEN_BACKUP_AGE_IDENTITY_FILE")
-            .filter(|v| !v.is_empty())
-            .map(Into::into)
-    });
-    let passphrase = match &c.encryption.passphrase {
-        Some(p) => Some(p.clone()),
-        None => var_or_file(&env, "KAIZEN_BACKUP_AGE_PASSPHRASE")?.map(|(v, _)| Secret::new(v)),
-    };
     Ok(DecryptKeys {
-        identity_file,
-        passphrase,
+        identity_file: c.encryption.identity_file.clone(),
+        passphrase: c.encryption.passphrase.clone(),
     })
 }
 

@@ -16,8 +16,6 @@ use backup_core::{Event, EventKind, Notifier};
 
 use backup_core::backup::{BackupOutcome, Target};
 
-use crate::app::Ctx;
-
 /// Most a delivery may take once a signal arrived.
 pub const SIGNAL_NOTIFY: Duration = Duration::from_millis(1500);
 
@@ -86,42 +84,6 @@ impl Reporter {
     }
 }
 
-/// The newest good backup is older than allowed.
-pub async fn stale(ctx: &Ctx, message: &str) {
-    let mut ev = Event::new(EventKind::BackupStale, &ctx.config().database.name);
-    ev.error = Some(message.to_string());
-    ctx.reporter.send(&ev).await;
-}
-
-/// A backup committed.
-pub async fn backup_succeeded(ctx: &Ctx, outcome: &BackupOutcome) {
-    let m = &outcome.manifest;
-    let mut ev = Event::new(EventKind::BackupSucceeded, &m.database);
-    ev.backup = Some(m.name.clone());
-    ev.targets = outcome.committed.clone();
-    ev.size_bytes = Some(m.size_bytes);
-    ev.duration_seconds = Some(outcome.duration.as_secs_f64());
-    if !outcome.failed_optional.is_empty() {
-        ev.details = serde_json::json!({
-            "failed_optional_targets": outcome
-                .failed_optional
-                .iter()
-                .map(|(t, e)| serde_json::json!({ "target": t, "error": e }))
-                .collect::<Vec<_>>()
-        });
-    }
-    ctx.reporter.send(&ev).await;
-}
-
-/// A backup failed: nothing was committed.
-pub async fn backup_failed(ctx: &Ctx, name: &str, targets: &[Target], error: &backup_core::Error) {
-    let mut ev = Event::new(EventKind::BackupFailed, &ctx.config().database.name);
-    ev.backup = (!name.is_empty()).then(|| name.to_string());
-    ev.targets = targets.iter().map(|t| t.storage.url()).collect();
-    ev.error = Some(error.to_string());
-    ctx.reporter.send(&ev).await;
-}
-
 /// What a restore event is about: the backup, where it goes, and when it began.
 #[derive(Debug)]
 pub struct RestoreSubject {
@@ -144,33 +106,78 @@ impl RestoreSubject {
     }
 }
 
-/// A restore began.
-pub async fn restore_started(ctx: &Ctx, s: &RestoreSubject) {
-    ctx.reporter.send(&s.event(EventKind::RestoreStarted)).await;
-}
+/// The events the commands raise.
+impl Reporter {
+    /// The newest good backup of `database` is older than allowed.
+    pub async fn stale(&self, database: &str, message: &str) {
+        let mut ev = Event::new(EventKind::BackupStale, database);
+        ev.error = Some(message.to_string());
+        self.send(&ev).await;
+    }
 
-/// A restore ended: completed, refused (nothing changed) or failed.
-pub async fn restore_finished(
-    ctx: &Ctx,
-    s: &RestoreSubject,
-    result: &backup_core::Result<backup_core::restore::RestoreOutcome>,
-) {
-    let kind = match result {
-        Ok(_) => EventKind::RestoreCompleted,
-        Err(backup_core::Error::Refused(_)) => EventKind::RestoreRefused,
-        Err(_) => EventKind::RestoreFailed,
-    };
-    let mut ev = s.event(kind);
-    ev.duration_seconds = Some(s.started.elapsed().as_secs_f64());
-    match result {
-        Ok(outcome) => {
-            ev.size_bytes = Some(outcome.size_bytes);
+    /// A backup committed.
+    pub async fn backup_succeeded(&self, outcome: &BackupOutcome) {
+        let m = &outcome.manifest;
+        let mut ev = Event::new(EventKind::BackupSucceeded, &m.database);
+        ev.backup = Some(m.name.clone());
+        ev.targets = outcome.committed.clone();
+        ev.size_bytes = Some(m.size_bytes);
+        ev.duration_seconds = Some(outcome.duration.as_secs_f64());
+        if !outcome.failed_optional.is_empty() {
             ev.details = serde_json::json!({
-                "replaced": outcome.replaced,
-                "checksum_verified": outcome.checksum_verified,
+                "failed_optional_targets": outcome
+                    .failed_optional
+                    .iter()
+                    .map(|(t, e)| serde_json::json!({ "target": t, "error": e }))
+                    .collect::<Vec<_>>()
             });
         }
-        Err(e) => ev.error = Some(e.to_string()),
+        self.send(&ev).await;
     }
-    ctx.reporter.send(&ev).await;
+
+    /// A backup of `database` failed: nothing was committed.
+    pub async fn backup_failed(
+        &self,
+        database: &str,
+        name: &str,
+        targets: &[Target],
+        error: &backup_core::Error,
+    ) {
+        let mut ev = Event::new(EventKind::BackupFailed, database);
+        ev.backup = (!name.is_empty()).then(|| name.to_string());
+        ev.targets = targets.iter().map(|t| t.storage.url()).collect();
+        ev.error = Some(error.to_string());
+        self.send(&ev).await;
+    }
+
+    /// A restore began.
+    pub async fn restore_started(&self, s: &RestoreSubject) {
+        self.send(&s.event(EventKind::RestoreStarted)).await;
+    }
+
+    /// A restore ended: completed, refused (nothing changed) or failed.
+    pub async fn restore_finished(
+        &self,
+        s: &RestoreSubject,
+        result: &backup_core::Result<backup_core::restore::RestoreOutcome>,
+    ) {
+        let kind = match result {
+            Ok(_) => EventKind::RestoreCompleted,
+            Err(backup_core::Error::Refused(_)) => EventKind::RestoreRefused,
+            Err(_) => EventKind::RestoreFailed,
+        };
+        let mut ev = s.event(kind);
+        ev.duration_seconds = Some(s.started.elapsed().as_secs_f64());
+        match result {
+            Ok(outcome) => {
+                ev.size_bytes = Some(outcome.size_bytes);
+                ev.details = serde_json::json!({
+                    "replaced": outcome.replaced,
+                    "checksum_verified": outcome.checksum_verified,
+                });
+            }
+            Err(e) => ev.error = Some(e.to_string()),
+        }
+        self.send(&ev).await;
+    }
 }

@@ -1,5 +1,9 @@
 //! Log output: the old scripts' `[2024-01-15 14:30:00] [INFO] message` lines on stderr
 //! (and optionally appended to a file), or one JSON object per line.
+//!
+//! The audit trail (target `kaizen_backup::audit`) is in the JSON log, the audit file and
+//! the notifiers that ask for it; the text log is for a person and leaves it out (it
+//! would repeat every start and end), unless `-v` asks for everything.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -14,6 +18,9 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter}
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::cli::LogFormat;
+
+/// Where [`backup_core::audit::record`] logs.
+const AUDIT_TARGET: &str = "kaizen_backup::audit";
 
 /// The old scripts' line format.
 struct OldStyle;
@@ -32,7 +39,7 @@ where
         let meta = event.metadata();
         let level = match (*meta.level(), meta.target()) {
             (_, "kaizen_backup::success") => "SUCCESS",
-            (_, "kaizen_backup::audit") => "AUDIT",
+            (_, AUDIT_TARGET) => "AUDIT",
             (Level::ERROR, _) => "ERROR",
             (Level::WARN, _) => "WARNING",
             (Level::INFO, _) => "INFO",
@@ -99,6 +106,9 @@ pub fn init(format: LogFormat, verbosity: i8, file: Option<&Path>) -> Result<(),
     let mut directives = String::from("warn");
     for c in ours {
         directives.push_str(&format!(",{c}={level}"));
+    }
+    if format == LogFormat::Text && verbosity < 1 {
+        directives.push_str(&format!(",{AUDIT_TARGET}=off"));
     }
     let filter = EnvFilter::try_new(&directives).map_err(|e| e.to_string())?;
     let file = match file {

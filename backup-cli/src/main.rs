@@ -5,8 +5,10 @@ mod cli;
 mod codecs;
 mod commands;
 mod config;
+mod ctx;
 mod events;
 mod logging;
+mod output;
 mod progress;
 
 use std::process::ExitCode;

@@ -52,6 +52,7 @@ mod dump;
 mod fanout;
 mod physical;
 mod process;
+mod settings;
 
 use commit::*;
 use directory::*;
@@ -59,6 +60,7 @@ use dump::*;
 use fanout::*;
 pub use physical::run_physical;
 pub use process::{collect_stderr, terminate};
+pub use settings::{BackupSettings, CompressionKind};
 
 /// Size of each read from pg_dump's pipe.
 const CHUNK: usize = 256 * 1024;
@@ -130,11 +132,14 @@ pub struct Target {
 /// Builds the transform chain of one backup (compression, then encryption).
 pub type TransformFactory = Box<dyn Fn() -> Result<Vec<Box<dyn Transform>>> + Send + Sync>;
 
-/// What to back up and how.
+/// What to back up and how: the configured [`BackupSettings`] and the parts only a
+/// run knows (name, transforms, progress).
 pub struct BackupOptions {
     /// Backup name (validated).
     pub name: String,
-    /// Compression.
+    /// What `[backup]` configures.
+    pub settings: BackupSettings,
+    /// Compression (from the settings, see [`BackupOptions::with_settings`]).
     pub compression: Compression,
     /// Transforms applied after pg_dump (zstd, age), in order.
     pub transforms: Vec<Box<dyn Transform>>,
@@ -142,24 +147,12 @@ pub struct BackupOptions {
     pub encryption: String,
     /// Public recipients recorded in the manifest.
     pub recipients: Vec<String>,
-    /// Check free space on local targets first.
-    pub space_check: bool,
-    /// Estimated stored size as a fraction of `pg_database_size` (for the space check).
-    pub space_ratio: f64,
-    /// Count rows of every table in the dump's snapshot.
-    pub row_counts: bool,
     /// Mark the backup pinned.
     pub pinned: bool,
-    /// Extra `pg_dump` arguments that are not secrets (e.g. `--exclude-table`).
-    pub extra_args: Vec<String>,
     /// Kind label: `backup` or `safety` (safety backups taken before a restore).
     pub kind: String,
     /// Told the stored bytes written so far.
     pub progress: Option<crate::util::Progress>,
-    /// Parallel pg_dump jobs; more than 1 dumps in directory format (see the module docs).
-    pub jobs: u32,
-    /// Where a parallel dump is staged (default: the system's temporary directory).
-    pub staging_dir: Option<std::path::PathBuf>,
     /// Total deadline of the cleanup after a failure (aborting uploads, deleting objects
     /// already committed); what is not done by then is left for `prune`.
     pub cleanup_timeout: Duration,
@@ -175,7 +168,7 @@ impl std::fmt::Debug for BackupOptions {
                 &self.transforms.iter().map(|t| t.name()).collect::<Vec<_>>(),
             )
             .field("encryption", &self.encryption)
-            .field("jobs", &self.jobs)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
@@ -185,21 +178,26 @@ impl BackupOptions {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
+            settings: BackupSettings::default(),
             compression: Compression::Gzip(6),
             transforms: Vec::new(),
             encryption: "none".into(),
             recipients: Vec::new(),
-            space_check: true,
-            space_ratio: 0.5,
-            row_counts: true,
             pinned: false,
-            extra_args: Vec::new(),
             kind: "backup".into(),
             progress: None,
-            jobs: 1,
-            staging_dir: None,
             cleanup_timeout: Duration::from_secs(15),
         }
+    }
+
+    /// Options for backup `name` with configured `settings` (a compression level out of
+    /// range is a configuration error).
+    pub fn with_settings(name: impl Into<String>, settings: BackupSettings) -> Result<Self> {
+        Ok(Self {
+            compression: settings.compression()?,
+            settings,
+            ..Self::new(name)
+        })
     }
 }
 
@@ -318,7 +316,7 @@ fn check_options(opts: &BackupOptions, targets: &[Target]) -> Result<()> {
     if targets.is_empty() {
         return Err(Error::usage("no storage target configured"));
     }
-    if opts.jobs == 0 {
+    if opts.settings.jobs == 0 {
         return Err(Error::usage("jobs must be at least 1"));
     }
     Ok(())
@@ -339,8 +337,8 @@ struct Plan {
 
 impl Plan {
     fn new(opts: &BackupOptions, pre: &Preflight) -> Self {
-        let directory = opts.jobs > 1;
-        let required = ((pre.server.database_size as f64) * opts.space_ratio) as u64;
+        let directory = opts.settings.jobs > 1;
+        let required = ((pre.server.database_size as f64) * opts.settings.space_ratio) as u64;
         Self {
             directory,
             data_key: data_key(
@@ -350,7 +348,7 @@ impl Plan {
                 opts.encryption == "age",
             ),
             manifest_key: Manifest::key_for(&opts.name),
-            required_space: opts.space_check.then_some(required),
+            required_space: opts.settings.space_check.then_some(required),
         }
     }
 
@@ -359,7 +357,11 @@ impl Plan {
         if !self.directory {
             return Ok(None);
         }
-        let base = opts.staging_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let base = opts
+            .settings
+            .staging_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
         crate::util::staging_dir(&base, self.required_space, "staging of the parallel dump")
             .map(Some)
     }
@@ -466,7 +468,7 @@ async fn stream_and_count(
     opts: &mut BackupOptions,
     cancel: &CancellationToken,
 ) -> Result<Dumped> {
-    let row_counts = opts.row_counts;
+    let row_counts = opts.settings.row_counts;
     let counts = async {
         let counts = crate::stats::object_counts(client).await?;
         let tables = if row_counts {
@@ -591,7 +593,7 @@ mod tests {
         let store = MemoryStorage::new("a");
         let mut opts = BackupOptions::new("b1");
         assert_eq!(check_options(&opts, &[]).unwrap_err().exit_code(), 2);
-        opts.jobs = 0;
+        opts.settings.jobs = 0;
         let err = check_options(&opts, &[target(&store, false)]).unwrap_err();
         assert_eq!(err.to_string(), "jobs must be at least 1");
         let opts = BackupOptions::new("../b1");

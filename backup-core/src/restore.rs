@@ -8,7 +8,6 @@
 //! exactly as before; a run killed at any step leaves the target usable, and what it
 //! left is dropped by the next run (see [`crate::claim`]).
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,30 +27,25 @@ use crate::pg::{PgConfig, Tool, check_tool_version, find_tool};
 use crate::storage::ByteStream;
 
 mod database;
+mod settings;
 
 use database::swap_in;
 pub use database::{
     check_target, create_database, database_exists, drop_database, inspect_target, temp_db_name,
 };
+pub use settings::RestoreSettings;
 
 /// Turns the stored byte stream into the plain archive (decrypt, decompress).
 pub type Decoder = Box<dyn FnOnce(ByteStream) -> Result<ByteStream> + Send>;
 
-/// How to restore.
+/// How to restore: the configured [`RestoreSettings`] and the parts only a run knows.
 pub struct RestoreOptions {
     /// Database to create or replace.
     pub target_db: String,
-    /// Parallel pg_restore jobs (custom format: > 1 downloads to a local file first;
-    /// directory format: always unpacked to a local directory).
-    pub jobs: u32,
-    /// `pg_restore --no-owner`: objects owned by the restoring role.
-    pub no_owner: bool,
-    /// `pg_restore --role`.
-    pub role: Option<String>,
+    /// What `[restore]` configures (jobs, owner, role, temporary directory).
+    pub settings: RestoreSettings,
     /// Decoding of the stored stream, if it is compressed or encrypted by us.
     pub decoder: Option<Decoder>,
-    /// Directory for the temporary download of parallel restores.
-    pub temp_dir: Option<PathBuf>,
     /// Whether an existing target may be replaced.
     pub allow_replace: bool,
     /// Told the stored bytes read so far.
@@ -62,9 +56,7 @@ impl std::fmt::Debug for RestoreOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RestoreOptions")
             .field("target_db", &self.target_db)
-            .field("jobs", &self.jobs)
-            .field("no_owner", &self.no_owner)
-            .field("role", &self.role)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
@@ -74,11 +66,8 @@ impl RestoreOptions {
     pub fn new(target_db: impl Into<String>) -> Self {
         Self {
             target_db: target_db.into(),
-            jobs: 1,
-            no_owner: false,
-            role: None,
+            settings: RestoreSettings::default(),
             decoder: None,
-            temp_dir: None,
             allow_replace: false,
             progress: None,
         }
@@ -157,23 +146,27 @@ pub async fn load(
     cmd.arg(format!("--dbname={dbname}"))
         .arg("--exit-on-error")
         .arg("--no-password");
-    if opts.no_owner {
+    if opts.settings.no_owner {
         cmd.arg("--no-owner");
     }
-    if let Some(role) = &opts.role {
+    if let Some(role) = &opts.settings.role {
         cmd.arg(format!("--role={role}"));
     }
     if resolved.is_directory() {
         return load_directory(cmd, plain, resolved, &hash, opts, cancel).await;
     }
-    if opts.jobs <= 1 {
+    if opts.settings.jobs <= 1 {
         cmd.arg("--format=custom")
             .stdin(std::process::Stdio::piped());
         return run_pg_restore(cmd, Some(plain), resolved, &hash, cancel, None).await;
     }
     // Parallel restore needs a seekable file: download (and decode) it first. The
     // file is removed when `tmp` is dropped, whatever happens.
-    let dir = opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = opts
+        .settings
+        .temp_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::Builder::new()
         .prefix(&crate::util::owned_prefix(crate::leftovers::RESTORE_PREFIX))
         .tempfile_in(&dir)
@@ -200,7 +193,7 @@ pub async fn load(
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     check_checksum(resolved, &hash)?;
     crate::util::pause_point("restore-downloaded").await;
-    cmd.arg(format!("--jobs={}", opts.jobs))
+    cmd.arg(format!("--jobs={}", opts.settings.jobs))
         .arg(&path)
         .stdin(std::process::Stdio::null());
     run_pg_restore(cmd, None, resolved, &hash, cancel, Some(tmp)).await
@@ -216,7 +209,11 @@ async fn load_directory(
     opts: &RestoreOptions,
     cancel: &CancellationToken,
 ) -> Result<LoadStats> {
-    let base = opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let base = opts
+        .settings
+        .temp_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
     // Unpacked size: the stored size when pg_dump compressed the files itself; with
     // zstd/none on the stream, the dump is uncompressed, bounded by the database size.
     let required = resolved.manifest.as_ref().map(|m| {
@@ -258,7 +255,7 @@ async fn load_directory(
         }
     }
     cmd.arg("--format=directory")
-        .arg(format!("--jobs={}", opts.jobs.max(1)))
+        .arg(format!("--jobs={}", opts.settings.jobs.max(1)))
         .arg(&dir)
         .stdin(std::process::Stdio::null());
     let result = run_pg_restore(cmd, None, resolved, hash, cancel, None).await;

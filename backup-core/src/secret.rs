@@ -20,6 +20,12 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+    /// Read a secret from a file (Docker/Kubernetes secrets; a trailing newline is
+    /// dropped). The one way a secret is read from a file: `{ file = "..." }` in
+    /// configuration and the `*_FILE` variables both come here.
+    pub fn from_file(path: &std::path::Path) -> std::io::Result<Self> {
+        std::fs::read_to_string(path).map(|t| Self(t.trim_end_matches(['\n', '\r']).to_string()))
+    }
 }
 
 impl std::fmt::Debug for Secret {
@@ -52,14 +58,9 @@ impl<'de> Deserialize<'de> for Secret {
         }
         match Raw::deserialize(d)? {
             Raw::Value(v) => Ok(Secret(v)),
-            Raw::File { file } => std::fs::read_to_string(&file)
-                .map(|t| Secret(t.trim_end_matches(['\n', '\r']).to_string()))
-                .map_err(|e| {
-                    serde::de::Error::custom(format!(
-                        "cannot read secret file {}: {e}",
-                        file.display()
-                    ))
-                }),
+            Raw::File { file } => Secret::from_file(&file).map_err(|e| {
+                serde::de::Error::custom(format!("cannot read secret file {}: {e}", file.display()))
+            }),
         }
     }
 }

@@ -41,8 +41,8 @@
 //! job = "kaizen_backup"
 //! ```
 //!
-//! Use: [`build_all`] the `[[notify]]` list (plus [`legacy_from_env`] for `SLACK_WEBHOOK_URL`
-//! and `BACKUP_EMAIL_RECIPIENT`), add [`metrics::MetricsSink::from_config`] (itself a
+//! Use: [`build_all`] the `[[notify]]` list (the CLI maps the old scripts' variables,
+//! `SLACK_WEBHOOK_URL`, `BACKUP_EMAIL_RECIPIENT`, `SMTP_*`, into that list), add [`metrics::MetricsSink::from_config`] (itself a
 //! [`Notifier`]), and hand every event to [`backup_core::notify::notify_all`]. Delivery
 //! retries 5xx, 429, timeouts and connection errors (not other 4xx, nor SMTP 5xx answers);
 //! errors name the notifier and the server (scheme and host only: webhook URLs, header
@@ -336,79 +336,6 @@ pub fn build_all(cfgs: &[NotifierConfig]) -> Result<Vec<Box<dyn Notifier>>> {
     cfgs.iter().map(build).collect()
 }
 
-/// The old scripts' variables as notifier configurations: `SLACK_WEBHOOK_URL`, and
-/// `BACKUP_EMAIL_RECIPIENT` (comma or space separated) with `SMTP_HOST`, `SMTP_PORT`,
-/// `SMTP_USER`, `SMTP_PASSWORD` (or `SMTP_PASSWORD_FILE`), `SMTP_FROM`, `SMTP_TLS`.
-pub fn legacy_from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Vec<NotifierConfig>> {
-    let mut out = Vec::new();
-    if let Some(url) = lookup("SLACK_WEBHOOK_URL").filter(|u| !u.trim().is_empty()) {
-        out.push(NotifierConfig::Slack {
-            webhook_url: Secret::new(url.trim()),
-            common: Common::default(),
-        });
-    }
-    if let Some(rcpt) = lookup("BACKUP_EMAIL_RECIPIENT").filter(|r| !r.trim().is_empty()) {
-        let recipients: Vec<String> = rcpt
-            .split(|c: char| c == ',' || c.is_whitespace())
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect();
-        let password = match (lookup("SMTP_PASSWORD"), lookup("SMTP_PASSWORD_FILE")) {
-            (Some(_), Some(_)) => {
-                return Err(Error::Config {
-                    key: "SMTP_PASSWORD".into(),
-                    message: "both SMTP_PASSWORD and SMTP_PASSWORD_FILE are set; set only one"
-                        .into(),
-                });
-            }
-            (Some(p), None) => Some(Secret::new(p)),
-            (None, Some(path)) => Some(Secret::new(
-                std::fs::read_to_string(&path)
-                    .map_err(|e| Error::Config {
-                        key: "SMTP_PASSWORD_FILE".into(),
-                        message: format!("cannot read {path}: {e}"),
-                    })?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-            )),
-            (None, None) => None,
-        };
-        let tls = match lookup("SMTP_TLS")
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            None | Some("") | Some("starttls") => SmtpTls::Starttls,
-            Some("tls") | Some("ssl") => SmtpTls::Tls,
-            Some("none") | Some("off") | Some("false") => SmtpTls::None,
-            Some(other) => {
-                return Err(Error::Config {
-                    key: "SMTP_TLS".into(),
-                    message: format!("unknown mode {other:?} (starttls, tls or none)"),
-                });
-            }
-        };
-        let port = match lookup("SMTP_PORT") {
-            Some(p) => Some(p.trim().parse::<u16>().map_err(|_| Error::Config {
-                key: "SMTP_PORT".into(),
-                message: format!("not a port number: {p:?}"),
-            })?),
-            None => None,
-        };
-        out.push(NotifierConfig::Email {
-            recipients,
-            smtp_host: lookup("SMTP_HOST").unwrap_or_else(|| "localhost".into()),
-            smtp_port: port,
-            smtp_user: lookup("SMTP_USER"),
-            smtp_password: password,
-            from: lookup("SMTP_FROM"),
-            tls,
-            common: Common::default(),
-        });
-    }
-    Ok(out)
-}
-
 /// A short text for the body of email and Slack messages.
 pub fn describe(event: &backup_core::Event) -> Vec<(String, String)> {
     let mut f = vec![("Database".to_string(), event.database.clone())];
@@ -478,33 +405,5 @@ mod tests {
             "slack support is not compiled in (feature `slack`)"
         );
         assert_eq!(err.exit_code(), 2);
-    }
-
-    #[test]
-    fn legacy_variables() {
-        let env = |k: &str| match k {
-            "SLACK_WEBHOOK_URL" => Some("https://hooks.slack.com/services/A/B/C".to_string()),
-            "BACKUP_EMAIL_RECIPIENT" => Some("a@example.com, b@example.com".to_string()),
-            "SMTP_PORT" => Some("2525".to_string()),
-            "SMTP_TLS" => Some("none".to_string()),
-            _ => None,
-        };
-        let cfgs = legacy_from_env(env).unwrap();
-        assert_eq!(cfgs.len(), 2);
-        match &cfgs[1] {
-            NotifierConfig::Email {
-                recipients,
-                smtp_port,
-                tls,
-                ..
-            } => {
-                assert_eq!(recipients, &["a@example.com", "b@example.com"]);
-                assert_eq!(*smtp_port, Some(2525));
-                assert_eq!(*tls, SmtpTls::None);
-            }
-            other => panic!("{other:?}"),
-        }
-        // Debug output of the configuration never shows the webhook URL.
-        assert!(!format!("{cfgs:?}").contains("hooks.slack.com"));
     }
 }

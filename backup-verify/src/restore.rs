@@ -104,9 +104,9 @@ impl TestRestore<'_> {
         };
         let mut opts = RestoreOptions::new(db);
         // A role that is not superuser cannot give objects to their original owners.
-        opts.no_owner = !superuser;
-        opts.jobs = self.jobs.max(1);
-        opts.temp_dir = self.temp_dir.clone();
+        opts.settings.no_owner = !superuser;
+        opts.settings.jobs = self.jobs.max(1);
+        opts.settings.temp_dir = self.temp_dir.clone();
         if let Some(f) = self.decoder {
             opts.decoder = Some(f()?);
         }

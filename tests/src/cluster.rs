@@ -157,7 +157,16 @@ impl Cluster {
         let out = Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.root)
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-c", sql])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
             .output()
             .unwrap();
         if out.status.success() {
@@ -179,7 +188,11 @@ impl Cluster {
             self.try_psql("postgres", "select pg_is_in_recovery()")
                 .is_ok_and(|s| s == "f")
         });
-        assert!(promoted, "the restored server was not promoted in time; log:\n{}", self.log());
+        assert!(
+            promoted,
+            "the restored server was not promoted in time; log:\n{}",
+            self.log()
+        );
     }
 }
 

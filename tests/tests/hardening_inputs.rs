@@ -1,7 +1,8 @@
 //! Issue 13, inputs: misspelled configuration, storage URLs that used to panic, backup
 //! names that cannot be restored by name, a wrong age key taken for corruption, a
-//! production setting overridden by the environment, `config show` sources, an
-//! over-long target name, and restore events.
+//! production setting overridden by the environment, `config show` sources (every
+//! legacy secret variable redacted, with its name), the audit trail kept out of the text
+//! log, an over-long target name, and restore events.
 
 #![allow(clippy::unwrap_used)]
 
@@ -314,6 +315,82 @@ fn config_show_says_default_and_shows_the_legacy_slack_notifier() {
     let json = cli.run(&["config", "show", "--json"]).json();
     assert_eq!(json["notify.0"]["value"]["type"], "slack");
     assert_eq!(json["database.host"]["source"], "default");
+}
+
+/// A secret variable, its value, the key `config show` lists it under, and the other
+/// variables it needs.
+type SecretCase<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+#[test]
+fn config_show_lists_every_legacy_secret_and_its_file_form_redacted_with_its_variable() {
+    let cli = Cli::new();
+    let secret = "Sup3rSecretValue";
+    let file = cli.path().join("secret");
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    let file = file.to_str().unwrap();
+    let email = [("BACKUP_EMAIL_RECIPIENT", "ops@example.com")];
+    let cases: &[SecretCase] = &[
+        ("POSTGRES_PASSWORD", secret, "database.password", &[]),
+        ("POSTGRES_PASSWORD_FILE", file, "database.password", &[]),
+        ("PGPASSWORD", secret, "database.password", &[]),
+        ("PGPASSWORD_FILE", file, "database.password", &[]),
+        ("SLACK_WEBHOOK_URL", secret, "notify.0", &[]),
+        ("SLACK_WEBHOOK_URL_FILE", file, "notify.0", &[]),
+        ("SMTP_PASSWORD", secret, "notify.0", &email),
+        ("SMTP_PASSWORD_FILE", file, "notify.0", &email),
+        (
+            "KAIZEN_BACKUP_AGE_PASSPHRASE",
+            secret,
+            "encryption.passphrase",
+            &[],
+        ),
+        (
+            "KAIZEN_BACKUP_AGE_PASSPHRASE_FILE",
+            file,
+            "encryption.passphrase",
+            &[],
+        ),
+    ];
+    for (var, value, key, others) in cases {
+        let mut envs = vec![(*var, *value)];
+        envs.extend_from_slice(others);
+        let out = cli.run_with(&envs, &["config", "show", "--json"]);
+        out.assert_code(0);
+        assert!(!out.all().contains(secret), "{var}: {}", out.all());
+        let row = &out.json()[*key];
+        assert!(row["value"].to_string().contains("***"), "{var}: {row}");
+        let source = row["source"].as_str().unwrap_or_default();
+        assert!(
+            source.starts_with("environment (") && source.contains(var),
+            "{var}: {row}"
+        );
+    }
+}
+
+#[test]
+fn the_text_log_leaves_the_audit_trail_to_the_audit_file() {
+    let cli = Cli::new().env("KAIZEN_BACKUP_AUDIT__FILE", "audit.jsonl");
+    let out = cli.run(&["config", "check"]);
+    out.assert_code(0);
+    assert!(!out.stderr.contains("[AUDIT]"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("[SUCCESS] Configuration is valid"),
+        "{}",
+        out.stderr
+    );
+    let trail = std::fs::read_to_string(cli.path().join("audit.jsonl")).unwrap();
+    let outcomes: Vec<String> = trail
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["outcome"].to_string())
+        .collect();
+    assert_eq!(outcomes, ["\"started\"", "\"succeeded\""]);
+    // The JSON log keeps it.
+    let json = cli.run(&["--log-format", "json", "config", "check"]);
+    assert!(
+        json.stderr.contains("kaizen_backup::audit"),
+        "{}",
+        json.stderr
+    );
 }
 
 fn kinds(hook: &Recorder) -> Vec<String> {

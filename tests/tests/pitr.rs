@@ -90,7 +90,11 @@ impl Site {
                 )
                 .is_ok_and(|last| last.as_str() >= seg.as_str())
         });
-        assert!(done, "segment {seg} was not archived; log:\n{}", self.cluster.log());
+        assert!(
+            done,
+            "segment {seg} was not archived; log:\n{}",
+            self.cluster.log()
+        );
     }
 
     /// A new (missing) data directory inside the postgres-owned root.
@@ -103,7 +107,10 @@ impl Site {
         let mut c = Cluster::adopt(pgdata, self.root.path());
         c.start();
         c.wait_promoted();
-        let got = c.psql("postgres", "select coalesce(string_agg(i::text, ',' order by i), '') from marker");
+        let got = c.psql(
+            "postgres",
+            "select coalesce(string_agg(i::text, ',' order by i), '') from marker",
+        );
         let got = got
             .split(',')
             .filter(|s| !s.is_empty())
@@ -135,7 +142,10 @@ fn restore_to_a_time_an_lsn_and_a_restore_point_is_exact() {
     site.run(&["backup", "--physical", "base1"]).assert_code(0);
     let listed = site.run(&["list", "--json"]).assert_code(0).json();
     let text = listed.to_string();
-    assert!(text.contains("base1") && text.contains("physical"), "{text}");
+    assert!(
+        text.contains("base1") && text.contains("physical"),
+        "{text}"
+    );
 
     let mut times = vec![String::new()];
     for i in 1..=30 {
@@ -169,7 +179,11 @@ fn restore_to_a_time_an_lsn_and_a_restore_point_is_exact() {
         args.extend(target.iter().copied());
         let out = site.run(&args);
         out.assert_code(0);
-        assert!(out.all().contains("pg_ctl"), "restore says how to start it: {}", out.all());
+        assert!(
+            out.all().contains("pg_ctl"),
+            "restore says how to start it: {}",
+            out.all()
+        );
         assert!(pgdata.join("recovery.signal").is_file());
         assert!(!pgdata.join("recovery.conf").exists());
         let (_c, got) = site.start_restored(&pgdata);
@@ -209,7 +223,10 @@ fn targets_outside_the_window_and_bad_directories_are_refused_with_nothing_writt
     let out = site.run(&["restore", "--pgdata", &pgdata_s]);
     out.assert_code(1);
     assert!(out.all().contains("not empty"), "{}", out.all());
-    assert_eq!(std::fs::read_to_string(pgdata.join("keep.txt")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(pgdata.join("keep.txt")).unwrap(),
+        "mine"
+    );
     assert_eq!(std::fs::read_dir(&pgdata).unwrap().count(), 1);
 }
 
@@ -248,13 +265,23 @@ fn a_missing_segment_is_found_before_starting_and_a_corrupt_one_is_named() {
     // Remove it: a restore past it is refused before anything is written, naming it.
     std::fs::remove_file(&path).unwrap();
     let pgdata = site.new_pgdata("gap");
-    let out = site.run(&["restore", "--pgdata", pgdata.to_str().unwrap(), "--to-lsn", &lsn]);
+    let out = site.run(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--to-lsn",
+        &lsn,
+    ]);
     out.assert_code(1);
     assert!(out.all().contains(name), "{}", out.all());
     assert!(!pgdata.exists());
 
     // An unknown file is "not found" for PostgreSQL: exit 1, nothing written.
-    let out = site.run(&["wal-fetch", "0000000100000000000000FE", dest.to_str().unwrap()]);
+    let out = site.run(&[
+        "wal-fetch",
+        "0000000100000000000000FE",
+        dest.to_str().unwrap(),
+    ]);
     out.assert_code(1);
     assert!(!dest.exists());
 }
@@ -267,27 +294,37 @@ fn wal_push_is_idempotent_and_never_overwrites() {
     let name = "000000010000000000000077";
     let file = dir.join(name);
     std::fs::write(&file, vec![7u8; 16 * 1024 * 1024]).unwrap();
-    site.run(&["wal-push", file.to_str().unwrap()]).assert_code(0);
-    site.run(&["wal-push", file.to_str().unwrap()]).assert_code(0);
-    let stored: Vec<String> = archived(&site).into_iter().filter(|n| n.starts_with(name)).collect();
+    site.run(&["wal-push", file.to_str().unwrap()])
+        .assert_code(0);
+    site.run(&["wal-push", file.to_str().unwrap()])
+        .assert_code(0);
+    let stored: Vec<String> = archived(&site)
+        .into_iter()
+        .filter(|n| n.starts_with(name))
+        .collect();
     assert_eq!(stored.len(), 1, "{stored:?}");
 
     std::fs::write(&file, vec![8u8; 16 * 1024 * 1024]).unwrap();
     let out = site.run(&["wal-push", file.to_str().unwrap()]);
     out.assert_code(1);
     assert!(out.all().contains("different content"), "{}", out.all());
-    let after: Vec<String> = archived(&site).into_iter().filter(|n| n.starts_with(name)).collect();
+    let after: Vec<String> = archived(&site)
+        .into_iter()
+        .filter(|n| n.starts_with(name))
+        .collect();
     assert_eq!(after, stored, "the stored copy is untouched");
 
     // Fetch gives back the first content, exactly.
     let dest = dir.join("RECOVERYXLOG");
-    site.run(&["wal-fetch", name, dest.to_str().unwrap()]).assert_code(0);
+    site.run(&["wal-fetch", name, dest.to_str().unwrap()])
+        .assert_code(0);
     assert_eq!(std::fs::read(&dest).unwrap(), vec![7u8; 16 * 1024 * 1024]);
 
     // Not a WAL file name: a usage error, nothing stored.
     let odd = dir.join("notes.txt");
     std::fs::write(&odd, "x").unwrap();
-    site.run(&["wal-push", odd.to_str().unwrap()]).assert_code(2);
+    site.run(&["wal-push", odd.to_str().unwrap()])
+        .assert_code(2);
 }
 
 #[test]
@@ -302,8 +339,14 @@ fn timelines_are_followed_after_a_promotion() {
     // Restore to between 3 and 4, promote: timeline 2, archiving into the same place.
     let first = site.new_pgdata("first");
     let t = format!("{}+00", times[4]);
-    site.run(&["restore", "--pgdata", first.to_str().unwrap(), "--to-time", &t])
-        .assert_code(0);
+    site.run(&[
+        "restore",
+        "--pgdata",
+        first.to_str().unwrap(),
+        "--to-time",
+        &t,
+    ])
+    .assert_code(0);
     let (mut c2, got) = site.start_restored(&first);
     assert_eq!(got, upto(3));
     site.cluster.psql("postgres", "select 1");
@@ -317,18 +360,31 @@ fn timelines_are_followed_after_a_promotion() {
     let seg = c2.psql("postgres", "select pg_walfile_name(pg_switch_wal())");
     assert!(seg.starts_with("00000002"), "{seg}");
     let done = wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
-        c2.try_psql("postgres", "select coalesce(last_archived_wal, '') from pg_stat_archiver")
-            .is_ok_and(|l| l.as_str() >= seg.as_str())
+        c2.try_psql(
+            "postgres",
+            "select coalesce(last_archived_wal, '') from pg_stat_archiver",
+        )
+        .is_ok_and(|l| l.as_str() >= seg.as_str())
     });
     assert!(done, "timeline 2 archived; log:\n{}", c2.log());
     c2.stop("fast");
-    assert!(archived(&site).iter().any(|n| n.starts_with("00000002.history")));
+    assert!(
+        archived(&site)
+            .iter()
+            .any(|n| n.starts_with("00000002.history"))
+    );
 
     // A time on the new timeline: between 101 and 102.
     let second = site.new_pgdata("second");
     let t = format!("{}+00", t2[3]);
-    site.run(&["restore", "--pgdata", second.to_str().unwrap(), "--to-time", &t])
-        .assert_code(0);
+    site.run(&[
+        "restore",
+        "--pgdata",
+        second.to_str().unwrap(),
+        "--to-time",
+        &t,
+    ])
+    .assert_code(0);
     let (_c3, got) = site.start_restored(&second);
     assert_eq!(got, vec![1, 2, 3, 100, 101]);
 }

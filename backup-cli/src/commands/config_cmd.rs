@@ -2,17 +2,16 @@
 
 use backup_core::Result;
 
-use crate::app::Ctx;
-use crate::config;
+use crate::ctx::Ctx;
 
 pub fn show(ctx: &Ctx, json: bool) -> Result<()> {
-    let rows = config::describe(&ctx.loaded)?;
+    let rows = crate::config::describe(ctx.loaded())?;
     if json {
         let obj: serde_json::Map<String, serde_json::Value> = rows
             .into_iter()
             .map(|(k, v, src)| (k, serde_json::json!({ "value": v, "source": src })))
             .collect();
-        crate::app::emit(format!("{}", serde_json::Value::Object(obj)));
+        crate::output::emit(format!("{}", serde_json::Value::Object(obj)));
         return Ok(());
     }
     let width = rows.iter().map(|(k, _, _)| k.len()).max().unwrap_or(0);
@@ -21,14 +20,14 @@ pub fn show(ctx: &Ctx, json: bool) -> Result<()> {
             serde_json::Value::String(s) => s,
             other => other.to_string(),
         };
-        crate::app::emit(format!("{k:width$} = {v}    # {src}"));
+        crate::output::emit(format!("{k:width$} = {v}    # {src}"));
     }
     Ok(())
 }
 
 pub async fn check(ctx: &Ctx, connect: bool) -> Result<()> {
     // Loading already validated every value; opening the targets checks their URLs and features.
-    let targets = config::open_targets(ctx.config())?;
+    let targets = ctx.targets()?;
     backup_core::success!("Configuration is valid");
     if !connect {
         return Ok(());
@@ -39,7 +38,7 @@ pub async fn check(ctx: &Ctx, connect: bool) -> Result<()> {
         Ok(_) => backup_core::success!("Database {} answers", pg.target()),
         Err(e) => failures.push(e.to_string()),
     }
-    for t in &targets {
+    for t in targets {
         match t.storage.check().await {
             Ok(()) => {
                 backup_core::success!("Storage {} is reachable and writable", t.storage.url())

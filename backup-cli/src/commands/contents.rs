@@ -5,14 +5,12 @@ use backup_core::contents::{Contents, TableInfo};
 use backup_core::pg::display_ident as show;
 use backup_core::{Error, Result, toc};
 
-use crate::app::Ctx;
-use crate::commands::restore::resolve;
+use crate::ctx::Ctx;
 
 pub async fn run(ctx: &Ctx, spec: &str, json: bool) -> Result<()> {
-    let c = ctx.config();
-    let resolved = resolve(ctx, spec).await?;
+    let resolved = ctx.resolve(spec).await?;
     let mut stream = resolved.storage.get(&resolved.data_key).await?;
-    if let Some(decode) = crate::codecs::decoder(c, resolved.manifest.as_ref())? {
+    if let Some(decode) = ctx.decoder(resolved.manifest.as_ref())? {
         stream = decode(stream)?;
     }
     let toc = toc::read(stream, resolved.is_directory())
@@ -27,12 +25,12 @@ pub async fn run(ctx: &Ctx, spec: &str, json: bool) -> Result<()> {
     if json {
         let mut v = serde_json::to_value(&contents).map_err(|e| Error::other(e.to_string()))?;
         v["name"] = serde_json::Value::String(resolved.name.clone());
-        crate::app::emit(
+        crate::output::emit(
             serde_json::to_string_pretty(&v).map_err(|e| Error::other(e.to_string()))?,
         );
         return Ok(());
     }
-    crate::app::emit(text(&resolved.name, &contents));
+    crate::output::emit(text(&resolved.name, &contents));
     Ok(())
 }
 

@@ -6,11 +6,10 @@ use backup_core::util::human_size;
 use backup_core::{Result, Storage};
 use tracing::warn;
 
-use crate::app::Ctx;
-use crate::config;
+use crate::ctx::Ctx;
 
 pub async fn run(ctx: &Ctx, json: bool) -> Result<()> {
-    let targets = config::open_targets(ctx.config())?;
+    let targets = ctx.targets()?;
     let mut rows = Vec::new();
     for (i, t) in targets.iter().enumerate() {
         let cat = match catalog::scan(t.storage.as_ref()).await {
@@ -51,14 +50,14 @@ pub async fn run(ctx: &Ctx, json: bool) -> Result<()> {
             continue;
         }
         if targets.len() > 1 || i > 0 {
-            crate::app::emit(format!("== {}", t.storage.url()));
+            crate::output::emit(format!("== {}", t.storage.url()));
         }
         print_table(&cat, &uploads);
     }
     if json {
         let out = serde_json::to_string_pretty(&rows)
             .map_err(|e| backup_core::Error::other(e.to_string()))?;
-        crate::app::emit(out.to_string());
+        crate::output::emit(out.to_string());
     }
     Ok(())
 }
@@ -102,10 +101,10 @@ fn upload_json(storage: &dyn Storage, u: &IncompleteUpload) -> serde_json::Value
 
 fn print_table(cat: &catalog::Catalog, uploads: &[IncompleteUpload]) {
     if cat.backups.is_empty() && cat.incomplete.is_empty() && uploads.is_empty() {
-        crate::app::emit("No backups.".to_string());
+        crate::output::emit("No backups.".to_string());
         return;
     }
-    crate::app::emit(format!(
+    crate::output::emit(format!(
         "{:<32} {:<20} {:>8} {:<12} {:<20} STATUS",
         "NAME", "CREATED (UTC)", "SIZE", "SHA256", "DATABASE"
     ));
@@ -121,7 +120,7 @@ fn print_table(cat: &catalog::Catalog, uploads: &[IncompleteUpload]) {
         if b.data.is_none() {
             status.push_str(", DATA MISSING");
         }
-        crate::app::emit(format!(
+        crate::output::emit(format!(
             "{:<32} {:<20} {:>8} {:<12} {:<20} {status}",
             m.name,
             m.finished_at.format("%Y-%m-%d %H:%M:%S"),
@@ -135,7 +134,7 @@ fn print_table(cat: &catalog::Catalog, uploads: &[IncompleteUpload]) {
             .last_modified
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_default();
-        crate::app::emit(format!(
+        crate::output::emit(format!(
             "{:<32} {:<20} {:>8} {:<12} {:<20} INCOMPLETE (no manifest)",
             o.key,
             when,
@@ -149,7 +148,7 @@ fn print_table(cat: &catalog::Catalog, uploads: &[IncompleteUpload]) {
             .started
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_default();
-        crate::app::emit(format!(
+        crate::output::emit(format!(
             "{:<32} {:<20} {:>8} {:<12} {:<20} UNFINISHED UPLOAD (a run in progress, or killed: the next backup or prune removes it)",
             u.key,
             when,

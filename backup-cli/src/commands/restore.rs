@@ -1,42 +1,20 @@
 //! `kaizen-backup restore <BACKUP> [TARGET_DB]`.
 
 use std::io::Write;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use backup_core::backup::{self, Target};
-use backup_core::catalog::{self, Resolved};
-use backup_core::restore::{self, RestoreOptions, RestoreOutcome};
+use backup_core::catalog::Resolved;
+use backup_core::restore::{self, RestoreOutcome};
 use backup_core::util::human_size;
-use backup_core::{Error, Result, Storage, success};
-use backup_core::{claim, lease};
+use backup_core::{Error, Result, success};
 use tracing::{info, warn};
 
-use crate::app::{Ctx, interactive};
 use crate::cli::RestoreArgs;
 use crate::config;
-use crate::events::{self, RestoreSubject};
-
-/// Resolve `<BACKUP>` in the first configured target (or as a file path).
-pub async fn resolve(ctx: &Ctx, spec: &str) -> Result<Resolved> {
-    let c = ctx.config();
-    let targets = config::open_targets(c)?;
-    let primary = targets
-        .first()
-        .map(|t| t.storage.clone())
-        .ok_or_else(|| Error::usage("no storage target configured"))?;
-    let opts = c.storage.options.clone();
-    catalog::resolve(
-        &primary,
-        spec,
-        &c.database.name,
-        move |dir: &Path| -> Result<Arc<dyn Storage>> {
-            backup_storage::open(&dir.display().to_string(), &opts)
-        },
-    )
-    .await
-}
+use crate::ctx::Ctx;
+use crate::events::RestoreSubject;
+use crate::output::interactive;
 
 pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
     let c = ctx.config();
@@ -52,7 +30,7 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
         started: Instant::now(),
     };
     let result = reported_restore(ctx, &args, &mut subject).await;
-    events::restore_finished(ctx, &subject, &result).await;
+    ctx.reporter.restore_finished(&subject, &result).await;
     result.map(|_| ())
 }
 
@@ -64,17 +42,17 @@ async fn reported_restore(
 ) -> Result<RestoreOutcome> {
     let c = ctx.config();
     let target_db = subject.target_db.clone();
-    let resolved = resolve(ctx, &args.backup).await?;
+    let resolved = ctx.resolve(&args.backup).await?;
     subject.backup = resolved.name.clone();
     subject.storage = Some(resolved.storage.url());
-    events::restore_started(ctx, subject).await;
+    ctx.reporter.restore_started(subject).await;
     info!("Starting restore: {} -> {target_db}", resolved.name);
     // A target that must not be restored into is refused before anything is written.
     restore::inspect_target(&c.database, &target_db).await?;
     // Prune keeps the backup while it is read.
-    let lease = take_lease(ctx, &resolved, "restore").await;
+    let lease = ctx.lease(&resolved, "restore").await;
     let result = leased_restore(ctx, args, &target_db, resolved).await;
-    crate::commands::release_lease(ctx, lease).await;
+    ctx.release_lease(lease).await;
     result
 }
 
@@ -84,29 +62,13 @@ async fn leased_restore(
     target_db: &str,
     resolved: Resolved,
 ) -> Result<RestoreOutcome> {
-    let c = ctx.config();
-    let pg = &c.database;
-    // Two restores into the same database never interleave. The lock lives on the
-    // database server, so a restore needs nothing but read access to the storage.
-    let _lock =
-        claim::lock_target(pg, target_db, c.lock.options(args.lock_timeout).timeout).await?;
+    // Two restores into the same database never interleave.
+    let _lock = ctx
+        .lock_restore_target(target_db, args.lock_timeout)
+        .await?;
     // Looked at again under the lock: another restore may have created it meanwhile.
-    let exists = restore::inspect_target(pg, target_db).await?;
+    let exists = restore::inspect_target(&ctx.config().database, target_db).await?;
     locked_restore(ctx, args, exists, target_db, resolved).await
-}
-
-/// A lease on the backup being read, so that prune keeps it meanwhile (None for a bare
-/// file, which prune never deletes, or on storage that cannot be written).
-pub async fn take_lease(ctx: &Ctx, resolved: &Resolved, operation: &str) -> Option<lease::Lease> {
-    resolved.manifest.as_ref()?;
-    let stale_after = ctx.config().lock.options(None).stale_after;
-    lease::take(
-        resolved.storage.clone(),
-        &resolved.name,
-        operation,
-        stale_after,
-    )
-    .await
 }
 
 async fn locked_restore(
@@ -118,28 +80,26 @@ async fn locked_restore(
 ) -> Result<RestoreOutcome> {
     let c = ctx.config();
     // Keys are checked before anything is touched (a missing key refuses at once).
-    let decoder = crate::codecs::decoder(c, resolved.manifest.as_ref())?;
-    crate::codecs::check_key(c, &resolved).await?;
-    let pg = c.database.clone();
-    let target_db = target_db.to_string();
+    let decoder = ctx.decoder(resolved.manifest.as_ref())?;
+    ctx.check_key(&resolved).await?;
+    let pg = &c.database;
 
     if exists && config::is_production(c) {
-        confirm_production(&target_db, args.confirm_production.as_deref())?;
+        confirm_production(target_db, args.confirm_production.as_deref())?;
     }
-    if exists && c.restore.safety_backup && !args.no_safety_backup {
-        safety_backup(ctx, &target_db).await?;
+    if exists && c.restore.safety.safety_backup && !args.no_safety_backup {
+        safety_backup(ctx, target_db).await?;
     }
 
-    let mut opts = RestoreOptions::new(&target_db);
-    opts.jobs = args.jobs.unwrap_or(c.restore.jobs);
-    opts.no_owner = c.restore.no_owner;
-    opts.role = c.restore.role.clone();
-    opts.temp_dir = c.restore.temp_dir.clone();
+    let mut opts = ctx.restore_options(target_db);
+    if let Some(jobs) = args.jobs {
+        opts.settings.jobs = jobs;
+    }
     opts.allow_replace = true;
     opts.decoder = decoder;
     let bar = crate::progress::Bar::start("restore", ctx.progress);
     opts.progress = bar.callback();
-    let result = restore::run(&pg, &resolved, opts, ctx.cancel.clone()).await;
+    let result = restore::run(pg, &resolved, opts, ctx.cancel.clone()).await;
     bar.finish();
     let outcome = result?;
     success!("Restore completed successfully");
@@ -199,11 +159,7 @@ fn confirm_production(target_db: &str, confirmed: Option<&str>) -> Result<()> {
 
 /// Back up the current contents of `db` before it is replaced.
 async fn safety_backup(ctx: &Ctx, db: &str) -> Result<()> {
-    let c = ctx.config();
-    let targets = config::open_targets(c)?;
-    let Some(first) = targets.into_iter().next() else {
-        return Err(Error::usage("no storage target configured"));
-    };
+    let first = ctx.primary()?;
     let clean: String = db
         .chars()
         .map(|ch| {
@@ -219,11 +175,11 @@ async fn safety_backup(ctx: &Ctx, db: &str) -> Result<()> {
         chrono::Utc::now().format("%Y%m%d_%H%M%S")
     );
     info!("Taking a safety backup of {db} first: {name}");
-    let mut opts = crate::commands::backup::options(ctx, name)?;
+    let mut opts = ctx.backup_options(name)?;
     opts.kind = "safety".into();
-    let pg = c.database.clone().with_dbname(db);
+    let pg = ctx.config().database.clone().with_dbname(db);
     let target = Target {
-        storage: first.storage,
+        storage: first.storage.clone(),
         optional: false,
     };
     let outcome = backup::run(&pg, &[target], opts, ctx.cancel.clone()).await.map_err(|e| {

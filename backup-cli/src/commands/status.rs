@@ -6,8 +6,7 @@ use backup_core::{Error, Result};
 use chrono::Utc;
 use tracing::{info, warn};
 
-use crate::app::Ctx;
-use crate::config;
+use crate::ctx::Ctx;
 
 /// Parse `24h`, `90m`, `2d`, `1w`, `3600s` (humantime syntax).
 pub fn parse_age(s: &str) -> Result<chrono::Duration> {
@@ -22,11 +21,11 @@ pub fn parse_age(s: &str) -> Result<chrono::Duration> {
 pub async fn run(ctx: &Ctx, json: bool, max_age: Option<String>) -> Result<()> {
     let c = ctx.config();
     let max_age = max_age.as_deref().map(parse_age).transpose()?;
-    let targets = config::open_targets(c)?;
+    let targets = ctx.targets()?;
     let now = Utc::now();
     let mut rows = Vec::new();
     let mut stale = Vec::new();
-    for t in &targets {
+    for t in targets {
         let url = t.storage.url();
         let cat = match catalog::scan(t.storage.as_ref()).await {
             Ok(cat) => cat,
@@ -88,7 +87,7 @@ pub async fn run(ctx: &Ctx, json: bool, max_age: Option<String>) -> Result<()> {
         }
     }
     if json {
-        crate::app::emit(
+        crate::output::emit(
             serde_json::to_string_pretty(&rows)
                 .map_err(|e| Error::other(e.to_string()))?
                 .to_string(),
@@ -98,7 +97,7 @@ pub async fn run(ctx: &Ctx, json: bool, max_age: Option<String>) -> Result<()> {
         return Ok(());
     }
     let msg = format!("backup is stale: {}", stale.join("; "));
-    crate::events::stale(ctx, &msg).await;
+    ctx.reporter.stale(ctx.database(), &msg).await;
     Err(Error::other(msg))
 }
 

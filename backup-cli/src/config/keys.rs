@@ -10,7 +10,8 @@ use serde_json::{Map as JsonMap, Value as Json};
 
 use super::{Config, ENV_PREFIX};
 
-/// `KAIZEN_BACKUP_*` variables without `__` that are read where they are used.
+/// `KAIZEN_BACKUP_*` variables without `__`: the age keys (mapped to `[encryption]` keys
+/// by `vars::age_layer`), and others read where they are used.
 pub const STANDALONE_VARS: &[&str] = &[
     "KAIZEN_BACKUP_AGE_IDENTITY_FILE",
     "KAIZEN_BACKUP_AGE_PASSPHRASE",
@@ -73,7 +74,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Json> {
 /// Refuse any key of the merged configuration that no setting reads.
 pub fn check(fig: &Figment) -> Result<()> {
     let schema = schema()?;
-    let data = fig.data().map_err(super::figment_error)?;
+    let data = fig.data().map_err(super::validate::figment_error)?;
     let Some(dict) = data.get(&Profile::Default) else {
         return Ok(());
     };

@@ -1,4 +1,9 @@
 //! Unit tests of the configuration layers.
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+
+use super::validate::extract as checked;
+use super::vars::var_layer;
 use super::*;
 
 fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -11,12 +16,12 @@ fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 fn extract(env: &HashMap<String, String>) -> Result<Config> {
     let fig = Figment::from(Serialized::defaults(Config::default()))
         .merge(var_layer("environment", env)?);
-    super::extract(&fig)
+    checked(&fig)
 }
 
 fn from_toml(text: &str) -> Result<Config> {
     let fig = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
-    super::extract(&fig)
+    checked(&fig)
 }
 
 #[test]
@@ -124,7 +129,7 @@ proptest::proptest! {
         ),
     ) {
         let check = |r: Result<Config>| match r {
-            Ok(c) => { let _ = open_targets(&c); Ok(()) }
+            Ok(c) => { let _ = c.storage.open_targets(); Ok(()) }
             Err(e) if e.exit_code() == 2 => Ok(()),
             Err(e) => Err(proptest::test_runner::TestCaseError::fail(format!("exit {}: {e}", e.exit_code()))),
         };
@@ -181,7 +186,10 @@ fn old_variables_and_precedence() {
         Some("p@ss".into())
     );
     assert_eq!(c.database.sslmode.as_deref(), Some("require"));
-    assert_eq!(c.backup.compression, "none");
+    assert_eq!(
+        c.backup.settings.compression,
+        backup_core::backup::CompressionKind::None
+    );
     let urls: Vec<&str> = c.storage.targets.iter().map(TargetSpec::url).collect();
     assert_eq!(
         urls,
@@ -243,4 +251,203 @@ fn bad_database_url_is_config_error_without_secret() {
     let err = extract(&vars(&[("DATABASE_URL", "mysql://u:topsecret@h/db")])).unwrap_err();
     assert_eq!(err.exit_code(), 2);
     assert!(!err.to_string().contains("topsecret"));
+}
+
+/// Load as `kaizen-backup` would with this configuration file, environment and `.env`.
+fn load_with(
+    toml: &str,
+    env: &HashMap<String, String>,
+    dotenv: &HashMap<String, String>,
+) -> Result<Loaded> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kaizen-backup.toml");
+    std::fs::write(&file, toml).unwrap();
+    let global = crate::cli::GlobalArgs {
+        config: Some(file),
+        ..Default::default()
+    };
+    from_layers(&global, env, dotenv)
+}
+
+#[test]
+fn legacy_variables_map_to_notifiers_after_the_configured_ones() {
+    use backup_notify::{NotifierConfig, SmtpTls};
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("smtp_password");
+    std::fs::write(&pw, "FILEPASSWORD\n").unwrap();
+    let env = vars(&[
+        (
+            "SLACK_WEBHOOK_URL",
+            "https://hooks.slack.com/services/A/B/C",
+        ),
+        (
+            "BACKUP_EMAIL_RECIPIENT",
+            "a@example.com b@example.com,c@example.com",
+        ),
+        ("SMTP_PORT", "465"),
+        ("SMTP_USER", "12345"),
+        ("SMTP_PASSWORD_FILE", pw.to_str().unwrap()),
+        ("SMTP_TLS", "SSL"),
+    ]);
+    // SMTP_HOST and SMTP_FROM from .env; the environment's SMTP_PORT wins over .env's.
+    let dotenv = vars(&[
+        ("SMTP_HOST", "mail.example.com"),
+        ("SMTP_FROM", "backup@example.com"),
+        ("SMTP_PORT", "25"),
+    ]);
+    let toml = "[[notify]]\ntype = \"webhook\"\nurl = \"https://hooks.example.com/h\"\n";
+    let loaded = load_with(toml, &env, &dotenv).unwrap();
+    let kinds: Vec<&str> = loaded.config.notify.iter().map(|n| n.kind()).collect();
+    assert_eq!(kinds, ["webhook", "slack", "email"]);
+    let NotifierConfig::Email {
+        recipients,
+        smtp_host,
+        smtp_port,
+        smtp_user,
+        smtp_password,
+        from,
+        tls,
+        ..
+    } = &loaded.config.notify[2]
+    else {
+        panic!("{:?}", loaded.config.notify)
+    };
+    assert_eq!(
+        recipients,
+        &["a@example.com", "b@example.com", "c@example.com"]
+    );
+    assert_eq!(smtp_host, "mail.example.com");
+    assert_eq!(*smtp_port, Some(465));
+    assert_eq!(smtp_user.as_deref(), Some("12345"));
+    assert_eq!(smtp_password.as_ref().unwrap().expose(), "FILEPASSWORD");
+    assert_eq!(from.as_deref(), Some("backup@example.com"));
+    assert_eq!(*tls, SmtpTls::Tls);
+    backup_notify::build_all(&loaded.config.notify).unwrap();
+
+    // Nothing set: no notifier. A bad port or TLS mode: a configuration error naming the variable.
+    let none = load_with("", &HashMap::new(), &HashMap::new()).unwrap();
+    assert!(none.config.notify.is_empty());
+    for (var, value) in [("SMTP_TLS", "maybe"), ("SMTP_PORT", "smtp")] {
+        let env = vars(&[("BACKUP_EMAIL_RECIPIENT", "a@example.com"), (var, value)]);
+        let err = load_with("", &env, &HashMap::new()).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains(var), "{err}");
+    }
+}
+
+/// A secret variable, its value, the key `config show` lists it under, and the other
+/// variables it needs.
+type SecretCase<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+#[test]
+fn every_legacy_secret_and_its_file_form_is_shown_redacted_with_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "s3cr3t-value";
+    let file = dir.path().join("secret");
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    let file = file.to_str().unwrap();
+    let url = format!("postgres://u:{secret}@h/db");
+    let url_file = dir.path().join("url");
+    std::fs::write(&url_file, &url).unwrap();
+    let url_file = url_file.to_str().unwrap();
+    let cases: &[SecretCase] = &[
+        ("POSTGRES_PASSWORD", secret, "database.password", &[]),
+        ("POSTGRES_PASSWORD_FILE", file, "database.password", &[]),
+        ("PGPASSWORD", secret, "database.password", &[]),
+        ("PGPASSWORD_FILE", file, "database.password", &[]),
+        ("DATABASE_URL", &url, "database.password", &[]),
+        ("DATABASE_URL_FILE", url_file, "database.password", &[]),
+        ("SLACK_WEBHOOK_URL", secret, "notify.0", &[]),
+        ("SLACK_WEBHOOK_URL_FILE", file, "notify.0", &[]),
+        (
+            "SMTP_PASSWORD",
+            secret,
+            "notify.0",
+            &[("BACKUP_EMAIL_RECIPIENT", "a@example.com")],
+        ),
+        (
+            "SMTP_PASSWORD_FILE",
+            file,
+            "notify.0",
+            &[("BACKUP_EMAIL_RECIPIENT", "a@example.com")],
+        ),
+        (
+            "KAIZEN_BACKUP_AGE_PASSPHRASE",
+            secret,
+            "encryption.passphrase",
+            &[],
+        ),
+        (
+            "KAIZEN_BACKUP_AGE_PASSPHRASE_FILE",
+            file,
+            "encryption.passphrase",
+            &[],
+        ),
+        (
+            "KAIZEN_BACKUP_DATABASE__PASSWORD",
+            secret,
+            "database.password",
+            &[],
+        ),
+        (
+            "KAIZEN_BACKUP_DATABASE__PASSWORD_FILE",
+            file,
+            "database.password",
+            &[],
+        ),
+    ];
+    for (var, value, key, others) in cases {
+        for (layer, in_env) in [("environment", true), (".env file", false)] {
+            let mut set = vars(others);
+            set.insert(var.to_string(), value.to_string());
+            let (env, dotenv) = if in_env {
+                (set, HashMap::new())
+            } else {
+                (HashMap::new(), set)
+            };
+            let loaded = load_with("", &env, &dotenv).unwrap_or_else(|e| panic!("{var}: {e}"));
+            let rows = describe(&loaded).unwrap();
+            let (_, shown, source) = rows
+                .iter()
+                .find(|(k, _, _)| k == key)
+                .unwrap_or_else(|| panic!("{var}: no {key} in {rows:?}"));
+            assert!(shown.to_string().contains("***"), "{var}: {key} = {shown}");
+            assert!(
+                source.starts_with(layer) && source.contains(var),
+                "{var}: {key} comes from {source:?}"
+            );
+            let all = format!("{rows:?}");
+            assert!(!all.contains(secret), "{var}: {all}");
+        }
+    }
+}
+
+#[test]
+fn the_age_variables_give_way_to_the_configuration() {
+    let env = vars(&[
+        ("KAIZEN_BACKUP_AGE_IDENTITY_FILE", "/from/env"),
+        ("KAIZEN_BACKUP_AGE_PASSPHRASE", "env-pass"),
+    ]);
+    let dotenv = vars(&[("KAIZEN_BACKUP_AGE_IDENTITY_FILE", "/from/dotenv")]);
+    let loaded = load_with("", &env, &dotenv).unwrap();
+    let keys = crate::codecs::keys(&loaded.config).unwrap();
+    assert_eq!(keys.identity_file.as_deref(), Some(Path::new("/from/env")));
+    assert_eq!(keys.passphrase.unwrap().expose(), "env-pass");
+    let loaded = load_with(
+        "[encryption]\nidentity_file = \"/from/file\"\n",
+        &env,
+        &dotenv,
+    )
+    .unwrap();
+    let c = &loaded.config.encryption;
+    assert_eq!(c.identity_file.as_deref(), Some(Path::new("/from/file")));
+    assert_eq!(c.passphrase.as_ref().unwrap().expose(), "env-pass");
+    // An empty identity variable is no key.
+    let loaded = load_with(
+        "",
+        &vars(&[("KAIZEN_BACKUP_AGE_IDENTITY_FILE", "")]),
+        &HashMap::new(),
+    )
+    .unwrap();
+    assert_eq!(loaded.config.encryption.identity_file, None);
 }

@@ -2,8 +2,22 @@
 //! `BACKUP_DIR`, `SLACK_WEBHOOK_URL`, …), `KAIZEN_BACKUP_SECTION__KEY` variables and their
 //! `_FILE` forms, and `.env` files — each a figment provider that remembers which variable
 //! set each key (for `config show` and error messages).
+//!
+//! Every variable becomes a configuration key here, secrets included: a secret is a
+//! [`Secret`] in the configuration, set inline or by a `*_FILE` variable (read by
+//! [`Secret::from_file`], as `{ file = "…" }` in a configuration file is), so nothing
+//! reads a secret from the environment behind the configuration's back and `config show`
+//! lists every one (redacted) with the variable it came from.
 
-use super::*;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use backup_core::{Error, Result, Secret};
+use figment::value::{Dict, Map, Value};
+use figment::{Metadata, Profile, Provider};
+
+use super::{ENV_PREFIX, keys};
 
 /// A provider built from environment-like variables, remembering which variable set each key.
 pub(super) struct VarLayer {
@@ -57,8 +71,12 @@ pub(super) fn parse_value(s: &str) -> Value {
         .unwrap_or_else(|_| Value::from(s.to_string()))
 }
 
-/// Read `NAME` or the file named by `NAME_FILE` (Docker/Kubernetes secrets).
-pub fn var_or_file(vars: &HashMap<String, String>, name: &str) -> Result<Option<(String, String)>> {
+/// Read `NAME` or the file named by `NAME_FILE` (Docker/Kubernetes secrets); also says
+/// which of the two was set.
+pub(super) fn var_or_file(
+    vars: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<(String, String)>> {
     let file_var = format!("{name}_FILE");
     match (vars.get(name), vars.get(&file_var)) {
         (Some(_), Some(_)) => Err(Error::Config {
@@ -66,18 +84,19 @@ pub fn var_or_file(vars: &HashMap<String, String>, name: &str) -> Result<Option<
             message: format!("both {name} and {file_var} are set; set only one"),
         }),
         (Some(v), None) => Ok(Some((v.clone(), name.to_string()))),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
-                key: file_var.clone(),
-                message: format!("cannot read {path}: {e}"),
-            })?;
-            Ok(Some((
-                text.trim_end_matches(['\n', '\r']).to_string(),
-                file_var,
-            )))
-        }
+        (None, Some(path)) => Ok(Some((file_text(&file_var, path)?, file_var))),
         (None, None) => Ok(None),
     }
+}
+
+/// The text of the file a `*_FILE` variable names, read the way every secret file is.
+fn file_text(var: &str, path: &str) -> Result<String> {
+    Secret::from_file(Path::new(path))
+        .map(|s| s.expose().to_string())
+        .map_err(|e| Error::Config {
+            key: var.to_string(),
+            message: format!("cannot read {path}: {e}"),
+        })
 }
 
 /// Build the layer for a set of variables (the real environment or `.env`).
@@ -183,7 +202,7 @@ pub(super) fn var_layer(name: &'static str, vars: &HashMap<String, String>) -> R
     for (var, v) in own {
         let rest = &var[ENV_PREFIX.len()..];
         if !rest.contains("__") {
-            // e.g. KAIZEN_BACKUP_AGE_IDENTITY_FILE, read where it is used.
+            // e.g. KAIZEN_BACKUP_AGE_IDENTITY_FILE: a layer of its own (`age_layer`).
             keys::check_standalone(var, name)?;
             continue;
         }
@@ -193,17 +212,8 @@ pub(super) fn var_layer(name: &'static str, vars: &HashMap<String, String>) -> R
             && !key.ends_with("identity_file")
             && base.contains('.')
         {
-            let text = std::fs::read_to_string(v).map_err(|e| Error::Config {
-                key: var.clone(),
-                message: format!("cannot read {v}: {e}"),
-            })?;
             key = base.to_string();
-            set(
-                &key,
-                Value::from(text.trim_end_matches(['\n', '\r']).to_string()),
-                var,
-                &mut dict,
-            );
+            set(&key, Value::from(file_text(var, v)?), var, &mut dict);
             continue;
         }
         let value = if key == "storage.targets" {
@@ -273,30 +283,132 @@ pub(super) fn parse_database_url(raw: &str) -> Result<Vec<(String, Value)>> {
     Ok(out)
 }
 
-pub(super) fn env_snapshot() -> HashMap<String, String> {
-    std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect()
+/// The age keys of restore and verify: `KAIZEN_BACKUP_AGE_IDENTITY_FILE` (a path) is
+/// `encryption.identity_file`, `KAIZEN_BACKUP_AGE_PASSPHRASE` (or `_FILE`) is
+/// `encryption.passphrase`. This layer sits below every configuration file: a key the
+/// configuration sets wins, as it did when these variables were read only as a fallback.
+pub(super) fn age_layer(name: &'static str, vars: &HashMap<String, String>) -> Result<VarLayer> {
+    let mut dict = Dict::new();
+    let mut origin = HashMap::new();
+    let identity = "KAIZEN_BACKUP_AGE_IDENTITY_FILE";
+    if let Some(path) = vars.get(identity).filter(|p| !p.is_empty()) {
+        insert_path(
+            &mut dict,
+            &["encryption", "identity_file"],
+            Value::from(path.clone()),
+        );
+        origin.insert("encryption.identity_file".to_string(), identity.to_string());
+    }
+    if let Some((passphrase, var)) = var_or_file(vars, "KAIZEN_BACKUP_AGE_PASSPHRASE")? {
+        insert_path(
+            &mut dict,
+            &["encryption", "passphrase"],
+            Value::from(passphrase),
+        );
+        origin.insert("encryption.passphrase".to_string(), var);
+    }
+    Ok(VarLayer {
+        name,
+        dict,
+        origin: Arc::new(origin),
+    })
 }
 
-pub(super) fn read_dotenv(path: &Path) -> Result<HashMap<String, String>> {
-    let mut out = HashMap::new();
-    let iter = match dotenvy::from_path_iter(path) {
-        Ok(it) => it,
-        Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => {
-            return Err(Error::Config {
-                key: ".env".into(),
-                message: e.to_string(),
-            });
+/// The old scripts' notifiers, one layer each holding one `[[notify]]` entry (appended
+/// to the configured ones): `SLACK_WEBHOOK_URL` (or `_FILE`), and
+/// `BACKUP_EMAIL_RECIPIENT` (comma or space separated) with `SMTP_HOST`, `SMTP_PORT`,
+/// `SMTP_USER`, `SMTP_PASSWORD` (or `_FILE`), `SMTP_FROM` and `SMTP_TLS`. A variable of
+/// the environment wins over the same one in `.env`.
+pub(super) fn notify_layers(
+    env: &HashMap<String, String>,
+    dotenv: &HashMap<String, String>,
+) -> Result<Vec<VarLayer>> {
+    let mut vars = dotenv.clone();
+    vars.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let layer_of = |var: &str| {
+        if env.contains_key(var) {
+            "environment"
+        } else {
+            ".env file"
         }
     };
-    for item in iter {
-        let (k, v) = item.map_err(|e| Error::Config {
-            key: ".env".into(),
-            message: e.to_string(),
-        })?;
-        out.insert(k, v);
+    let mut out = Vec::new();
+    if let Some((url, var)) = var_or_file(&vars, "SLACK_WEBHOOK_URL")?
+        && !url.trim().is_empty()
+    {
+        let mut d = Dict::new();
+        d.insert("type".into(), Value::from("slack".to_string()));
+        d.insert("webhook_url".into(), Value::from(url.trim().to_string()));
+        out.push(notify_layer(layer_of(&var), d, vec![var]));
+    }
+    if let Some(rcpt) = vars
+        .get("BACKUP_EMAIL_RECIPIENT")
+        .filter(|r| !r.trim().is_empty())
+    {
+        let mut used = vec!["BACKUP_EMAIL_RECIPIENT".to_string()];
+        let mut d = Dict::new();
+        d.insert("type".into(), Value::from("email".to_string()));
+        let recipients: Vec<Value> = rcpt
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(|s| Value::from(s.to_string()))
+            .collect();
+        d.insert("recipients".into(), Value::from(recipients));
+        let host = vars.get("SMTP_HOST").cloned();
+        if host.is_some() {
+            used.push("SMTP_HOST".into());
+        }
+        d.insert(
+            "smtp_host".into(),
+            Value::from(host.unwrap_or_else(|| "localhost".into())),
+        );
+        if let Some(p) = vars.get("SMTP_PORT") {
+            let port = p.trim().parse::<u16>().map_err(|_| Error::Config {
+                key: "SMTP_PORT".into(),
+                message: format!("not a port number: {p:?}"),
+            })?;
+            d.insert("smtp_port".into(), Value::from(port));
+            used.push("SMTP_PORT".into());
+        }
+        for (var, key) in [("SMTP_USER", "smtp_user"), ("SMTP_FROM", "from")] {
+            if let Some(v) = vars.get(var) {
+                d.insert(key.into(), Value::from(v.clone()));
+                used.push(var.into());
+            }
+        }
+        if let Some((password, var)) = var_or_file(&vars, "SMTP_PASSWORD")? {
+            d.insert("smtp_password".into(), Value::from(password));
+            used.push(var);
+        }
+        let tls = vars.get("SMTP_TLS");
+        let mode = match tls.map(|t| t.to_ascii_lowercase()).as_deref() {
+            None | Some("") | Some("starttls") => "starttls",
+            Some("tls") | Some("ssl") => "tls",
+            Some("none") | Some("off") | Some("false") => "none",
+            Some(other) => {
+                return Err(Error::Config {
+                    key: "SMTP_TLS".into(),
+                    message: format!("unknown mode {other:?} (starttls, tls or none)"),
+                });
+            }
+        };
+        if tls.is_some() {
+            used.push("SMTP_TLS".into());
+        }
+        d.insert("tls".into(), Value::from(mode.to_string()));
+        out.push(notify_layer(layer_of("BACKUP_EMAIL_RECIPIENT"), d, used));
     }
     Ok(out)
+}
+
+/// A layer holding one notifier, which says it came from `vars`.
+fn notify_layer(name: &'static str, notifier: Dict, vars: Vec<String>) -> VarLayer {
+    let mut dict = Dict::new();
+    dict.insert("notify".into(), Value::from(vec![Value::from(notifier)]));
+    let origin = HashMap::from([("notify".to_string(), vars.join(", "))]);
+    VarLayer {
+        name,
+        dict,
+        origin: Arc::new(origin),
+    }
 }

@@ -17,7 +17,7 @@ pub(super) struct Dump {
 
 impl Dump {
     /// Start pg_dump on `snapshot` (exported by our own transaction). With a staging
-    /// directory it dumps there in directory format with `opts.jobs` workers.
+    /// directory it dumps there in directory format with `opts.settings.jobs` workers.
     pub(super) fn spawn(
         pg: &PgConfig,
         pg_dump: &Tool,
@@ -29,14 +29,14 @@ impl Dump {
         cmd.arg(format!("--compress={}", opts.compression.pg_dump_level()))
             .arg(format!("--snapshot={snapshot}"))
             .arg("--no-password")
-            .args(&opts.extra_args)
+            .args(&opts.settings.pg_dump_args)
             .stdin(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
         let dump_dir = staging.as_ref().map(|t| t.path().join("dump"));
         if let Some(dir) = &dump_dir {
             // English messages: the "finished item" lines tell which files are complete.
             cmd.arg("--format=directory")
-                .arg(format!("--jobs={}", opts.jobs))
+                .arg(format!("--jobs={}", opts.settings.jobs))
                 .arg("--verbose")
                 .arg("--file")
                 .arg(dir)
