@@ -33,8 +33,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::codec::EncryptionConfig;
 use crate::error::{Error, Result};
-use crate::manifest::{FORMAT_VERSION, Manifest};
+use crate::manifest::{self, FORMAT_VERSION, Format, Kind, Manifest};
 use crate::pg::{PgConfig, Tool, check_tool_version, db_error, find_tool};
 use crate::storage::{ObjectMeta, ObjectWriter, Storage, put_bytes};
 use crate::transform::Transform;
@@ -56,7 +57,8 @@ const QUEUE_DEPTH: usize = 8;
 /// Kubernetes' default 30 s grace period (and within 10 s by our own promise).
 pub const SIGNAL_CLEANUP: Duration = Duration::from_millis(2500);
 
-/// How the stored stream is compressed.
+/// How the stored stream is compressed: the setting, with its level. The manifest records
+/// the [`algorithm`](Compression::algorithm) and the [`level`](Compression::level).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     /// pg_dump's own gzip at this level (the old scripts used 6).
@@ -68,12 +70,12 @@ pub enum Compression {
 }
 
 impl Compression {
-    /// Name recorded in the manifest.
-    pub fn name(self) -> &'static str {
+    /// The compression recorded in the manifest.
+    pub fn algorithm(self) -> manifest::Compression {
         match self {
-            Self::Gzip(_) => "gzip",
-            Self::Zstd(_) => "zstd",
-            Self::None => "none",
+            Self::Gzip(_) => manifest::Compression::Gzip,
+            Self::Zstd(_) => manifest::Compression::Zstd,
+            Self::None => manifest::Compression::None,
         }
     }
 
@@ -115,21 +117,14 @@ pub struct Target {
     pub optional: bool,
 }
 
-/// Builds the transform chain of one backup (compression, then encryption).
-pub type TransformFactory = Box<dyn Fn() -> Result<Vec<Box<dyn Transform>>> + Send + Sync>;
-
 /// What to back up and how.
 pub struct BackupOptions {
     /// Backup name (validated).
     pub name: String,
-    /// Compression.
+    /// Compression (zstd runs in-process, see [`crate::codec::encoders`]).
     pub compression: Compression,
-    /// Transforms applied after pg_dump (zstd, age), in order.
-    pub transforms: Vec<Box<dyn Transform>>,
-    /// `age` when encrypted, else `none`.
-    pub encryption: String,
-    /// Public recipients recorded in the manifest.
-    pub recipients: Vec<String>,
+    /// Encryption; the manifest records its kind and public recipients.
+    pub encryption: EncryptionConfig,
     /// Check free space on local targets first.
     pub space_check: bool,
     /// Estimated stored size as a fraction of `pg_database_size` (for the space check).
@@ -140,8 +135,9 @@ pub struct BackupOptions {
     pub pinned: bool,
     /// Extra `pg_dump` arguments that are not secrets (e.g. `--exclude-table`).
     pub extra_args: Vec<String>,
-    /// Kind label: `backup` or `safety` (safety backups taken before a restore).
-    pub kind: String,
+    /// [`Kind::Logical`], or [`Kind::Safety`] for the copy restore takes first. This
+    /// pipeline runs pg_dump, so it refuses [`Kind::Physical`].
+    pub kind: Kind,
     /// Told the stored bytes written so far.
     pub progress: Option<crate::util::Progress>,
     /// Parallel pg_dump jobs; more than 1 dumps in directory format (see the module docs).
@@ -158,11 +154,8 @@ impl std::fmt::Debug for BackupOptions {
         f.debug_struct("BackupOptions")
             .field("name", &self.name)
             .field("compression", &self.compression)
-            .field(
-                "transforms",
-                &self.transforms.iter().map(|t| t.name()).collect::<Vec<_>>(),
-            )
-            .field("encryption", &self.encryption)
+            .field("encryption", &self.encryption.kind)
+            .field("kind", &self.kind)
             .field("jobs", &self.jobs)
             .finish_non_exhaustive()
     }
@@ -174,15 +167,13 @@ impl BackupOptions {
         Self {
             name: name.into(),
             compression: Compression::Gzip(6),
-            transforms: Vec::new(),
-            encryption: "none".into(),
-            recipients: Vec::new(),
+            encryption: EncryptionConfig::default(),
             space_check: true,
             space_ratio: 0.5,
             row_counts: true,
             pinned: false,
             extra_args: Vec::new(),
-            kind: "backup".into(),
+            kind: Kind::Logical,
             progress: None,
             jobs: 1,
             staging_dir: None,
@@ -255,7 +246,7 @@ pub async fn preflight(pg: &PgConfig) -> Result<(Preflight, tokio_postgres::Clie
 pub async fn run(
     pg: &PgConfig,
     targets: &[Target],
-    mut opts: BackupOptions,
+    opts: BackupOptions,
     cancel: CancellationToken,
 ) -> Result<BackupOutcome> {
     crate::name::validate(&opts.name)?;
@@ -269,13 +260,16 @@ pub async fn run(
     if opts.jobs == 0 {
         return Err(Error::usage("jobs must be at least 1"));
     }
+    opts.kind
+        .ensure_logical(&format!("backup {:?}", opts.name))?;
+    let mut transforms = crate::codec::encoders(opts.compression, &opts.encryption)?;
     let directory = opts.jobs > 1;
     let (pre, client) = preflight(pg).await?;
     let data_key = data_key(
         &opts.name,
         opts.compression,
         directory,
-        opts.encryption == "age",
+        opts.encryption.enabled(),
     );
     let manifest_key = Manifest::key_for(&opts.name);
 
@@ -390,7 +384,7 @@ pub async fn run(
     };
 
     let sink = Sink {
-        transforms: &mut opts.transforms,
+        transforms: &mut transforms,
         tasks: &mut tasks,
         hasher: Sha256::new(),
         size: 0,
@@ -498,11 +492,15 @@ pub async fn run(
         database: pg.name.clone(),
         server_version: pre.server.version.clone(),
         pg_dump_version: pre.pg_dump.version.clone(),
-        format: if directory { "directory" } else { "custom" }.into(),
-        compression: opts.compression.name().into(),
+        format: if directory {
+            Format::Directory
+        } else {
+            Format::Custom
+        },
+        compression: opts.compression.algorithm(),
         compression_level: opts.compression.level(),
-        encryption: opts.encryption.clone(),
-        recipients: opts.recipients.clone(),
+        encryption: opts.encryption.kind,
+        recipients: opts.encryption.public_recipients(),
         started_at,
         finished_at: Utc::now(),
         size_bytes: size,
@@ -516,7 +514,7 @@ pub async fn run(
         tables,
         counts,
         host: Some(crate::util::hostname()),
-        kind: Some(opts.kind.clone()),
+        kind: Some(opts.kind),
     };
     let json = Bytes::from(manifest.to_json()?);
     let mut committed_urls = Vec::new();

@@ -22,7 +22,7 @@ pub fn options(ctx: &Ctx, name: String) -> Result<BackupOptions> {
     opts.jobs = c.backup.jobs;
     opts.staging_dir = c.backup.staging_dir.clone();
     opts.cleanup_timeout = c.storage.options.timeouts.cleanup();
-    crate::codecs::add_encoders(c, &mut opts)?;
+    opts.encryption = c.encryption.clone();
     Ok(opts)
 }
 

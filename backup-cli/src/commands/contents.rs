@@ -11,8 +11,10 @@ use crate::commands::restore::resolve;
 pub async fn run(ctx: &Ctx, spec: &str, json: bool) -> Result<()> {
     let c = ctx.config();
     let resolved = resolve(ctx, spec).await?;
+    resolved.ensure_logical()?;
     let mut stream = resolved.storage.get(&resolved.data_key).await?;
-    if let Some(decode) = crate::codecs::decoder(c, resolved.manifest.as_ref())? {
+    let keys = crate::codecs::keys_for(c, resolved.manifest.as_ref())?;
+    if let Some(decode) = resolved.decoder(&keys)? {
         stream = decode(stream)?;
     }
     let toc = toc::read(stream, resolved.is_directory())

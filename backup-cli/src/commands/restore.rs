@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use backup_core::backup::{self, Target};
 use backup_core::catalog::{self, Resolved};
+use backup_core::codec;
+use backup_core::manifest::Kind;
 use backup_core::restore::{self, RestoreOptions, RestoreOutcome};
 use backup_core::util::human_size;
 use backup_core::{Error, Result, Storage, success};
@@ -65,6 +67,7 @@ async fn reported_restore(
     let c = ctx.config();
     let target_db = subject.target_db.clone();
     let resolved = resolve(ctx, &args.backup).await?;
+    resolved.ensure_logical()?;
     subject.backup = resolved.name.clone();
     subject.storage = Some(resolved.storage.url());
     events::restore_started(ctx, subject).await;
@@ -118,8 +121,9 @@ async fn locked_restore(
 ) -> Result<RestoreOutcome> {
     let c = ctx.config();
     // Keys are checked before anything is touched (a missing key refuses at once).
-    let decoder = crate::codecs::decoder(c, resolved.manifest.as_ref())?;
-    crate::codecs::check_key(c, &resolved).await?;
+    let keys = crate::codecs::keys_for(c, resolved.manifest.as_ref())?;
+    let decoder = resolved.decoder(&keys)?;
+    codec::check_key(&resolved, &keys).await?;
     let pg = c.database.clone();
     let target_db = target_db.to_string();
 
@@ -220,7 +224,7 @@ async fn safety_backup(ctx: &Ctx, db: &str) -> Result<()> {
     );
     info!("Taking a safety backup of {db} first: {name}");
     let mut opts = crate::commands::backup::options(ctx, name)?;
-    opts.kind = "safety".into();
+    opts.kind = Kind::Safety;
     let pg = c.database.clone().with_dbname(db);
     let target = Target {
         storage: first.storage,

@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use backup_core::codec::{self, DecryptKeys};
 use backup_core::{Error, Event, EventKind, Result, VerifyContext};
 use backup_verify::{VerifyOptions, failure_error, store_record};
 use tracing::warn;
@@ -12,23 +13,17 @@ use crate::commands::restore::{resolve, take_lease};
 pub async fn run(ctx: &Ctx, spec: &str, quick: bool, json: bool) -> Result<()> {
     let c = ctx.config();
     let resolved = resolve(ctx, spec).await?;
+    // Decoding (zstd, age) is needed only by the test restore: --quick needs no key.
+    let keys = if quick {
+        DecryptKeys::default()
+    } else {
+        crate::codecs::keys_for(c, resolved.manifest.as_ref())?
+    };
     if !quick {
         // A key that does not match is said as such, and records nothing about the backup.
-        crate::codecs::check_key(c, &resolved).await?;
+        codec::check_key(&resolved, &keys).await?;
     }
     let started = Instant::now();
-    // Decoding (zstd, age) is needed only by the test restore: --quick needs no key.
-    let decoder: Option<backup_verify::DecoderFactory> = match &resolved.manifest {
-        Some(m) if m.compression == "zstd" || m.encryption == "age" => {
-            let cfg = c.clone();
-            let m = m.clone();
-            Some(Box::new(move || {
-                crate::codecs::decoder(&cfg, Some(&m))?
-                    .ok_or_else(|| Error::other("no decoder for this backup"))
-            }))
-        }
-        _ => None,
-    };
     let vctx = VerifyContext {
         name: resolved.name.clone(),
         storage: resolved.storage.clone(),
@@ -39,7 +34,7 @@ pub async fn run(ctx: &Ctx, spec: &str, quick: bool, json: bool) -> Result<()> {
     let opts = VerifyOptions {
         quick,
         cancel: ctx.cancel.clone(),
-        decoder,
+        keys,
         jobs: c.restore.jobs,
         temp_dir: c.restore.temp_dir.clone(),
     };
