@@ -84,7 +84,6 @@ pub fn run(cli: Cli) -> u8 {
         eprintln!("[ERROR] cannot set up logging: {e}");
         return 2;
     }
-    backup_core::tls::install();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -183,12 +183,19 @@ impl Ctx {
 
     /// The decoder of a stored object (None for plain custom-format archives).
     pub fn decoder(&self, manifest: Option<&Manifest>) -> Result<Option<Decoder>> {
-        crate::codecs::decoder(self.config(), manifest)
+        match manifest {
+            Some(m) => {
+                let keys = crate::codecs::keys_for(self.config(), Some(m))?;
+                backup_core::codec::decoder_for(m, &keys)
+            }
+            None => Ok(None),
+        }
     }
 
     /// Check that the configured key opens an encrypted backup, before anything is
     /// touched or recorded.
     pub async fn check_key(&self, resolved: &Resolved) -> Result<()> {
-        crate::codecs::check_key(self.config(), resolved).await
+        let keys = crate::codecs::keys_for(self.config(), resolved.manifest.as_ref())?;
+        backup_core::codec::check_key(resolved, &keys).await
     }
 }

@@ -39,8 +39,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::codec::EncryptionConfig;
 use crate::error::{Error, Result};
-use crate::manifest::{FORMAT_VERSION, Manifest};
+use crate::manifest::{self, FORMAT_VERSION, Format, Kind, Manifest};
 use crate::pg::{PgConfig, Tool, check_tool_version, db_error, find_tool};
 use crate::storage::{ObjectMeta, ObjectWriter, Storage, put_bytes};
 use crate::transform::Transform;
@@ -60,7 +61,7 @@ use dump::*;
 use fanout::*;
 pub use physical::run_physical;
 pub use process::{collect_stderr, terminate};
-pub use settings::{BackupSettings, CompressionKind};
+pub use settings::BackupSettings;
 
 /// Size of each read from pg_dump's pipe.
 const CHUNK: usize = 256 * 1024;
@@ -70,7 +71,8 @@ const QUEUE_DEPTH: usize = 8;
 /// Kubernetes' default 30 s grace period (and within 10 s by our own promise).
 pub const SIGNAL_CLEANUP: Duration = Duration::from_millis(2500);
 
-/// How the stored stream is compressed.
+/// How the stored stream is compressed: the setting, with its level. The manifest records
+/// the [`algorithm`](Compression::algorithm) and the [`level`](Compression::level).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     /// pg_dump's own gzip at this level (the old scripts used 6).
@@ -82,12 +84,12 @@ pub enum Compression {
 }
 
 impl Compression {
-    /// Name recorded in the manifest.
-    pub fn name(self) -> &'static str {
+    /// The compression recorded in the manifest.
+    pub fn algorithm(self) -> manifest::Compression {
         match self {
-            Self::Gzip(_) => "gzip",
-            Self::Zstd(_) => "zstd",
-            Self::None => "none",
+            Self::Gzip(_) => manifest::Compression::Gzip,
+            Self::Zstd(_) => manifest::Compression::Zstd,
+            Self::None => manifest::Compression::None,
         }
     }
 
@@ -141,16 +143,13 @@ pub struct BackupOptions {
     pub settings: BackupSettings,
     /// Compression (from the settings, see [`BackupOptions::with_settings`]).
     pub compression: Compression,
-    /// Transforms applied after pg_dump (zstd, age), in order.
-    pub transforms: Vec<Box<dyn Transform>>,
-    /// `age` when encrypted, else `none`.
-    pub encryption: String,
-    /// Public recipients recorded in the manifest.
-    pub recipients: Vec<String>,
+    /// Encryption; the manifest records its kind and public recipients.
+    pub encryption: EncryptionConfig,
     /// Mark the backup pinned.
     pub pinned: bool,
-    /// Kind label: `backup` or `safety` (safety backups taken before a restore).
-    pub kind: String,
+    /// [`Kind::Logical`], or [`Kind::Safety`] for the copy restore takes first; physical
+    /// backups run [`run_physical`].
+    pub kind: Kind,
     /// Told the stored bytes written so far.
     pub progress: Option<crate::util::Progress>,
     /// Total deadline of the cleanup after a failure (aborting uploads, deleting objects
@@ -163,11 +162,8 @@ impl std::fmt::Debug for BackupOptions {
         f.debug_struct("BackupOptions")
             .field("name", &self.name)
             .field("compression", &self.compression)
-            .field(
-                "transforms",
-                &self.transforms.iter().map(|t| t.name()).collect::<Vec<_>>(),
-            )
-            .field("encryption", &self.encryption)
+            .field("encryption", &self.encryption.kind)
+            .field("kind", &self.kind)
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
@@ -180,11 +176,9 @@ impl BackupOptions {
             name: name.into(),
             settings: BackupSettings::default(),
             compression: Compression::Gzip(6),
-            transforms: Vec::new(),
-            encryption: "none".into(),
-            recipients: Vec::new(),
+            encryption: EncryptionConfig::default(),
             pinned: false,
-            kind: "backup".into(),
+            kind: Kind::Logical,
             progress: None,
             cleanup_timeout: Duration::from_secs(15),
         }
@@ -267,7 +261,7 @@ pub async fn preflight(pg: &PgConfig) -> Result<(Preflight, tokio_postgres::Clie
 pub async fn run(
     pg: &PgConfig,
     targets: &[Target],
-    mut opts: BackupOptions,
+    opts: BackupOptions,
     cancel: CancellationToken,
 ) -> Result<BackupOutcome> {
     check_options(&opts, targets)?;
@@ -276,6 +270,7 @@ pub async fn run(
     info!("Starting backup: {}", opts.name);
     let (pre, client) = preflight(pg).await?;
     let plan = Plan::new(&opts, &pre);
+    let mut transforms = crate::codec::encoders(opts.compression, &opts.encryption)?;
     let (targets, skipped) = choose_targets(targets, &plan, &opts.name, &cancel).await?;
     let staging = plan.staging(&opts)?;
     let snapshot = export_snapshot(&client).await?;
@@ -287,7 +282,16 @@ pub async fn run(
         opts.cleanup_timeout,
         &cancel,
     );
-    let dumped = match stream_and_count(&mut dump, &mut upload, &client, &mut opts, &cancel).await {
+    let dumped = match stream_and_count(
+        &mut dump,
+        &mut upload,
+        &client,
+        &opts,
+        &mut transforms,
+        &cancel,
+    )
+    .await
+    {
         Ok(d) => d,
         Err(e) => {
             tokio::join!(dump.terminate(), upload.abort());
@@ -319,7 +323,7 @@ fn check_options(opts: &BackupOptions, targets: &[Target]) -> Result<()> {
     if opts.settings.jobs == 0 {
         return Err(Error::usage("jobs must be at least 1"));
     }
-    Ok(())
+    opts.kind.ensure_logical(&format!("backup {:?}", opts.name))
 }
 
 /// What one run writes, decided before anything is written.
@@ -345,7 +349,7 @@ impl Plan {
                 &opts.name,
                 opts.compression,
                 directory,
-                opts.encryption == "age",
+                opts.encryption.enabled(),
             ),
             manifest_key: Manifest::key_for(&opts.name),
             required_space: opts.settings.space_check.then_some(required),
@@ -465,7 +469,8 @@ async fn stream_and_count(
     dump: &mut Dump,
     upload: &mut Upload,
     client: &tokio_postgres::Client,
-    opts: &mut BackupOptions,
+    opts: &BackupOptions,
+    transforms: &mut [Box<dyn Transform>],
     cancel: &CancellationToken,
 ) -> Result<Dumped> {
     let row_counts = opts.settings.row_counts;
@@ -478,7 +483,7 @@ async fn stream_and_count(
         };
         Ok::<_, Error>((counts, tables))
     };
-    let sink = upload.sink(&mut opts.transforms, opts.progress.clone());
+    let sink = upload.sink(transforms, opts.progress.clone());
     let ((sha256, size), (counts, tables)) = tokio::select! {
         r = async { tokio::try_join!(dump.stream(sink), counts) } => r?,
         _ = cancel.cancelled() => return Err(Error::Interrupted("a signal".into())),
@@ -519,11 +524,15 @@ fn manifest(
         database: pg.name.clone(),
         server_version: pre.server.version.clone(),
         pg_dump_version: pre.pg_dump.version.clone(),
-        format: if directory { "directory" } else { "custom" }.into(),
-        compression: opts.compression.name().into(),
+        format: if directory {
+            Format::Directory
+        } else {
+            Format::Custom
+        },
+        compression: opts.compression.algorithm(),
         compression_level: opts.compression.level(),
-        encryption: opts.encryption.clone(),
-        recipients: opts.recipients.clone(),
+        encryption: opts.encryption.kind,
+        recipients: opts.encryption.public_recipients(),
         started_at,
         finished_at: Utc::now(),
         size_bytes: dumped.size,
@@ -537,7 +546,7 @@ fn manifest(
         tables: dumped.tables,
         counts: dumped.counts,
         host: Some(crate::util::hostname()),
-        kind: Some(opts.kind.clone()),
+        kind: Some(opts.kind),
         physical: None,
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::manifest::{MANIFEST_SUFFIX, Manifest, VERIFY_SUFFIX};
+use crate::manifest::{Format, Kind, MANIFEST_SUFFIX, Manifest, VERIFY_SUFFIX};
 use crate::storage::{ObjectMeta, Storage, get_bytes, list_all};
 use crate::verify::VerifyRecord;
 
@@ -51,9 +51,11 @@ impl Catalog {
     /// point-in-time restore itself.
     pub fn latest(&self, database: Option<&str>) -> Option<&BackupEntry> {
         self.backups.iter().find(|b| {
-            b.manifest.kind.as_deref() != Some("safety")
-                && b.manifest.physical.is_none()
-                && database.is_none_or(|d| b.manifest.database == d)
+            let regular = match b.manifest.kind.unwrap_or_default() {
+                Kind::Logical => true,
+                Kind::Safety | Kind::Physical => false,
+            };
+            regular && database.is_none_or(|d| b.manifest.database == d)
         })
     }
 
@@ -141,13 +143,25 @@ impl Resolved {
     pub fn is_directory(&self) -> bool {
         is_directory(self.manifest.as_ref(), &self.data_key)
     }
+
+    /// Refuse a backup that is not logical, for code that assumes a pg_dump archive
+    /// (bare files are pg_dump archives).
+    pub fn ensure_logical(&self) -> Result<()> {
+        match &self.manifest {
+            Some(m) => m.ensure_logical(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Whether a backup is a directory-format dump carried as a tar archive: its manifest
 /// says so, or, for a bare file without one, its name does.
 pub fn is_directory(manifest: Option<&Manifest>, data_key: &str) -> bool {
     match manifest {
-        Some(m) => m.format == "directory",
+        Some(m) => match m.format {
+            Format::Directory => true,
+            Format::Custom | Format::Tar => false,
+        },
         None => data_key.contains(".tar"),
     }
 }

@@ -1,5 +1,7 @@
 //! In-process stream codecs: zstd compression (all cores) and age encryption, as push
 //! [`Transform`]s on the way to storage, and as streaming decoders on the way back.
+//! [`encoders`] builds the chain a new backup's settings ask for, and [`decoder_for`]
+//! the inverse that a stored backup's manifest asks for, so no caller assembles codecs.
 //!
 //! Encoders write into an in-memory sink that is drained after every push, so memory
 //! stays bounded by the codec's own window. Decoders run the codec's `Read` API on a
@@ -16,9 +18,14 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::error::{Error, Result};
+use crate::manifest::Encryption;
 use crate::secret::Secret;
 use crate::storage::ByteStream;
 use crate::transform::Transform;
+
+mod chain;
+
+pub use chain::{Decoder, check_key, decoder_for, encoders};
 
 /// A `Write` whose bytes are collected for draining.
 #[derive(Clone, Default)]
@@ -111,7 +118,7 @@ impl Transform for ZstdEncoder {
 pub struct EncryptionConfig {
     /// `none` or `age`.
     #[serde(rename = "type")]
-    pub kind: EncryptionKind,
+    pub kind: Encryption,
     /// X25519 public keys (`age1…`); a comma-separated string is accepted too.
     #[serde(deserialize_with = "list_or_csv")]
     pub recipients: Vec<String>,
@@ -119,17 +126,6 @@ pub struct EncryptionConfig {
     pub passphrase: Option<Secret>,
     /// Identity file for restore and verify (default `KAIZEN_BACKUP_AGE_IDENTITY_FILE`).
     pub identity_file: Option<PathBuf>,
-}
-
-/// Encryption at rest.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EncryptionKind {
-    /// Stored as written.
-    #[default]
-    None,
-    /// age (X25519 recipients or a passphrase).
-    Age,
 }
 
 fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
@@ -159,7 +155,7 @@ fn cfg_err(key: &str, message: impl Into<String>) -> Error {
 impl EncryptionConfig {
     /// Whether backups are encrypted.
     pub fn enabled(&self) -> bool {
-        self.kind == EncryptionKind::Age
+        self.kind == Encryption::Age
     }
 
     /// Check the settings (recipients parse, exactly one of recipients/passphrase).
@@ -193,9 +189,12 @@ impl EncryptionConfig {
         Ok(())
     }
 
-    /// The public part recorded in manifests (recipients; `scrypt` for a passphrase).
+    /// The public part recorded in manifests (recipients; `scrypt` for a passphrase;
+    /// nothing when encryption is off).
     pub fn public_recipients(&self) -> Vec<String> {
-        if self.passphrase.is_some() {
+        if !self.enabled() {
+            Vec::new()
+        } else if self.passphrase.is_some() {
             vec!["scrypt".into()]
         } else {
             self.recipients.clone()
@@ -336,21 +335,22 @@ pub fn zstd_decode(input: ByteStream) -> ByteStream {
     })
 }
 
-/// Decrypt an age stream with `keys`. A missing key is refused before anything is read;
-/// a wrong key or tampered ciphertext fail the stream with a clear error.
-pub fn age_decode(
-    input: ByteStream,
-    keys: &DecryptKeys,
-    recipients: &[String],
-) -> Result<ByteStream> {
-    let named = if recipients.is_empty() {
+/// How an encrypted backup names its recipients in messages.
+fn named(recipients: &[String]) -> String {
+    if recipients.is_empty() {
         "age".to_string()
     } else {
         recipients.join(", ")
-    };
+    }
+}
+
+/// Refuse keys that cannot possibly decrypt a backup encrypted for `recipients`: none
+/// given, or an identity file that does not exist.
+pub(crate) fn check_keys(keys: &DecryptKeys, recipients: &[String]) -> Result<()> {
     if keys.identity_file.is_none() && keys.passphrase.is_none() {
         return Err(Error::Refused(format!(
-            "this backup is encrypted for {named}; no key was given: set encryption.identity_file or KAIZEN_BACKUP_AGE_IDENTITY_FILE (or the passphrase)"
+            "this backup is encrypted for {}; no key was given: set encryption.identity_file or KAIZEN_BACKUP_AGE_IDENTITY_FILE (or the passphrase)",
+            named(recipients)
         )));
     }
     if let Some(path) = &keys.identity_file
@@ -361,6 +361,18 @@ pub fn age_decode(
             message: format!("identity file {} does not exist", path.display()),
         });
     }
+    Ok(())
+}
+
+/// Decrypt an age stream with `keys`. A missing key is refused before anything is read;
+/// a wrong key or tampered ciphertext fail the stream with a clear error.
+pub fn age_decode(
+    input: ByteStream,
+    keys: &DecryptKeys,
+    recipients: &[String],
+) -> Result<ByteStream> {
+    let named = named(recipients);
+    check_keys(keys, recipients)?;
     let given = match &keys.identity_file {
         Some(path) => format!("the identity in {}", path.display()),
         None => "the passphrase".to_string(),

@@ -1,7 +1,14 @@
 //! The backup manifest (`NAME.manifest.json`): field names are a contract.
+//!
+//! Values with a closed set of meanings (`format`, `compression`, `encryption`, `kind`)
+//! are enums written as the same lower-case words manifests have always held. A value
+//! this version does not know (written by a newer kaizen-backup) is refused with a
+//! message naming the field and the value, never guessed at.
+
+use std::fmt;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 
@@ -12,6 +19,157 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_SUFFIX: &str = ".manifest.json";
 /// Suffix of verification records.
 pub const VERIFY_SUFFIX: &str = ".verify.json";
+
+/// An enum stored as one of a fixed set of words: `Serialize`, `Deserialize` (an unknown
+/// word is an error that names the field and the word), `Display` and `as_str`.
+macro_rules! word_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident ($field:literal) {
+            $( $(#[$vmeta:meta])* $variant:ident = $word:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            /// The word written in manifests (and configuration).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( Self::$variant => $word, )+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> std::result::Result<Self, String> {
+                Self::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| unknown_value($field, s, Self::ALL.iter().map(|v| v.as_str())))
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let word = String::deserialize(d)?;
+                word.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+/// The message for a word an enum does not know.
+fn unknown_value<'a>(field: &str, value: &str, known: impl Iterator<Item = &'a str>) -> String {
+    format!(
+        "`{field}` is {value:?}, which this version of kaizen-backup does not know (it knows {})",
+        known.collect::<Vec<_>>().join(", ")
+    )
+}
+
+word_enum! {
+    /// How pg_dump wrote the archive (`format`).
+    pub enum Format ("format") {
+        /// One custom-format archive (`pg_dump -Fc`).
+        Custom = "custom",
+        /// A directory-format dump (`pg_dump -Fd`, parallel), stored as one tar archive.
+        Directory = "directory",
+        /// A physical base backup: the tar archive `pg_basebackup -Ft` writes.
+        Tar = "tar",
+    }
+}
+
+word_enum! {
+    /// Compression of the stored stream (`compression`); the level is recorded beside it.
+    pub enum Compression ("compression") {
+        /// pg_dump's own gzip, inside the archive (the stream itself is not compressed).
+        Gzip = "gzip",
+        /// The stream is zstd-compressed by kaizen-backup.
+        Zstd = "zstd",
+        /// Not compressed.
+        None = "none",
+    }
+}
+
+word_enum! {
+    /// Encryption at rest of the stored stream (`encryption`), also the `[encryption]`
+    /// `type` of the configuration.
+    #[derive(Default)]
+    pub enum Encryption ("encryption") {
+        /// Stored as written.
+        #[default]
+        None = "none",
+        /// age: X25519 recipients or a passphrase (scrypt).
+        Age = "age",
+    }
+}
+
+word_enum! {
+    /// What a backup holds and why it was taken (`kind`).
+    ///
+    /// The words are those manifests have always held: a logical backup is `"backup"`,
+    /// and the copy restore takes of a database it is about to replace is `"safety"` (also
+    /// logical). Code that can only handle logical backups says so for the others with
+    /// [`Kind::ensure_logical`].
+    #[derive(Default)]
+    pub enum Kind ("kind") {
+        /// A logical backup of one database (`pg_dump`); manifests without `kind` are these.
+        #[default]
+        Logical = "backup",
+        /// A logical backup taken by restore just before it replaced a database.
+        Safety = "safety",
+        /// A physical backup of the whole cluster (base backup plus WAL).
+        Physical = "physical",
+    }
+}
+
+impl Encryption {
+    /// Whether the stored stream is encrypted.
+    pub fn is_encrypted(self) -> bool {
+        self != Self::None
+    }
+}
+
+impl Kind {
+    /// Whether this is a `pg_dump` backup of one database.
+    pub fn is_logical(self) -> bool {
+        match self {
+            Self::Logical | Self::Safety => true,
+            Self::Physical => false,
+        }
+    }
+
+    /// Refuse what is not a logical backup, for code that runs `pg_dump`/`pg_restore`
+    /// or reads an archive's table of contents; `what` names it (e.g. `backup "x"`).
+    pub fn ensure_logical(self, what: &str) -> Result<()> {
+        match self {
+            Self::Logical | Self::Safety => Ok(()),
+            Self::Physical => Err(Error::usage(format!(
+                "{what} is a physical backup: physical backups are not supported by this command"
+            ))),
+        }
+    }
+}
 
 /// One table and its exact row count at the dump's snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,15 +210,15 @@ pub struct Manifest {
     pub server_version: String,
     /// `pg_dump --version` output.
     pub pg_dump_version: String,
-    /// pg_dump archive format (`custom`).
-    pub format: String,
-    /// Compression of the stored stream: `gzip` (inside the archive), `zstd`, `none`.
-    pub compression: String,
-    /// Compression level.
+    /// pg_dump archive format.
+    pub format: Format,
+    /// Compression of the stored stream.
+    pub compression: Compression,
+    /// Compression level (`null` for `none`).
     #[serde(default)]
     pub compression_level: Option<i32>,
-    /// Encryption: `none` or `age`.
-    pub encryption: String,
+    /// Encryption of the stored stream.
+    pub encryption: Encryption,
     /// Public recipients (age), never secrets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recipients: Vec<String>,
@@ -95,9 +253,11 @@ pub struct Manifest {
     /// Host that took the backup.
     #[serde(default)]
     pub host: Option<String>,
-    /// `backup`, or `safety` for the copy taken before a restore replaced a database.
+    /// What the backup is. `None` (no `kind` in the JSON, as in some hand-made
+    /// manifests) means a logical backup; it is kept as read so that rewriting a manifest
+    /// (pinning) changes nothing else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    pub kind: Option<Kind>,
     /// Physical backups: where their WAL starts and ends, and the cluster they belong to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub physical: Option<PhysicalInfo>,
@@ -136,16 +296,174 @@ impl Manifest {
             .map_err(|e| Error::other(format!("cannot serialize manifest: {e}")))
     }
 
+    /// Refuse a backup that is not logical (see [`Kind::ensure_logical`]).
+    pub fn ensure_logical(&self) -> Result<()> {
+        self.kind
+            .unwrap_or_default()
+            .ensure_logical(&format!("backup {:?}", self.name))
+    }
+
+    /// Whether kaizen-backup compressed or encrypted the stored stream itself, so that it
+    /// must be decoded (see [`crate::codec::decoder_for`]) before pg_restore can read it.
+    pub fn is_encoded(&self) -> bool {
+        self.compression == Compression::Zstd || self.encryption.is_encrypted()
+    }
+
     /// Parse and check the format version.
     pub fn from_json(data: &[u8]) -> Result<Self> {
-        let m: Manifest = serde_json::from_slice(data)
-            .map_err(|e| Error::Corrupt(format!("manifest is not valid JSON: {e}")))?;
-        if m.format_version > FORMAT_VERSION {
-            return Err(Error::Corrupt(format!(
-                "manifest format_version {} is newer than this kaizen-backup understands ({FORMAT_VERSION}); upgrade kaizen-backup",
-                m.format_version
-            )));
+        // The version first: a newer manifest may hold fields and values this one lacks.
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: u32,
         }
+        if let Ok(v) = serde_json::from_slice::<Version>(data) {
+            check_version(v.format_version)?;
+        }
+        let m: Manifest = serde_json::from_slice(data).map_err(|e| {
+            Error::Corrupt(match e.classify() {
+                // Well-formed JSON with a missing field, a wrong type or an unknown value.
+                serde_json::error::Category::Data => format!("manifest cannot be read: {e}"),
+                _ => format!("manifest is not valid JSON: {e}"),
+            })
+        })?;
+        check_version(m.format_version)?;
         Ok(m)
+    }
+}
+
+fn check_version(format_version: u32) -> Result<()> {
+    if format_version > FORMAT_VERSION {
+        return Err(Error::Corrupt(format!(
+            "manifest format_version {format_version} is newer than this kaizen-backup understands ({FORMAT_VERSION}); upgrade kaizen-backup"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Manifests as kaizen-backup 0.1 wrote them (before these fields were enums).
+    const WRITTEN: [&str; 3] = [
+        include_str!("../testdata/manifest-gzip-custom.json"),
+        include_str!("../testdata/manifest-zstd-age-directory-safety.json"),
+        include_str!("../testdata/manifest-none-no-kind.json"),
+    ];
+
+    #[test]
+    fn written_manifests_round_trip_byte_for_byte() {
+        for json in WRITTEN {
+            let m = Manifest::from_json(json.as_bytes()).unwrap();
+            assert_eq!(String::from_utf8(m.to_json().unwrap()).unwrap(), json);
+        }
+    }
+
+    #[test]
+    fn written_values_read_as_enums() {
+        let [gzip, zstd, none] = WRITTEN.map(|j| Manifest::from_json(j.as_bytes()).unwrap());
+        assert_eq!(
+            (gzip.format, gzip.compression, gzip.compression_level),
+            (Format::Custom, Compression::Gzip, Some(6))
+        );
+        assert_eq!(
+            (gzip.encryption, gzip.kind),
+            (Encryption::None, Some(Kind::Logical))
+        );
+        assert!(!gzip.is_encoded());
+        assert_eq!(
+            (zstd.format, zstd.compression, zstd.compression_level),
+            (Format::Directory, Compression::Zstd, Some(3))
+        );
+        assert_eq!(
+            (zstd.encryption, zstd.kind),
+            (Encryption::Age, Some(Kind::Safety))
+        );
+        assert!(zstd.is_encoded());
+        assert_eq!(
+            (none.compression, none.compression_level),
+            (Compression::None, None)
+        );
+        assert_eq!(none.kind, None);
+        assert!(none.ensure_logical().is_ok());
+    }
+
+    #[test]
+    fn every_word_round_trips() {
+        fn check<T>(all: &[T])
+        where
+            T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug + fmt::Display,
+        {
+            for v in all {
+                let json = serde_json::to_string(v).unwrap();
+                assert_eq!(json, format!("\"{v}\""));
+                assert_eq!(&serde_json::from_str::<T>(&json).unwrap(), v);
+            }
+        }
+        check(Format::ALL);
+        check(Compression::ALL);
+        check(Encryption::ALL);
+        check(Kind::ALL);
+        assert_eq!(
+            Kind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["backup", "safety", "physical"]
+        );
+    }
+
+    fn with(field: &str, value: serde_json::Value) -> Vec<u8> {
+        let mut v: serde_json::Value = serde_json::from_str(WRITTEN[0]).unwrap();
+        v[field] = value;
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn unknown_values_name_the_field_and_the_value() {
+        for (field, value, known) in [
+            ("compression", "lz4", "gzip, zstd, none"),
+            ("encryption", "gpg", "none, age"),
+            ("format", "tar", "custom, directory"),
+            ("kind", "incremental", "backup, safety, physical"),
+        ] {
+            let err = Manifest::from_json(&with(field, value.into())).unwrap_err();
+            assert!(matches!(err, Error::Corrupt(_)), "{err:?}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!(
+                    "manifest cannot be read: `{field}` is \"{value}\", which this version of kaizen-backup does not know (it knows {known})"
+                )),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_newer_format_version_is_named_before_unknown_values() {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&with("compression", "lz4".into())).unwrap();
+        v["format_version"] = 2.into();
+        let msg = Manifest::from_json(&serde_json::to_vec(&v).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("format_version 2 is newer"), "{msg}");
+    }
+
+    #[test]
+    fn physical_backups_are_refused_where_a_logical_one_is_needed() {
+        let m = Manifest::from_json(&with("kind", "physical".into())).unwrap();
+        assert_eq!(m.kind, Some(Kind::Physical));
+        let err = m.ensure_logical().unwrap_err();
+        assert!(matches!(err, Error::Usage(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "backup \"backup_20240115_143000\" is a physical backup: physical backups are not supported by this command"
+        );
+    }
+
+    #[test]
+    fn broken_json_is_still_reported_as_such() {
+        let msg = Manifest::from_json(b"{\"format_version\": 1,")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("manifest is not valid JSON"), "{msg}");
     }
 }

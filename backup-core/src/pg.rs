@@ -59,21 +59,6 @@ impl Default for PgConfig {
     }
 }
 
-/// TLS connector hook: plugins (or the CLI) that support TLS install one.
-pub type Connector = std::sync::Arc<
-    dyn Fn(&PgConfig, &str) -> futures::future::BoxFuture<'static, Result<tokio_postgres::Client>>
-        + Send
-        + Sync,
->;
-
-static CONNECTOR: std::sync::OnceLock<Connector> = std::sync::OnceLock::new();
-
-/// Install the function used to open connections (e.g. one that speaks TLS).
-/// Without one, [`PgConfig::connect`] uses plain TCP or a Unix socket.
-pub fn set_connector(c: Connector) {
-    let _ = CONNECTOR.set(c);
-}
-
 impl PgConfig {
     /// `DB@HOST:PORT`, the form the old scripts' error message used.
     pub fn target(&self) -> String {
@@ -113,40 +98,10 @@ impl PgConfig {
         crate::pgpass::lookup(&self.host, self.port, &self.name, &self.user)
     }
 
-    /// Connect to `dbname` (our own connection, for queries).
+    /// Connect to `dbname` (our own connection, for queries), over TLS as `sslmode` and
+    /// the other `ssl*` settings say (see [`crate::tls`]), like libpq.
     pub async fn connect_to(&self, dbname: &str) -> Result<tokio_postgres::Client> {
-        if let Some(c) = CONNECTOR.get() {
-            return c(self, dbname).await;
-        }
-        let target = self.with_dbname(dbname).target();
-        if matches!(
-            self.sslmode.as_deref(),
-            Some("require" | "verify-ca" | "verify-full")
-        ) {
-            return Err(Error::Connect {
-                target,
-                reason: "sslmode requires TLS, but this build has no TLS support for database connections".into(),
-            });
-        }
-        // connect_timeout in tokio-postgres covers only the TCP connect; a server that
-        // accepts and never answers must not hang us, so the whole handshake is bounded.
-        let limit = Duration::from_secs(self.connect_timeout.max(1));
-        let (client, conn) = tokio::time::timeout(
-            limit,
-            self.client_config(dbname).connect(tokio_postgres::NoTls),
-        )
-        .await
-        .map_err(|_| Error::Connect {
-            target: target.clone(),
-            reason: format!("no answer within {}s (connect_timeout)", limit.as_secs()),
-        })?
-        .map_err(|e| connect_error(&target, &e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("database connection closed: {e}");
-            }
-        });
-        Ok(client)
+        crate::tls::connect(self, dbname).await
     }
 
     /// Connect to the configured database.

@@ -416,13 +416,10 @@ async fn fill(backups: &dyn Storage, entry: &BackupEntry, opts: &PitrOptions) ->
             })
             .boxed()
     };
-    let mut plain = tapped;
-    if m.encryption == "age" {
-        plain = codec::age_decode(plain, &opts.keys, &m.recipients)?;
-    }
-    if m.compression == "zstd" {
-        plain = codec::zstd_decode(plain);
-    }
+    let plain = match codec::decoder_for(m, &opts.keys)? {
+        Some(decode) => decode(tapped)?,
+        None => tapped,
+    };
     let unpacked = recovery::unpack_tar(plain, &opts.pgdata).await;
     let (sha, size) = match hash.lock() {
         Ok(h) => (hex::encode(h.0.clone().finalize()), h.1),

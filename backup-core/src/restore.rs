@@ -23,6 +23,7 @@ use crate::backup::{collect_stderr, terminate};
 use crate::catalog::Resolved;
 use crate::claim::{self, Temporary};
 use crate::error::{Error, Result};
+use crate::manifest::Compression;
 use crate::pg::{PgConfig, Tool, check_tool_version, find_tool};
 use crate::storage::ByteStream;
 
@@ -35,8 +36,7 @@ pub use database::{
 };
 pub use settings::RestoreSettings;
 
-/// Turns the stored byte stream into the plain archive (decrypt, decompress).
-pub type Decoder = Box<dyn FnOnce(ByteStream) -> Result<ByteStream> + Send>;
+pub use crate::codec::Decoder;
 
 /// How to restore: the configured [`RestoreSettings`] and the parts only a run knows.
 pub struct RestoreOptions {
@@ -44,7 +44,8 @@ pub struct RestoreOptions {
     pub target_db: String,
     /// What `[restore]` configures (jobs, owner, role, temporary directory).
     pub settings: RestoreSettings,
-    /// Decoding of the stored stream, if it is compressed or encrypted by us.
+    /// Decoding of the stored stream, if it is compressed or encrypted by us (see
+    /// [`crate::codec::decoder_for`]).
     pub decoder: Option<Decoder>,
     /// Whether an existing target may be replaced.
     pub allow_replace: bool,
@@ -117,6 +118,7 @@ pub async fn load(
     opts: &mut RestoreOptions,
     cancel: &CancellationToken,
 ) -> Result<LoadStats> {
+    resolved.ensure_logical()?;
     let stored = resolved.storage.get(&resolved.data_key).await?;
     let hash = Arc::new(Mutex::new((Sha256::new(), 0u64)));
     let tap = {
@@ -216,13 +218,11 @@ async fn load_directory(
         .unwrap_or_else(std::env::temp_dir);
     // Unpacked size: the stored size when pg_dump compressed the files itself; with
     // zstd/none on the stream, the dump is uncompressed, bounded by the database size.
-    let required = resolved.manifest.as_ref().map(|m| {
-        if m.compression == "gzip" {
-            m.size_bytes
-        } else {
-            m.size_bytes
-                .max(u64::try_from(m.database_size_bytes).unwrap_or(0))
-        }
+    let required = resolved.manifest.as_ref().map(|m| match m.compression {
+        Compression::Gzip => m.size_bytes,
+        Compression::Zstd | Compression::None => m
+            .size_bytes
+            .max(u64::try_from(m.database_size_bytes).unwrap_or(0)),
     });
     let staging = crate::util::staging_dir(&base, required, "unpacking the parallel dump")?;
     let dir = staging.path().join("dump");
@@ -393,6 +393,7 @@ pub async fn run(
     mut opts: RestoreOptions,
     cancel: CancellationToken,
 ) -> Result<RestoreOutcome> {
+    resolved.ensure_logical()?;
     let started = Instant::now();
     let target = opts.target_db.clone();
     let admin = pg.connect_to(&pg.maintenance_db).await?;

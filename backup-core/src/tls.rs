@@ -4,11 +4,14 @@
 //! certificate is given, as libpq does), `verify-ca` (chain only), `verify-full`
 //! (chain and host name). Client certificates come from `sslcert`/`sslkey`.
 //! pg_dump/pg_restore get the same settings through `PGSSLMODE` & co.
+//!
+//! The settings are fields of [`PgConfig`] and [`PgConfig::connect`] always goes through
+//! [`connect`]: there is nothing to install, so no library user gets plain TCP by
+//! forgetting a step.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
@@ -182,37 +185,36 @@ pub fn client_config(pg: &PgConfig) -> Result<ClientConfig> {
     }
 }
 
-async fn connect(pg: PgConfig, dbname: String) -> Result<tokio_postgres::Client> {
-    let target = pg.with_dbname(&dbname).target();
-    let mut cfg = pg.client_config(&dbname);
+/// Open a connection to `dbname` with `pg`'s settings, TLS as its `sslmode` says.
+pub(crate) async fn connect(pg: &PgConfig, dbname: &str) -> Result<tokio_postgres::Client> {
+    let target = pg.with_dbname(dbname).target();
+    let mut cfg = pg.client_config(dbname);
     let mode = pg.sslmode.as_deref().unwrap_or("prefer");
     cfg.ssl_mode(match mode {
         "disable" => SslMode::Disable,
         "allow" | "prefer" => SslMode::Prefer,
         _ => SslMode::Require,
     });
+    // connect_timeout in tokio-postgres covers only the TCP connect; a server that
+    // accepts and never answers must not hang us, so the whole handshake is bounded.
     let limit = Duration::from_secs(pg.connect_timeout.max(1));
     // Configuration problems (unreadable CA, bad key) are reported as such, before connecting.
     let tls = match mode {
         "disable" => None,
         _ => Some(tokio_postgres_rustls::MakeRustlsConnect::new(
-            client_config(&pg)?,
+            client_config(pg)?,
         )),
     };
     let fut = async {
         let client = match tls {
             None => {
                 let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                tokio::spawn(conn);
                 client
             }
             Some(tls) => {
                 let (client, conn) = cfg.connect(tls).await?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                tokio::spawn(conn);
                 client
             }
         };
@@ -227,9 +229,27 @@ async fn connect(pg: PgConfig, dbname: String) -> Result<tokio_postgres::Client>
         .map_err(|e| connect_error(&target, &e))
 }
 
-/// Use TLS-capable connections for every database connection of this process.
-pub fn install() {
-    crate::pg::set_connector(Arc::new(|pg: &PgConfig, db: &str| {
-        connect(pg.clone(), db.to_string()).boxed()
-    }));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A library user who only fills in `PgConfig` gets TLS: the settings are checked
+    /// (here, a CA file that does not exist) before any connection is tried.
+    #[tokio::test]
+    async fn connect_uses_the_tls_settings_with_nothing_installed() {
+        let pg = PgConfig {
+            host: "127.0.0.1".into(),
+            port: 9,
+            sslmode: Some("verify-full".into()),
+            sslrootcert: Some("/nonexistent/kaizen-ca.pem".into()),
+            ..PgConfig::default()
+        };
+        match pg.connect().await {
+            Err(Error::Config { key, message }) => {
+                assert_eq!(key, "database.sslrootcert");
+                assert!(message.contains("/nonexistent/kaizen-ca.pem"), "{message}");
+            }
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
 }

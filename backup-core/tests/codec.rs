@@ -5,8 +5,7 @@
 
 use backup_core::Secret;
 use backup_core::codec::{
-    AgeEncryptor, DecryptKeys, EncryptionConfig, EncryptionKind, ZstdEncoder, age_decode, keygen,
-    zstd_decode,
+    AgeEncryptor, DecryptKeys, EncryptionConfig, ZstdEncoder, age_decode, keygen, zstd_decode,
 };
 use backup_core::storage::ByteStream;
 use backup_core::transform::{Transform, finish_chain};
@@ -59,7 +58,7 @@ async fn collect(s: ByteStream) -> Result<Vec<u8>> {
 
 fn age_config(recipients: Vec<String>, passphrase: Option<&str>) -> EncryptionConfig {
     EncryptionConfig {
-        kind: EncryptionKind::Age,
+        kind: backup_core::manifest::Encryption::Age,
         recipients,
         passphrase: passphrase.map(Secret::new),
         identity_file: None,

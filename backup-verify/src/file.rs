@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use async_trait::async_trait;
-use backup_core::{CheckResult, Error, Result, Verifier, VerifyContext};
+use backup_core::{CheckResult, Error, Result, Verifier, VerifyContext, success};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
@@ -102,6 +102,7 @@ impl Verifier for FileCheck {
         }
         let sha = hex::encode(hasher.finalize());
         let Some(m) = &ctx.manifest else {
+            success!("Backup file validation passed");
             return Ok(vec![result(
                 "file",
                 true,
@@ -123,6 +124,7 @@ impl Verifier for FileCheck {
                 m.sha256
             ));
         }
+        success!("Backup file validation passed");
         Ok(vec![result(
             "file",
             true,

@@ -11,7 +11,10 @@
 //! | `size` | restored database size compared with the source size |
 //!
 //! Each check implements [`backup_core::Verifier`], so other services can run them
-//! one by one; [`run`] runs them in order and builds the [`VerifyRecord`].
+//! one by one. [`standard_checks`] lists them for a backup, [`run_checks`] runs a list
+//! in order (yours may add checks to it) and builds the [`VerifyRecord`]; [`run`] does
+//! both. Given the keys, a compressed or encrypted backup is decoded here, from its
+//! manifest, with nothing else to set up.
 
 mod archive;
 mod file;
@@ -19,6 +22,7 @@ mod restore;
 
 use std::time::Instant;
 
+use backup_core::codec::DecryptKeys;
 use backup_core::manifest::Manifest;
 use backup_core::{
     CheckResult, Error, Result, Storage, Verifier, VerifyContext, VerifyRecord, success,
@@ -31,17 +35,15 @@ pub use archive::ArchiveCheck;
 pub use file::{FileCheck, Header};
 pub use restore::{TestRestore, VERIFY_DB_PREFIX, drop_stale_databases};
 
-/// Makes a decoder for objects that kaizen-backup compressed or encrypted itself.
-pub type DecoderFactory = Box<dyn Fn() -> Result<backup_core::restore::Decoder> + Send + Sync>;
-
 /// How to verify.
 pub struct VerifyOptions {
     /// Only `file` and `archive` (no database needed).
     pub quick: bool,
     /// Stops the test restore (the temporary database is still dropped).
     pub cancel: CancellationToken,
-    /// Decoding of zstd/age objects (None: plain custom-format archives).
-    pub decoder: Option<DecoderFactory>,
+    /// Keys for an encrypted backup's test restore (the decoder comes from the manifest,
+    /// see [`backup_core::codec::decoder_for`]).
+    pub keys: DecryptKeys,
     /// pg_restore jobs of the test restore.
     pub jobs: u32,
     /// Where a downloaded or unpacked archive is staged for the test restore.
@@ -61,53 +63,69 @@ pub fn first_failure(record: &VerifyRecord) -> Option<&CheckResult> {
     record.checks.iter().find(|c| !c.passed)
 }
 
-/// Run the checks in order. A check that fails stops the checks that depend on it.
-/// Returns the record; `record.passed` says whether every check passed.
-pub async fn run(ctx: &VerifyContext, opts: &VerifyOptions) -> Result<VerifyRecord> {
-    let started_at = Utc::now();
-    info!("Starting verification of {}...", ctx.name);
-    let mut checks: Vec<CheckResult> = Vec::new();
-    let plain = opts.decoder.is_none();
-    let directory = backup_core::catalog::is_directory(ctx.manifest.as_ref(), &ctx.data_key);
-    let file = FileCheck {
-        header: match (plain, directory) {
-            (false, _) => Header::Opaque,
-            (true, true) => Header::Tar,
-            (true, false) => Header::Custom,
-        },
-    };
-    checks.extend(file.verify(ctx).await?);
-    if checks.iter().all(|c| c.passed) {
-        success!("Backup file validation passed");
-        if plain {
-            checks.extend(ArchiveCheck { directory }.verify(ctx).await?);
-        } else {
-            checks.push(CheckResult {
-                name: "archive".into(),
-                passed: true,
-                detail: "checked during the test restore (the object is compressed or encrypted by kaizen-backup)".into(),
-                duration_seconds: 0.0,
-            });
-        }
+/// The checks of a logical backup, in order: `file`, `archive`, then (unless
+/// `opts.quick`) the test restore and its comparisons. Add your own [`Verifier`]s to the
+/// list and run it with [`run_checks`]. A physical backup is refused.
+pub fn standard_checks(
+    ctx: &VerifyContext,
+    opts: &VerifyOptions,
+) -> Result<Vec<Box<dyn Verifier>>> {
+    if let Some(m) = &ctx.manifest {
+        m.ensure_logical()?;
     }
-    if !opts.quick && checks.iter().all(|c| c.passed) {
-        info!("Restoring to temporary database...");
-        let tr = TestRestore {
+    let encoded = ctx.manifest.as_ref().is_some_and(Manifest::is_encoded);
+    let directory = backup_core::catalog::is_directory(ctx.manifest.as_ref(), &ctx.data_key);
+    let header = match (encoded, directory) {
+        (true, _) => Header::Opaque,
+        (false, true) => Header::Tar,
+        (false, false) => Header::Custom,
+    };
+    let mut checks: Vec<Box<dyn Verifier>> = vec![
+        Box::new(FileCheck { header }),
+        Box::new(ArchiveCheck { directory }),
+    ];
+    if !opts.quick {
+        checks.push(Box::new(TestRestore {
             cancel: opts.cancel.clone(),
-            decoder: opts.decoder.as_ref().map(|f| f as &DecoderFactory),
+            keys: opts.keys.clone(),
             jobs: opts.jobs,
             temp_dir: opts.temp_dir.clone(),
-        };
-        checks.extend(tr.run(ctx).await?);
+        }));
     }
-    for c in &checks {
+    Ok(checks)
+}
+
+/// Run the standard checks (see [`standard_checks`]) and build the record.
+pub async fn run(ctx: &VerifyContext, opts: &VerifyOptions) -> Result<VerifyRecord> {
+    let checks = standard_checks(ctx, opts)?;
+    run_checks(ctx, &checks, opts.quick).await
+}
+
+/// Run `checks` in order: each runs only if every check before it passed (a later
+/// check depends on the earlier ones). Returns the record, `quick` recorded as given;
+/// `record.passed` says whether every check passed.
+pub async fn run_checks(
+    ctx: &VerifyContext,
+    checks: &[Box<dyn Verifier>],
+    quick: bool,
+) -> Result<VerifyRecord> {
+    let started_at = Utc::now();
+    info!("Starting verification of {}...", ctx.name);
+    let mut results: Vec<CheckResult> = Vec::new();
+    for check in checks {
+        if !results.iter().all(|c| c.passed) {
+            break;
+        }
+        results.extend(check.verify(ctx).await?);
+    }
+    for c in &results {
         if c.passed {
             info!("check {}: passed ({})", c.name, c.detail);
         } else {
             error!("check {} failed: {}", c.name, c.detail);
         }
     }
-    let passed = checks.iter().all(|c| c.passed);
+    let passed = results.iter().all(|c| c.passed);
     if passed {
         success!("All integrity checks passed");
         info!("Backup is valid and can be used for restore");
@@ -118,8 +136,8 @@ pub async fn run(ctx: &VerifyContext, opts: &VerifyOptions) -> Result<VerifyReco
         started_at,
         finished_at: Utc::now(),
         passed,
-        quick: opts.quick,
-        checks,
+        quick,
+        checks: results,
         tool_version: backup_core::TOOL_VERSION.into(),
     })
 }

@@ -3,35 +3,39 @@
 
 use std::time::Instant;
 
+use async_trait::async_trait;
 use backup_core::catalog::Resolved;
 use backup_core::claim::{self, Temporary};
+use backup_core::codec::{DecryptKeys, decoder_for};
 use backup_core::manifest::Manifest;
 use backup_core::pg::{PgConfig, db_error, quote_ident};
 use backup_core::restore::{self, RestoreOptions, create_database, drop_database};
 use backup_core::stats::{object_counts, table_counts};
-use backup_core::{CheckResult, Error, Result, VerifyContext};
+use backup_core::{CheckResult, Error, Result, Verifier, VerifyContext};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{DecoderFactory, result};
+use crate::result;
 
 /// Prefix of temporary verification databases.
 pub const VERIFY_DB_PREFIX: &str = "kaizen_verify_";
 
-/// Restores into a temporary database and compares it with the manifest.
-pub struct TestRestore<'a> {
+/// Restores into a temporary database and compares it with the manifest (checks
+/// `test_restore`, `tables`, `sequences`, `indexes`, `constraints`, `row_counts`,
+/// `foreign_keys`, `size`). Needs [`VerifyContext::pg`]; refuses a physical backup.
+pub struct TestRestore {
     /// Cancels the restore (the database is still dropped).
     pub cancel: CancellationToken,
-    /// Decoder for objects kaizen-backup compressed or encrypted.
-    pub decoder: Option<&'a DecoderFactory>,
+    /// Keys for an encrypted backup (the decoder comes from its manifest).
+    pub keys: DecryptKeys,
     /// pg_restore jobs.
     pub jobs: u32,
     /// Staging directory for archives that need a local copy.
     pub temp_dir: Option<std::path::PathBuf>,
 }
 
-impl std::fmt::Debug for TestRestore<'_> {
+impl std::fmt::Debug for TestRestore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TestRestore").finish_non_exhaustive()
     }
@@ -44,10 +48,19 @@ pub async fn drop_stale_databases(admin: &Client) -> Result<Vec<String>> {
     claim::drop_leftovers(admin).await
 }
 
-impl TestRestore<'_> {
+#[async_trait]
+impl Verifier for TestRestore {
+    fn name(&self) -> &'static str {
+        "test_restore"
+    }
+
     /// Run checks 3–10.
-    pub async fn run(&self, ctx: &VerifyContext) -> Result<Vec<CheckResult>> {
+    async fn verify(&self, ctx: &VerifyContext) -> Result<Vec<CheckResult>> {
+        info!("Restoring to temporary database...");
         let started = Instant::now();
+        if let Some(m) = &ctx.manifest {
+            m.ensure_logical()?;
+        }
         let Some(pg) = &ctx.pg else {
             return Err(Error::usage(
                 "a test restore needs database connection settings",
@@ -86,7 +99,9 @@ impl TestRestore<'_> {
         }
         outcome
     }
+}
 
+impl TestRestore {
     async fn restore_and_compare(
         &self,
         ctx: &VerifyContext,
@@ -107,8 +122,8 @@ impl TestRestore<'_> {
         opts.settings.no_owner = !superuser;
         opts.settings.jobs = self.jobs.max(1);
         opts.settings.temp_dir = self.temp_dir.clone();
-        if let Some(f) = self.decoder {
-            opts.decoder = Some(f()?);
+        if let Some(m) = &ctx.manifest {
+            opts.decoder = decoder_for(m, &self.keys)?;
         }
         let loaded = restore::load(pg, tool, &resolved, db, &mut opts, &self.cancel).await;
         let mut checks = Vec::new();

@@ -9,6 +9,7 @@ use crate::ctx::Ctx;
 
 pub async fn run(ctx: &Ctx, spec: &str, json: bool) -> Result<()> {
     let resolved = ctx.resolve(spec).await?;
+    resolved.ensure_logical()?;
     let mut stream = resolved.storage.get(&resolved.data_key).await?;
     if let Some(decode) = ctx.decoder(resolved.manifest.as_ref())? {
         stream = decode(stream)?;

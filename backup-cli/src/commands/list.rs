@@ -1,6 +1,7 @@
 //! `kaizen-backup list [--json]`.
 
 use backup_core::catalog;
+use backup_core::manifest::Kind;
 use backup_core::storage::IncompleteUpload;
 use backup_core::util::human_size;
 use backup_core::{Result, Storage};
@@ -75,7 +76,7 @@ fn entry_json(storage: &dyn Storage, b: &catalog::BackupEntry) -> serde_json::Va
         "compression": m.compression,
         "encryption": m.encryption,
         "pinned": m.pinned,
-        "kind": m.kind.clone().unwrap_or_else(|| "backup".into()),
+        "kind": m.kind.unwrap_or_default(),
         // true: a full verification passed; false: the last verification failed;
         // null: never verified by a test restore.
         "verified": b.verify.as_ref().and_then(|v| if !v.passed { Some(false) } else if v.quick { None } else { Some(true) }),
@@ -114,8 +115,10 @@ fn print_table(cat: &catalog::Catalog, uploads: &[IncompleteUpload]) {
         if m.pinned {
             status.push_str(", pinned");
         }
-        if m.kind.as_deref() == Some("safety") {
-            status.push_str(", safety");
+        match m.kind.unwrap_or_default() {
+            Kind::Logical => {}
+            Kind::Safety => status.push_str(", safety"),
+            Kind::Physical => status.push_str(", physical"),
         }
         if b.data.is_none() {
             status.push_str(", DATA MISSING");

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use backup_core::backup::{self, Target};
 use backup_core::catalog::Resolved;
+use backup_core::manifest::Kind;
 use backup_core::restore::{self, RestoreOutcome};
 use backup_core::util::human_size;
 use backup_core::{Error, Result, success};
@@ -43,6 +44,7 @@ async fn reported_restore(
     let c = ctx.config();
     let target_db = subject.target_db.clone();
     let resolved = ctx.resolve(&args.backup).await?;
+    resolved.ensure_logical()?;
     subject.backup = resolved.name.clone();
     subject.storage = Some(resolved.storage.url());
     ctx.reporter.restore_started(subject).await;
@@ -176,7 +178,7 @@ async fn safety_backup(ctx: &Ctx, db: &str) -> Result<()> {
     );
     info!("Taking a safety backup of {db} first: {name}");
     let mut opts = ctx.backup_options(name)?;
-    opts.kind = "safety".into();
+    opts.kind = Kind::Safety;
     let pg = ctx.config().database.clone().with_dbname(db);
     let target = Target {
         storage: first.storage.clone(),

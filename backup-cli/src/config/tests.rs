@@ -188,7 +188,7 @@ fn old_variables_and_precedence() {
     assert_eq!(c.database.sslmode.as_deref(), Some("require"));
     assert_eq!(
         c.backup.settings.compression,
-        backup_core::backup::CompressionKind::None
+        backup_core::manifest::Compression::None
     );
     let urls: Vec<&str> = c.storage.targets.iter().map(TargetSpec::url).collect();
     assert_eq!(

@@ -1,24 +1,24 @@
 //! The options of each pipeline, from the configuration: what a command adds is only
 //! what its flags say.
 
+use backup_core::Result;
 use backup_core::backup::BackupOptions;
 use backup_core::lock::LockOptions;
 use backup_core::manifest::Manifest;
 use backup_core::restore::RestoreOptions;
 use backup_core::retention::RetentionPolicy;
-use backup_core::{Error, Result};
-use backup_verify::{DecoderFactory, VerifyOptions};
+use backup_verify::VerifyOptions;
 
 use super::Ctx;
 
 impl Ctx {
     /// Backup `name` as `[backup]` configures it, with the cleanup deadline of
-    /// `[storage.timeouts]` and the encoders (zstd, age) the configuration asks for.
+    /// `[storage.timeouts]` and `[encryption]` (core builds the encoders from them).
     pub fn backup_options(&self, name: String) -> Result<BackupOptions> {
         let c = self.config();
         let mut opts = BackupOptions::with_settings(name, c.backup.settings.clone())?;
         opts.cleanup_timeout = c.storage.options.timeouts.cleanup();
-        crate::codecs::add_encoders(c, &mut opts)?;
+        opts.encryption = c.encryption.clone();
         Ok(opts)
     }
 
@@ -31,28 +31,26 @@ impl Ctx {
     }
 
     /// Verifying the backup `manifest` describes: the test restore takes `[restore]`'s
-    /// jobs and temporary directory, and decodes (zstd, age) with the configured keys.
-    pub fn verify_options(&self, quick: bool, manifest: Option<&Manifest>) -> VerifyOptions {
+    /// jobs and temporary directory, and the configured keys when the backup is encrypted
+    /// (--quick needs no key).
+    pub fn verify_options(
+        &self,
+        quick: bool,
+        manifest: Option<&Manifest>,
+    ) -> Result<VerifyOptions> {
         let c = self.config();
-        // Decoding is needed only by the test restore: --quick needs no key.
-        let decoder: Option<DecoderFactory> = match manifest {
-            Some(m) if m.compression == "zstd" || m.encryption == "age" => {
-                let cfg = c.clone();
-                let m = m.clone();
-                Some(Box::new(move || {
-                    crate::codecs::decoder(&cfg, Some(&m))?
-                        .ok_or_else(|| Error::other("no decoder for this backup"))
-                }))
-            }
-            _ => None,
+        let keys = if quick {
+            Default::default()
+        } else {
+            crate::codecs::keys_for(c, manifest)?
         };
-        VerifyOptions {
+        Ok(VerifyOptions {
             quick,
             cancel: self.cancel.clone(),
-            decoder,
+            keys,
             jobs: c.restore.settings.jobs,
             temp_dir: c.restore.settings.temp_dir.clone(),
-        }
+        })
     }
 
     /// `[retention]`.

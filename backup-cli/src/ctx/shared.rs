@@ -29,7 +29,7 @@ impl Ctx {
             manifest: resolved.manifest.clone(),
             pg: Some(self.config().database.clone()),
         };
-        let opts = self.verify_options(quick, resolved.manifest.as_ref());
+        let opts = self.verify_options(quick, resolved.manifest.as_ref())?;
         let lease = self.lease(&resolved, "verify").await;
         let record = backup_verify::run(&vctx, &opts).await;
         self.release_lease(lease).await;

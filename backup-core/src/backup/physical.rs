@@ -112,10 +112,20 @@ pub(crate) fn parse_positions(stderr: &str) -> Positions {
 pub async fn run_physical(
     pg: &PgConfig,
     targets: &[Target],
-    mut opts: BackupOptions,
+    opts: BackupOptions,
     cancel: CancellationToken,
 ) -> Result<BackupOutcome> {
-    check_options(&opts, targets)?;
+    crate::name::validate(&opts.name)?;
+    if targets.is_empty() {
+        return Err(Error::usage("no storage target configured"));
+    }
+    if opts.kind != Kind::Physical {
+        return Err(Error::usage(format!(
+            "backup {:?} is not a physical backup",
+            opts.name
+        )));
+    }
+    let mut transforms = crate::codec::encoders(opts.compression, &opts.encryption)?;
     let started = Instant::now();
     let started_at = Utc::now();
     info!("Starting physical backup: {}", opts.name);
@@ -152,7 +162,7 @@ pub async fn run_physical(
     let mut upload = Upload::start(&targets, &data_key, skipped, opts.cleanup_timeout, &cancel);
     let progress = opts.progress.clone();
     let streamed = tokio::select! {
-        r = pump(&mut child, upload.sink(&mut opts.transforms, progress)) => r,
+        r = pump(&mut child, upload.sink(&mut transforms, progress)) => r,
         _ = cancel.cancelled() => Err(Error::Interrupted("a signal".into())),
     };
     let (sha256, size) = match streamed {
@@ -208,11 +218,11 @@ pub async fn run_physical(
         database: pg.name.clone(),
         server_version: cluster.server.version.clone(),
         pg_dump_version: cluster.pg_basebackup.version.clone(),
-        format: "tar".into(),
-        compression: opts.compression.name().into(),
+        format: Format::Tar,
+        compression: opts.compression.algorithm(),
         compression_level: opts.compression.level(),
-        encryption: opts.encryption.clone(),
-        recipients: opts.recipients.clone(),
+        encryption: opts.encryption.kind,
+        recipients: opts.encryption.public_recipients(),
         started_at,
         finished_at: Utc::now(),
         size_bytes: size,
@@ -226,7 +236,7 @@ pub async fn run_physical(
         tables: Vec::new(),
         counts: Default::default(),
         host: Some(crate::util::hostname()),
-        kind: Some("physical".into()),
+        kind: Some(Kind::Physical),
         physical: Some(PhysicalInfo {
             timeline,
             start_lsn,
@@ -255,7 +265,11 @@ fn physical_key(opts: &BackupOptions) -> String {
     } else {
         ""
     };
-    let age = if opts.encryption == "age" { ".age" } else { "" };
+    let age = if opts.encryption.enabled() {
+        ".age"
+    } else {
+        ""
+    };
     format!("{}.base.tar{zst}{age}", opts.name)
 }
 

@@ -8,19 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Compression;
 use crate::error::{Error, Result};
-
-/// The compression a configuration names; its level is [`BackupSettings::level`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CompressionKind {
-    /// pg_dump's own gzip, as the old scripts did.
-    #[default]
-    Gzip,
-    /// In-process zstd.
-    Zstd,
-    /// None.
-    None,
-}
+use crate::manifest::Compression as CompressionName;
 
 /// The `[backup]` settings. Missing keys take these defaults; keys of the section that
 /// are not settings of the pipeline (the CLI's own) are left to their reader.
@@ -28,7 +16,7 @@ pub enum CompressionKind {
 #[serde(default)]
 pub struct BackupSettings {
     /// `gzip` (pg_dump's own), `zstd`, or `none`.
-    pub compression: CompressionKind,
+    pub compression: CompressionName,
     /// Compression level (gzip 0–9, default 6; zstd 1–22, default 3).
     pub level: Option<i32>,
     /// Parallel pg_dump jobs; more than 1 dumps in directory format, staged on local disk.
@@ -49,7 +37,7 @@ impl Default for BackupSettings {
     /// The old scripts' behaviour: custom format, gzip level 6, one job.
     fn default() -> Self {
         Self {
-            compression: CompressionKind::Gzip,
+            compression: CompressionName::Gzip,
             level: None,
             jobs: 1,
             staging_dir: None,
@@ -70,21 +58,21 @@ impl BackupSettings {
             message,
         };
         match self.compression {
-            CompressionKind::Gzip => {
+            CompressionName::Gzip => {
                 let l = self.level.unwrap_or(6);
                 if !(0..=9).contains(&l) {
                     return Err(bad(format!("gzip level must be 0–9, got {l}")));
                 }
                 Ok(Compression::Gzip(l))
             }
-            CompressionKind::Zstd => {
+            CompressionName::Zstd => {
                 let l = self.level.unwrap_or(3);
                 if !(1..=22).contains(&l) {
                     return Err(bad(format!("zstd level must be 1–22, got {l}")));
                 }
                 Ok(Compression::Zstd(l))
             }
-            CompressionKind::None => Ok(Compression::None),
+            CompressionName::None => Ok(Compression::None),
         }
     }
 
@@ -123,16 +111,16 @@ mod tests {
             Some(Compression::Gzip(6))
         );
         assert_eq!(
-            with(CompressionKind::Zstd, None).compression().ok(),
+            with(CompressionName::Zstd, None).compression().ok(),
             Some(Compression::Zstd(3))
         );
-        let err = with(CompressionKind::Gzip, Some(12))
+        let err = with(CompressionName::Gzip, Some(12))
             .validate()
             .unwrap_err();
         assert!(err.to_string().contains("backup.level"), "{err}");
-        assert!(with(CompressionKind::Zstd, Some(0)).validate().is_err());
+        assert!(with(CompressionName::Zstd, Some(0)).validate().is_err());
         assert_eq!(
-            with(CompressionKind::None, Some(99)).compression().ok(),
+            with(CompressionName::None, Some(99)).compression().ok(),
             Some(Compression::None)
         );
     }
@@ -143,7 +131,7 @@ mod tests {
             "compression": "zstd", "jobs": 4, "verify": true
         }))
         .unwrap();
-        assert_eq!(s.compression, CompressionKind::Zstd);
+        assert_eq!(s.compression, CompressionName::Zstd);
         assert_eq!(s.jobs, 4);
         assert!(s.space_check);
         let bad = serde_json::json!({ "compression": "rar" });
