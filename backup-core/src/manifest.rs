@@ -421,7 +421,7 @@ mod tests {
         for (field, value, known) in [
             ("compression", "lz4", "gzip, zstd, none"),
             ("encryption", "gpg", "none, age"),
-            ("format", "tar", "custom, directory"),
+            ("format", "cpio", "custom, directory, tar"),
             ("kind", "incremental", "backup, safety, physical"),
         ] {
             let err = Manifest::from_json(&with(field, value.into())).unwrap_err();
