@@ -551,7 +551,7 @@ pub fn describe(loaded: &Loaded) -> Result<Vec<(String, serde_json::Value, Strin
         let v = serde_json::to_value(n)
             .map_err(|e| Error::other(format!("cannot show configuration: {e}")))?;
         let var = match n {
-            backup_notify::NotifierConfig::Slack { .. } => "SLACK_WEBHOOK_URL",
+            backup_notify::NotifierConfig::Slack(_) => "SLACK_WEBHOOK_URL",
             _ => "BACKUP_EMAIL_RECIPIENT",
         };
         out.push((

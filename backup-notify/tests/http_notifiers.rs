@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use backup_core::{Error, EventKind, Notifier, Secret};
-use backup_notify::{Common, NotifierConfig};
+use backup_notify::{Common, NotifierConfig, SlackConfig, WebhookConfig};
 use common::{Recorder, Reply, closed_port, event};
 use hmac::{Hmac, Mac};
 use serde_json::json;
@@ -22,10 +22,10 @@ fn common(retries: u32, timeout_secs: u64) -> Common {
 }
 
 fn slack(url: String, c: Common) -> Box<dyn Notifier> {
-    backup_notify::build(&NotifierConfig::Slack {
+    backup_notify::build(&NotifierConfig::Slack(SlackConfig {
         webhook_url: Secret::new(url),
         common: c,
-    })
+    }))
     .unwrap()
 }
 
@@ -35,7 +35,7 @@ fn webhook(
     headers: &[(&str, &str)],
     c: Common,
 ) -> Box<dyn Notifier> {
-    backup_notify::build(&NotifierConfig::Webhook {
+    backup_notify::build(&NotifierConfig::Webhook(WebhookConfig {
         url: Secret::new(url),
         secret: secret.map(Secret::new),
         headers: headers
@@ -43,7 +43,7 @@ fn webhook(
             .map(|(k, v)| (k.to_string(), Secret::new(*v)))
             .collect::<BTreeMap<_, _>>(),
         common: c,
-    })
+    }))
     .unwrap()
 }
 
@@ -283,7 +283,7 @@ async fn connection_refused_is_reported_without_secrets() {
 
 #[tokio::test]
 async fn bad_webhook_settings_are_configuration_errors_that_hide_values() {
-    let bad_header = backup_notify::build(&NotifierConfig::Webhook {
+    let bad_header = backup_notify::build(&NotifierConfig::Webhook(WebhookConfig {
         url: Secret::new("https://example.com/h"),
         secret: None,
         headers: [(
@@ -292,7 +292,7 @@ async fn bad_webhook_settings_are_configuration_errors_that_hide_values() {
         )]
         .into(),
         common: Common::default(),
-    })
+    }))
     .unwrap_err();
     assert!(matches!(bad_header, Error::Config { .. }), "{bad_header:?}");
     assert_eq!(bad_header.exit_code(), 2);
@@ -302,10 +302,10 @@ async fn bad_webhook_settings_are_configuration_errors_that_hide_values() {
         "{msg}"
     );
 
-    let bad_url = backup_notify::build(&NotifierConfig::Slack {
+    let bad_url = backup_notify::build(&NotifierConfig::Slack(SlackConfig {
         webhook_url: Secret::new("not a url SECRET"),
         common: Common::default(),
-    })
+    }))
     .unwrap_err();
     assert!(matches!(bad_url, Error::Config { .. }));
     assert!(!bad_url.to_string().contains("SECRET"));
