@@ -54,6 +54,7 @@ mod fanout;
 mod physical;
 mod process;
 mod settings;
+mod targets;
 
 use commit::*;
 use directory::*;
@@ -62,6 +63,7 @@ use fanout::*;
 pub use physical::run_physical;
 pub use process::{collect_stderr, terminate};
 pub use settings::BackupSettings;
+use targets::*;
 
 /// Size of each read from pg_dump's pipe.
 const CHUNK: usize = 256 * 1024;
@@ -371,142 +373,6 @@ impl Plan {
     }
 }
 
-/// Phase: never overwrite: refuse a name that exists (manifest or data) on any target.
-/// An optional target that cannot be reached, or lacks space, is left out and returned
-/// with the reason as the second value.
-async fn choose_targets(
-    targets: &[Target],
-    plan: &Plan,
-    name: &str,
-    cancel: &CancellationToken,
-) -> Result<(Vec<Target>, Vec<(String, String)>)> {
-    let mut active: Vec<Target> = Vec::with_capacity(targets.len());
-    let mut skipped: Vec<(String, String)> = Vec::new();
-    let names = [&plan.manifest_key, &plan.data_key];
-    for t in targets {
-        let checked = tokio::select! {
-            r = precheck(t, &names, name, plan.required_space) => r,
-            _ = cancel.cancelled() => return Err(Error::Interrupted("a signal".into())),
-        };
-        match checked {
-            Ok(()) => active.push(t.clone()),
-            Err(e) if t.optional && !matches!(e, Error::AlreadyExists(_)) => {
-                warn!("Optional target {} left out: {e}", t.storage.url());
-                skipped.push((t.storage.url(), e.to_string()));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    if active.is_empty() {
-        return Err(Error::other("no storage target is usable for this backup"));
-    }
-    Ok((active, skipped))
-}
-
-/// Checks on one target before anything is written: the name is free, and there is room.
-async fn precheck(
-    t: &Target,
-    keys: &[&String],
-    name: &str,
-    required_space: Option<u64>,
-) -> Result<()> {
-    for key in keys {
-        if t.storage.head(key).await?.is_some() {
-            return Err(Error::AlreadyExists(format!(
-                "backup {name:?} already exists in {} ({key}); choose another name",
-                t.storage.url()
-            )));
-        }
-    }
-    if let Some(required) = required_space
-        && let Some(avail) = t.storage.available_space().await?
-        && avail < required
-    {
-        return Err(Error::InsufficientSpace {
-            available: human_size(avail),
-            required: human_size(required),
-            location: t.storage.url(),
-        });
-    }
-    Ok(())
-}
-
-/// Phase: a REPEATABLE READ snapshot shared with pg_dump, so the counts describe exactly
-/// what is dumped. The counts run beside pg_dump: one backend, no parallel workers, so
-/// they take a core at most from the dump they describe (they finish long before it does).
-async fn export_snapshot(client: &tokio_postgres::Client) -> Result<String> {
-    client
-        .batch_execute(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
-             SET LOCAL max_parallel_workers_per_gather = 0",
-        )
-        .await
-        .map_err(|e| db_error("starting the snapshot transaction", &e))?;
-    Ok(client
-        .query_one("SELECT pg_export_snapshot()", &[])
-        .await
-        .map_err(|e| db_error("exporting the snapshot", &e))?
-        .get(0))
-}
-
-/// Phase: the snapshot is no longer needed once pg_dump has read everything.
-async fn end_snapshot(client: &tokio_postgres::Client) {
-    let _ = client.batch_execute("COMMIT").await;
-}
-
-/// What the dump produced and what the snapshot held.
-#[derive(Debug)]
-struct Dumped {
-    sha256: String,
-    size: u64,
-    counts: crate::manifest::ObjectCounts,
-    tables: Vec<crate::manifest::TableCount>,
-}
-
-/// Phase: pg_dump's bytes go through the transforms to every upload while the object
-/// (and row) counts are read in the same snapshot. A signal stops both.
-async fn stream_and_count(
-    dump: &mut Dump,
-    upload: &mut Upload,
-    client: &tokio_postgres::Client,
-    opts: &BackupOptions,
-    transforms: &mut [Box<dyn Transform>],
-    cancel: &CancellationToken,
-) -> Result<Dumped> {
-    let row_counts = opts.settings.row_counts;
-    let counts = async {
-        let counts = crate::stats::object_counts(client).await?;
-        let tables = if row_counts {
-            crate::stats::table_counts(client).await?
-        } else {
-            Vec::new()
-        };
-        Ok::<_, Error>((counts, tables))
-    };
-    let sink = upload.sink(transforms, opts.progress.clone());
-    let ((sha256, size), (counts, tables)) = tokio::select! {
-        r = async { tokio::try_join!(dump.stream(sink), counts) } => r?,
-        _ = cancel.cancelled() => return Err(Error::Interrupted("a signal".into())),
-    };
-    Ok(Dumped {
-        sha256,
-        size,
-        counts,
-        tables,
-    })
-}
-
-/// Phase: pg_dump must have exited cleanly and produced something.
-async fn finish_dump(dump: Dump, dumped: &Dumped) -> Result<()> {
-    dump.wait().await?;
-    if dumped.size == 0 {
-        return Err(Error::other(
-            "pg_dump produced no output; nothing was stored",
-        ));
-    }
-    Ok(())
-}
-
 /// Phase: the manifest of the backup that was just committed.
 fn manifest(
     pg: &PgConfig,
@@ -567,101 +433,19 @@ mod tests {
         assert_eq!(data_key("b", Compression::None, true, false), "b.tar");
     }
 
-    use crate::testing::{MemoryStorage, Op};
-
-    fn target(store: &MemoryStorage, optional: bool) -> Target {
-        Target {
-            storage: Arc::new(store.clone()),
-            optional,
-        }
-    }
-
-    fn plan(required_space: Option<u64>) -> Plan {
-        Plan {
-            directory: false,
-            data_key: "b1.dump".into(),
-            manifest_key: "b1.manifest.json".into(),
-            required_space,
-        }
-    }
-
-    async fn choose(targets: &[Target], required_space: Option<u64>) -> Result<Vec<String>> {
-        let (active, skipped) = choose_targets(
-            targets,
-            &plan(required_space),
-            "b1",
-            &CancellationToken::new(),
-        )
-        .await?;
-        assert_eq!(active.len() + skipped.len(), targets.len());
-        Ok(active.iter().map(|t| t.storage.url()).collect())
-    }
-
     #[test]
     fn options_that_cannot_work_are_usage_errors() {
-        let store = MemoryStorage::new("a");
+        let one = [Target {
+            storage: Arc::new(crate::testing::MemoryStorage::new("a")),
+            optional: false,
+        }];
         let mut opts = BackupOptions::new("b1");
+        assert!(check_options(&opts, &one).is_ok());
         assert_eq!(check_options(&opts, &[]).unwrap_err().exit_code(), 2);
         opts.settings.jobs = 0;
-        let err = check_options(&opts, &[target(&store, false)]).unwrap_err();
+        let err = check_options(&opts, &one).unwrap_err();
         assert_eq!(err.to_string(), "jobs must be at least 1");
         let opts = BackupOptions::new("../b1");
-        assert_eq!(
-            check_options(&opts, &[target(&store, false)])
-                .unwrap_err()
-                .exit_code(),
-            2
-        );
-    }
-
-    #[tokio::test]
-    async fn a_name_taken_on_any_target_is_refused_even_an_optional_one() {
-        for key in ["b1.dump", "b1.manifest.json"] {
-            let (a, b) = (MemoryStorage::new("a"), MemoryStorage::new("b"));
-            put_bytes(&b, key, Bytes::from_static(b"old"))
-                .await
-                .unwrap();
-            let err = choose(&[target(&a, false), target(&b, true)], None)
-                .await
-                .unwrap_err();
-            assert!(matches!(err, Error::AlreadyExists(_)), "{err}");
-            assert!(err.to_string().contains("memory://b"), "{err}");
-            assert_eq!(&b.object(key).unwrap()[..], b"old");
-        }
-    }
-
-    #[tokio::test]
-    async fn an_unusable_optional_target_is_left_out_and_a_required_one_fails() {
-        let (a, b) = (MemoryStorage::new("a"), MemoryStorage::new("b"));
-        b.fail(Op::Head, "");
-        let active = choose(&[target(&a, false), target(&b, true)], None)
-            .await
-            .unwrap();
-        assert_eq!(active, ["memory://a"]);
-        let err = choose(&[target(&a, false), target(&b, false)], None)
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("injected failure"), "{err}");
-        let err = choose(&[target(&b, true)], None).await.unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "no storage target is usable for this backup"
-        );
-    }
-
-    #[tokio::test]
-    async fn space_is_checked_only_when_asked_and_where_known() {
-        let (a, b) = (MemoryStorage::new("a"), MemoryStorage::new("b"));
-        a.set_available_space(Some(100));
-        // `b` cannot tell (an object store): never refused for space.
-        let both = [target(&a, false), target(&b, false)];
-        assert_eq!(choose(&both, Some(100)).await.unwrap().len(), 2);
-        assert_eq!(choose(&both, None).await.unwrap().len(), 2);
-        let err = choose(&both, Some(101)).await.unwrap_err();
-        assert!(matches!(err, Error::InsufficientSpace { .. }), "{err}");
-        let active = choose(&[target(&a, true), target(&b, false)], Some(101))
-            .await
-            .unwrap();
-        assert_eq!(active, ["memory://b"]);
+        assert_eq!(check_options(&opts, &one).unwrap_err().exit_code(), 2);
     }
 }

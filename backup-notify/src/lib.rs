@@ -1,14 +1,11 @@
 //! Notifiers and metrics sinks for kaizen-backup, each behind a Cargo feature (all on by default).
 //!
-//! | `type` | what | feature |
-//! |---|---|---|
-//! | `slack` | Slack incoming webhook, Block Kit message | `slack` |
-//! | `email` | SMTP (STARTTLS, implicit TLS or none, optional login), plain-text body | `email` |
-//! | `webhook` | POST of the versioned JSON [`backup_core::Event`], optional HMAC-SHA256 signature | `webhook` |
-//!
-//! Every variant of [`NotifierConfig`] always parses; only building one needs its feature,
-//! so a configuration naming a notifier that is not compiled in fails with
-//! "slack support is not compiled in (feature `slack`)".
+//! The notifier types are the variants of [`NotifierConfig`] (`slack`, `email`, `webhook`):
+//! each is one file in `src/notifiers/` and one line in the registry there, and its
+//! `type` name is also its Cargo feature. Every variant always parses; only building one
+//! needs its feature, so a configuration naming a notifier that is not compiled in fails
+//! with "slack support is not compiled in (feature `slack`)". [`features`] lists what
+//! this build has.
 //!
 //! ```toml
 //! [[notify]]
@@ -49,21 +46,19 @@
 //! values, the HMAC secret and the SMTP password never appear in errors, logs or `Debug`).
 //! A receiver that accepts and never answers costs at most `deadline_secs` per event.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use backup_core::{Error, EventKind, Notifier, Result, Secret};
+use backup_core::{Error, EventKind, Result};
 use serde::{Deserialize, Serialize};
 
-#[cfg(feature = "email")]
-mod email;
 #[cfg(any(feature = "slack", feature = "webhook", feature = "pushgateway"))]
 mod http;
 pub mod metrics;
-#[cfg(feature = "slack")]
-mod slack;
-#[cfg(feature = "webhook")]
-mod webhook;
+mod notifiers;
+
+pub use notifiers::{
+    EmailConfig, NotifierConfig, SlackConfig, SmtpTls, WebhookConfig, build, build_all,
+};
 
 /// Settings every notifier has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,89 +158,6 @@ impl Common {
     }
 }
 
-/// SMTP transport security.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SmtpTls {
-    /// STARTTLS on the submission port (587).
-    #[default]
-    Starttls,
-    /// Implicit TLS (465).
-    Tls,
-    /// No TLS (local relays, test servers).
-    None,
-}
-
-/// One notifier in the configuration (`[[notify]]`), tagged by `type`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum NotifierConfig {
-    /// Slack incoming webhook.
-    Slack {
-        /// `https://hooks.slack.com/services/...` (a secret: it grants posting).
-        webhook_url: Secret,
-        #[serde(flatten)]
-        common: Common,
-    },
-    /// Email over SMTP.
-    Email {
-        /// Recipients.
-        recipients: Vec<String>,
-        /// SMTP server.
-        smtp_host: String,
-        /// Port (default by TLS mode: 587, 465, 25).
-        #[serde(default)]
-        smtp_port: Option<u16>,
-        /// Login, if the server wants one.
-        #[serde(default)]
-        smtp_user: Option<String>,
-        /// Password.
-        #[serde(default)]
-        smtp_password: Option<Secret>,
-        /// Sender (default `kaizen-backup@<host>`).
-        #[serde(default)]
-        from: Option<String>,
-        /// Transport security.
-        #[serde(default)]
-        tls: SmtpTls,
-        #[serde(flatten)]
-        common: Common,
-    },
-    /// Generic JSON webhook.
-    Webhook {
-        /// Where to POST (a secret: URLs often carry tokens).
-        url: Secret,
-        /// Shared secret for the `X-Kaizen-Signature: sha256=<hex>` header.
-        #[serde(default)]
-        secret: Option<Secret>,
-        /// Extra headers (e.g. an authorization token).
-        #[serde(default)]
-        headers: BTreeMap<String, Secret>,
-        #[serde(flatten)]
-        common: Common,
-    },
-}
-
-impl NotifierConfig {
-    /// The type name (`slack`, `email`, `webhook`).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Slack { .. } => "slack",
-            Self::Email { .. } => "email",
-            Self::Webhook { .. } => "webhook",
-        }
-    }
-
-    /// Common settings.
-    pub fn common(&self) -> &Common {
-        match self {
-            Self::Slack { common, .. }
-            | Self::Email { common, .. }
-            | Self::Webhook { common, .. } => common,
-        }
-    }
-}
-
 /// Pause before retry number `attempt` (1-based): 250 ms, 500 ms, 1 s, ... capped at 16 s.
 #[cfg_attr(
     not(any(
@@ -260,80 +172,16 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(250 * (1u64 << attempt.saturating_sub(1).min(6)))
 }
 
-fn not_compiled(what: &str) -> Error {
-    Error::NotCompiled {
-        what: what.into(),
-        feature: what.into(),
+/// The notifier and metrics features compiled into this build, for `--version`.
+pub fn features() -> Vec<&'static str> {
+    let mut v = notifiers::compiled().to_vec();
+    if cfg!(feature = "metrics") {
+        v.push("metrics");
     }
-}
-
-/// Build one notifier. A type whose feature is not compiled in fails with
-/// [`Error::NotCompiled`] ("slack support is not compiled in (feature `slack`)").
-#[cfg_attr(
-    not(all(feature = "slack", feature = "email", feature = "webhook")),
-    allow(unused_variables)
-)]
-pub fn build(cfg: &NotifierConfig) -> Result<Box<dyn Notifier>> {
-    let common = cfg.common();
-    let events = common.events()?;
-    let name = common
-        .name
-        .clone()
-        .unwrap_or_else(|| cfg.kind().to_string());
-    match cfg {
-        #[cfg(feature = "slack")]
-        NotifierConfig::Slack { webhook_url, .. } => Ok(Box::new(slack::Slack::new(
-            name,
-            webhook_url.clone(),
-            events,
-            common,
-        )?)),
-        #[cfg(feature = "email")]
-        NotifierConfig::Email {
-            recipients,
-            smtp_host,
-            smtp_port,
-            smtp_user,
-            smtp_password,
-            from,
-            tls,
-            ..
-        } => Ok(Box::new(email::Email::new(
-            name,
-            email::Settings {
-                recipients: recipients.clone(),
-                host: smtp_host.clone(),
-                port: *smtp_port,
-                user: smtp_user.clone(),
-                password: smtp_password.clone(),
-                from: from.clone(),
-                tls: *tls,
-            },
-            events,
-            common,
-        )?)),
-        #[cfg(feature = "webhook")]
-        NotifierConfig::Webhook {
-            url,
-            secret,
-            headers,
-            ..
-        } => Ok(Box::new(webhook::Webhook::new(
-            name,
-            url.clone(),
-            secret.clone(),
-            headers.clone(),
-            events,
-            common,
-        )?)),
-        #[allow(unreachable_patterns)]
-        other => Err(not_compiled(other.kind())),
+    if cfg!(feature = "pushgateway") {
+        v.push("pushgateway");
     }
-}
-
-/// Build every configured notifier.
-pub fn build_all(cfgs: &[NotifierConfig]) -> Result<Vec<Box<dyn Notifier>>> {
-    cfgs.iter().map(build).collect()
+    v
 }
 
 /// A short text for the body of email and Slack messages.
@@ -388,6 +236,21 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("backup.exploded")
+        );
+    }
+
+    #[cfg(all(
+        feature = "slack",
+        feature = "email",
+        feature = "webhook",
+        feature = "metrics",
+        feature = "pushgateway"
+    ))]
+    #[test]
+    fn a_default_build_lists_every_feature() {
+        assert_eq!(
+            features(),
+            ["slack", "email", "webhook", "metrics", "pushgateway"]
         );
     }
 

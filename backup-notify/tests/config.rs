@@ -3,7 +3,7 @@
 
 use backup_core::EventKind;
 use backup_notify::metrics::MetricsConfig;
-use backup_notify::{NotifierConfig, SmtpTls};
+use backup_notify::{EmailConfig, NotifierConfig, SmtpTls};
 
 #[derive(Debug, serde::Deserialize)]
 struct File {
@@ -53,9 +53,9 @@ fn the_documented_example_parses_builds_and_hides_its_secrets() {
         f.notify.iter().map(|n| n.kind()).collect::<Vec<_>>(),
         ["slack", "email", "webhook", "webhook"]
     );
-    let NotifierConfig::Email {
+    let NotifierConfig::Email(EmailConfig {
         tls, recipients, ..
-    } = &f.notify[1]
+    }) = &f.notify[1]
     else {
         panic!()
     };

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use backup_core::{Error, EventKind, Notifier, Secret};
-use backup_notify::{Common, NotifierConfig, SmtpTls};
+use backup_notify::{Common, EmailConfig, NotifierConfig, SmtpTls};
 use common::{closed_port, event, service_var, unique_db};
 
 fn smtp() -> (String, u16, String) {
@@ -24,7 +24,7 @@ fn email(
     password: Option<&str>,
     retries: u32,
 ) -> Box<dyn Notifier> {
-    backup_notify::build(&NotifierConfig::Email {
+    backup_notify::build(&NotifierConfig::Email(EmailConfig {
         recipients: recipients.iter().map(|r| r.to_string()).collect(),
         smtp_host: host.to_string(),
         smtp_port: Some(port),
@@ -37,7 +37,7 @@ fn email(
             timeout_secs: 5,
             ..Common::default()
         },
-    })
+    }))
     .unwrap()
 }
 
@@ -158,7 +158,7 @@ async fn wrong_smtp_port_gives_a_clear_error_without_the_password() {
 
 #[tokio::test]
 async fn bad_addresses_are_configuration_errors() {
-    let err = backup_notify::build(&NotifierConfig::Email {
+    let err = backup_notify::build(&NotifierConfig::Email(EmailConfig {
         recipients: vec!["not an address".into()],
         smtp_host: "localhost".into(),
         smtp_port: None,
@@ -167,11 +167,11 @@ async fn bad_addresses_are_configuration_errors() {
         from: None,
         tls: SmtpTls::Starttls,
         common: Common::default(),
-    })
+    }))
     .unwrap_err();
     assert!(matches!(err, Error::Config { .. }), "{err:?}");
     assert!(err.to_string().contains("not an address"), "{err}");
-    let none = backup_notify::build(&NotifierConfig::Email {
+    let none = backup_notify::build(&NotifierConfig::Email(EmailConfig {
         recipients: vec![],
         smtp_host: "localhost".into(),
         smtp_port: None,
@@ -180,7 +180,7 @@ async fn bad_addresses_are_configuration_errors() {
         from: None,
         tls: SmtpTls::Starttls,
         common: Common::default(),
-    })
+    }))
     .unwrap_err();
     assert!(none.to_string().contains("no recipients"), "{none}");
 }

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use backup_core::{Error, EventKind, Notifier, Secret};
-use backup_notify::{Common, NotifierConfig};
-use common::{Recorder, Reply, closed_port, event};
+use backup_notify::{Common, NotifierConfig, SlackConfig, WebhookConfig};
+use common::{closed_port, event};
 use hmac::{Hmac, Mac};
+use kaizen_test_http::{Recorder, Reply};
 use serde_json::json;
 use sha2::Sha256;
 
@@ -22,10 +23,10 @@ fn common(retries: u32, timeout_secs: u64) -> Common {
 }
 
 fn slack(url: String, c: Common) -> Box<dyn Notifier> {
-    backup_notify::build(&NotifierConfig::Slack {
+    backup_notify::build(&NotifierConfig::Slack(SlackConfig {
         webhook_url: Secret::new(url),
         common: c,
-    })
+    }))
     .unwrap()
 }
 
@@ -35,7 +36,7 @@ fn webhook(
     headers: &[(&str, &str)],
     c: Common,
 ) -> Box<dyn Notifier> {
-    backup_notify::build(&NotifierConfig::Webhook {
+    backup_notify::build(&NotifierConfig::Webhook(WebhookConfig {
         url: Secret::new(url),
         secret: secret.map(Secret::new),
         headers: headers
@@ -43,15 +44,15 @@ fn webhook(
             .map(|(k, v)| (k.to_string(), Secret::new(*v)))
             .collect::<BTreeMap<_, _>>(),
         common: c,
-    })
+    }))
     .unwrap()
 }
 
 #[tokio::test]
 async fn slack_success_message_has_the_exact_block_kit_shape() {
-    let server = Recorder::start(vec![]).await;
+    let server = Recorder::start();
     let n = slack(
-        format!("{}/services/T000/B000/XXXXSECRET", server.base),
+        format!("{}/services/T000/B000/XXXXSECRET", server.url),
         common(0, 5),
     );
     n.notify(&event(EventKind::BackupSucceeded, "kaizen_studio"))
@@ -88,8 +89,8 @@ async fn slack_success_message_has_the_exact_block_kit_shape() {
 
 #[tokio::test]
 async fn slack_failure_message_says_what_failed_and_the_error() {
-    let server = Recorder::start(vec![]).await;
-    let n = slack(format!("{}/services/T/B/C", server.base), common(0, 5));
+    let server = Recorder::start();
+    let n = slack(format!("{}/services/T/B/C", server.url), common(0, 5));
     let e = event(EventKind::BackupFailed, "kaizen_studio");
     n.notify(&e).await.unwrap();
     let body = server.requests()[0].json();
@@ -107,9 +108,10 @@ async fn slack_failure_message_says_what_failed_and_the_error() {
 
 #[tokio::test]
 async fn slack_client_error_is_not_retried_and_never_shows_the_url_path() {
-    let server = Recorder::start(vec![Reply::Status(404)]).await;
+    let server = Recorder::start();
+    server.script(&[Reply::Status(404)]);
     let n = slack(
-        format!("{}/services/T/B/TOPSECRETPATH", server.base),
+        format!("{}/services/T/B/TOPSECRETPATH", server.url),
         common(3, 5),
     );
     let err = n
@@ -120,17 +122,17 @@ async fn slack_client_error_is_not_retried_and_never_shows_the_url_path() {
     let msg = err.to_string();
     assert!(matches!(err, Error::Notify { .. }), "{err:?}");
     assert!(msg.contains("HTTP 404"), "{msg}");
-    assert!(msg.contains(&server.base), "{msg}");
+    assert!(msg.contains(&server.url), "{msg}");
     assert!(!msg.contains("TOPSECRETPATH"), "{msg}");
     assert!(!format!("{n:?}").contains("TOPSECRETPATH"));
 }
 
 #[tokio::test]
 async fn webhook_posts_the_versioned_event_signed_with_hmac() {
-    let server = Recorder::start(vec![]).await;
+    let server = Recorder::start();
     let secret = "shared-hmac-secret";
     let n = webhook(
-        format!("{}/hooks/kaizen?token=abc", server.base),
+        format!("{}/hooks/kaizen?token=abc", server.url),
         Some(secret),
         &[("Authorization", "Bearer token-123"), ("X-Team", "data")],
         common(0, 5),
@@ -174,8 +176,8 @@ async fn webhook_posts_the_versioned_event_signed_with_hmac() {
 
 #[tokio::test]
 async fn webhook_without_secret_sends_no_signature() {
-    let server = Recorder::start(vec![]).await;
-    let n = webhook(format!("{}/h", server.base), None, &[], common(0, 5));
+    let server = Recorder::start();
+    let n = webhook(format!("{}/h", server.url), None, &[], common(0, 5));
     n.notify(&event(EventKind::VerifySucceeded, "db1"))
         .await
         .unwrap();
@@ -186,8 +188,9 @@ async fn webhook_without_secret_sends_no_signature() {
 
 #[tokio::test]
 async fn server_errors_are_retried_until_success() {
-    let server = Recorder::start(vec![Reply::Status(500), Reply::Status(503)]).await;
-    let n = webhook(format!("{}/h", server.base), Some("k"), &[], common(3, 5));
+    let server = Recorder::start();
+    server.script(&[Reply::Status(500), Reply::Status(503)]);
+    let n = webhook(format!("{}/h", server.url), Some("k"), &[], common(3, 5));
     n.notify(&event(EventKind::BackupSucceeded, "db1"))
         .await
         .unwrap();
@@ -203,8 +206,9 @@ async fn server_errors_are_retried_until_success() {
 
 #[tokio::test]
 async fn retries_are_bounded_and_the_last_answer_is_reported() {
-    let server = Recorder::start(vec![Reply::Status(500); 10]).await;
-    let n = slack(format!("{}/services/x", server.base), common(2, 5));
+    let server = Recorder::start();
+    server.script(&[Reply::Status(500); 10]);
+    let n = slack(format!("{}/services/x", server.url), common(2, 5));
     let err = n
         .notify(&event(EventKind::BackupFailed, "db1"))
         .await
@@ -219,8 +223,9 @@ async fn retries_are_bounded_and_the_last_answer_is_reported() {
 
 #[tokio::test]
 async fn a_hanging_server_times_out_with_a_clear_error() {
-    let server = Recorder::start(vec![Reply::Hang, Reply::Hang]).await;
-    let n = webhook(format!("{}/h", server.base), None, &[], common(1, 1));
+    let server = Recorder::start();
+    server.script(&[Reply::Hang, Reply::Hang]);
+    let n = webhook(format!("{}/h", server.url), None, &[], common(1, 1));
     let started = Instant::now();
     let err = n
         .notify(&event(EventKind::BackupFailed, "db1"))
@@ -236,12 +241,13 @@ async fn a_hanging_server_times_out_with_a_clear_error() {
 
 #[tokio::test]
 async fn the_delivery_deadline_bounds_all_attempts() {
-    let server = Recorder::start(vec![Reply::Hang; 6]).await;
+    let server = Recorder::start();
+    server.script(&[Reply::Hang; 6]);
     let c = Common {
         deadline_secs: 3,
         ..common(5, 2)
     };
-    let n = webhook(format!("{}/h?token=abc", server.base), None, &[], c);
+    let n = webhook(format!("{}/h?token=abc", server.url), None, &[], c);
     let started = Instant::now();
     let err = n
         .notify(&event(EventKind::BackupFailed, "db1"))
@@ -283,7 +289,7 @@ async fn connection_refused_is_reported_without_secrets() {
 
 #[tokio::test]
 async fn bad_webhook_settings_are_configuration_errors_that_hide_values() {
-    let bad_header = backup_notify::build(&NotifierConfig::Webhook {
+    let bad_header = backup_notify::build(&NotifierConfig::Webhook(WebhookConfig {
         url: Secret::new("https://example.com/h"),
         secret: None,
         headers: [(
@@ -292,7 +298,7 @@ async fn bad_webhook_settings_are_configuration_errors_that_hide_values() {
         )]
         .into(),
         common: Common::default(),
-    })
+    }))
     .unwrap_err();
     assert!(matches!(bad_header, Error::Config { .. }), "{bad_header:?}");
     assert_eq!(bad_header.exit_code(), 2);
@@ -302,10 +308,10 @@ async fn bad_webhook_settings_are_configuration_errors_that_hide_values() {
         "{msg}"
     );
 
-    let bad_url = backup_notify::build(&NotifierConfig::Slack {
+    let bad_url = backup_notify::build(&NotifierConfig::Slack(SlackConfig {
         webhook_url: Secret::new("not a url SECRET"),
         common: Common::default(),
-    })
+    }))
     .unwrap_err();
     assert!(matches!(bad_url, Error::Config { .. }));
     assert!(!bad_url.to_string().contains("SECRET"));
@@ -313,9 +319,9 @@ async fn bad_webhook_settings_are_configuration_errors_that_hide_values() {
 
 #[tokio::test]
 async fn the_on_filter_selects_events_and_notify_all_skips_the_rest() {
-    let server = Recorder::start(vec![]).await;
+    let server = Recorder::start();
     let only_failures = webhook(
-        format!("{}/h", server.base),
+        format!("{}/h", server.url),
         None,
         &[],
         Common {
@@ -323,7 +329,7 @@ async fn the_on_filter_selects_events_and_notify_all_skips_the_rest() {
             ..common(0, 5)
         },
     );
-    let default = webhook(format!("{}/d", server.base), None, &[], common(0, 5));
+    let default = webhook(format!("{}/d", server.url), None, &[], common(0, 5));
     assert!(!only_failures.wants(EventKind::BackupSucceeded));
     assert!(default.wants(EventKind::BackupSucceeded));
     assert!(default.wants(EventKind::BackupStale));

@@ -428,7 +428,7 @@ fn restores_raise_started_completed_failed_and_refused_events() {
     assert_eq!(done["database"], target.as_str());
 
     // Refused: production without confirmation, nothing changed.
-    hook.requests.lock().unwrap().clear();
+    hook.clear();
     cli.run_with(
         &[("ENVIRONMENT", "production")],
         &["restore", "ev", &target, "--no-safety-backup"],
@@ -443,7 +443,7 @@ fn restores_raise_started_completed_failed_and_refused_events() {
     );
 
     // Failed: a corrupted backup.
-    hook.requests.lock().unwrap().clear();
+    hook.clear();
     let data = cli.backups().join("ev.dump");
     let mut bytes = std::fs::read(&data).unwrap();
     let mid = bytes.len() / 2;

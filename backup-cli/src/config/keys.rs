@@ -27,28 +27,7 @@ pub const STANDALONE_VARS: &[&str] = &[
 /// The shape of the configuration: every section and key, with `{}` for free-form maps.
 fn schema() -> Result<Json> {
     let mut root = to_json(&Config::default())?;
-    let notifiers = [
-        backup_notify::NotifierConfig::Slack {
-            webhook_url: backup_core::Secret::new(""),
-            common: backup_notify::Common::default(),
-        },
-        backup_notify::NotifierConfig::Email {
-            recipients: Vec::new(),
-            smtp_host: String::new(),
-            smtp_port: None,
-            smtp_user: None,
-            smtp_password: None,
-            from: None,
-            tls: backup_notify::SmtpTls::default(),
-            common: backup_notify::Common::default(),
-        },
-        backup_notify::NotifierConfig::Webhook {
-            url: backup_core::Secret::new(""),
-            secret: None,
-            headers: Default::default(),
-            common: backup_notify::Common::default(),
-        },
-    ];
+    let notifiers = backup_notify::NotifierConfig::all_types();
     let mut by_type = JsonMap::new();
     for n in &notifiers {
         by_type.insert(n.kind().to_string(), to_json(n)?);

@@ -299,7 +299,7 @@ fn legacy_variables_map_to_notifiers_after_the_configured_ones() {
     let loaded = load_with(toml, &env, &dotenv).unwrap();
     let kinds: Vec<&str> = loaded.config.notify.iter().map(|n| n.kind()).collect();
     assert_eq!(kinds, ["webhook", "slack", "email"]);
-    let NotifierConfig::Email {
+    let NotifierConfig::Email(backup_notify::EmailConfig {
         recipients,
         smtp_host,
         smtp_port,
@@ -308,7 +308,7 @@ fn legacy_variables_map_to_notifiers_after_the_configured_ones() {
         from,
         tls,
         ..
-    } = &loaded.config.notify[2]
+    }) = &loaded.config.notify[2]
     else {
         panic!("{:?}", loaded.config.notify)
     };

@@ -1,6 +1,7 @@
-//! The pg_dump child of one backup: its command line (custom format to a pipe, or
-//! directory format with N jobs into the staging directory), its output streamed into
-//! the upload's sink, and its exit status.
+//! The pg_dump child of one backup: the snapshot it dumps (shared with the counts in
+//! the manifest), its command line (custom format to a pipe, or directory format with
+//! N jobs into the staging directory), its output streamed into the upload's sink
+//! while the counts are read, and its exit status.
 
 use super::*;
 
@@ -96,4 +97,80 @@ impl Dump {
         }
         Ok(())
     }
+}
+
+/// Phase: a REPEATABLE READ snapshot shared with pg_dump, so the counts describe exactly
+/// what is dumped. The counts run beside pg_dump: one backend, no parallel workers, so
+/// they take a core at most from the dump they describe (they finish long before it does).
+pub(super) async fn export_snapshot(client: &tokio_postgres::Client) -> Result<String> {
+    client
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
+             SET LOCAL max_parallel_workers_per_gather = 0",
+        )
+        .await
+        .map_err(|e| db_error("starting the snapshot transaction", &e))?;
+    Ok(client
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(|e| db_error("exporting the snapshot", &e))?
+        .get(0))
+}
+
+/// Phase: the snapshot is no longer needed once pg_dump has read everything.
+pub(super) async fn end_snapshot(client: &tokio_postgres::Client) {
+    let _ = client.batch_execute("COMMIT").await;
+}
+
+/// What the dump produced and what the snapshot held.
+#[derive(Debug)]
+pub(super) struct Dumped {
+    pub(super) sha256: String,
+    pub(super) size: u64,
+    pub(super) counts: crate::manifest::ObjectCounts,
+    pub(super) tables: Vec<crate::manifest::TableCount>,
+}
+
+/// Phase: pg_dump's bytes go through the transforms to every upload while the object
+/// (and row) counts are read in the same snapshot. A signal stops both.
+pub(super) async fn stream_and_count(
+    dump: &mut Dump,
+    upload: &mut Upload,
+    client: &tokio_postgres::Client,
+    opts: &BackupOptions,
+    transforms: &mut [Box<dyn Transform>],
+    cancel: &CancellationToken,
+) -> Result<Dumped> {
+    let row_counts = opts.settings.row_counts;
+    let counts = async {
+        let counts = crate::stats::object_counts(client).await?;
+        let tables = if row_counts {
+            crate::stats::table_counts(client).await?
+        } else {
+            Vec::new()
+        };
+        Ok::<_, Error>((counts, tables))
+    };
+    let sink = upload.sink(transforms, opts.progress.clone());
+    let ((sha256, size), (counts, tables)) = tokio::select! {
+        r = async { tokio::try_join!(dump.stream(sink), counts) } => r?,
+        _ = cancel.cancelled() => return Err(Error::Interrupted("a signal".into())),
+    };
+    Ok(Dumped {
+        sha256,
+        size,
+        counts,
+        tables,
+    })
+}
+
+/// Phase: pg_dump must have exited cleanly and produced something.
+pub(super) async fn finish_dump(dump: Dump, dumped: &Dumped) -> Result<()> {
+    dump.wait().await?;
+    if dumped.size == 0 {
+        return Err(Error::other(
+            "pg_dump produced no output; nothing was stored",
+        ));
+    }
+    Ok(())
 }
