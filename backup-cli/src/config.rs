@@ -105,8 +105,15 @@ fn from_layers(
     if let Some(flags) = flag_layer(global) {
         fig = fig.merge(flags);
     }
-    for layer in vars::notify_layers(env, dotenv)? {
-        fig = fig.admerge(layer);
+    // Appended to the configured list; a `notify` that is no list is left for extraction
+    // to report (appending would replace it).
+    let listed = fig
+        .find_value("notify")
+        .map_or(true, |v| matches!(v, Value::Array(..)));
+    if listed {
+        for layer in vars::notify_layers(env, dotenv)? {
+            fig = fig.admerge(layer);
+        }
     }
 
     let mut config = validate::extract(&fig)?;

@@ -324,23 +324,25 @@ type SecretCase<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)]);
 #[test]
 fn config_show_lists_every_legacy_secret_and_its_file_form_redacted_with_its_variable() {
     let cli = Cli::new();
+    // A URL, so that it is a valid Slack webhook too.
     let secret = "Sup3rSecretValue";
+    let value = format!("https://hooks.slack.com/services/T0/B0/{secret}");
     let file = cli.path().join("secret");
-    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    std::fs::write(&file, format!("{value}\n")).unwrap();
     let file = file.to_str().unwrap();
     let email = [("BACKUP_EMAIL_RECIPIENT", "ops@example.com")];
     let cases: &[SecretCase] = &[
-        ("POSTGRES_PASSWORD", secret, "database.password", &[]),
+        ("POSTGRES_PASSWORD", &value, "database.password", &[]),
         ("POSTGRES_PASSWORD_FILE", file, "database.password", &[]),
-        ("PGPASSWORD", secret, "database.password", &[]),
+        ("PGPASSWORD", &value, "database.password", &[]),
         ("PGPASSWORD_FILE", file, "database.password", &[]),
-        ("SLACK_WEBHOOK_URL", secret, "notify.0", &[]),
+        ("SLACK_WEBHOOK_URL", &value, "notify.0", &[]),
         ("SLACK_WEBHOOK_URL_FILE", file, "notify.0", &[]),
-        ("SMTP_PASSWORD", secret, "notify.0", &email),
+        ("SMTP_PASSWORD", &value, "notify.0", &email),
         ("SMTP_PASSWORD_FILE", file, "notify.0", &email),
         (
             "KAIZEN_BACKUP_AGE_PASSPHRASE",
-            secret,
+            &value,
             "encryption.passphrase",
             &[],
         ),

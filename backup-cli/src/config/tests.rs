@@ -451,3 +451,16 @@ fn the_age_variables_give_way_to_the_configuration() {
     .unwrap();
     assert_eq!(loaded.config.encryption.identity_file, None);
 }
+
+#[test]
+fn a_notify_that_is_no_list_is_an_error_even_with_the_old_variables() {
+    let env = vars(&[(
+        "SLACK_WEBHOOK_URL",
+        "https://hooks.slack.com/services/A/B/C",
+    )]);
+    let err = load_with("notify = \"slack\"\n", &env, &HashMap::new()).unwrap_err();
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("notify"), "{err}");
+    let err = load_with("backup = 5\n", &HashMap::new(), &HashMap::new()).unwrap_err();
+    assert!(err.to_string().contains("`backup`"), "{err}");
+}
