@@ -218,7 +218,10 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
     }
     match command {
         Command::Backup(args) => backup::run(ctx, args).await,
+        Command::Restore(args) if args.pgdata.is_some() => pitr::run(ctx, args).await,
         Command::Restore(args) => restore::run(ctx, args).await,
+        Command::WalPush { path } => wal::push(ctx, &path).await,
+        Command::WalFetch { name, dest } => wal::fetch(ctx, &name, &dest).await,
         Command::List { json } => list::run(ctx, json).await,
         Command::Contents { backup, json } => contents::run(ctx, &backup, json).await,
         Command::Config(ConfigCommand::Show { json }) => config_cmd::show(ctx, json),
@@ -276,11 +279,18 @@ fn audit_subject(ctx: &Ctx, command: &Command) -> Option<(&'static str, String)>
         Command::Backup(a) => Some(("backup", a.name.clone().unwrap_or_default())),
         Command::Restore(a) => Some((
             "restore",
-            format!(
-                "{} -> {}",
-                a.backup,
-                a.target_db.as_deref().unwrap_or(ctx.database())
-            ),
+            match &a.pgdata {
+                Some(dir) => format!(
+                    "{} -> {}",
+                    a.backup.as_deref().unwrap_or("physical"),
+                    dir.display()
+                ),
+                None => format!(
+                    "{} -> {}",
+                    a.backup.as_deref().unwrap_or_default(),
+                    a.target_db.as_deref().unwrap_or(ctx.database())
+                ),
+            },
         )),
         Command::Verify { backup, quick, .. } => Some((
             "verify",

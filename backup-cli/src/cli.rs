@@ -86,9 +86,31 @@ pub enum Command {
     },
     /// Restore a backup into a database (created, or replaced atomically).
     #[command(
-        after_help = "Examples:\n  kaizen-backup restore latest\n  kaizen-backup restore backup_20240115_143000 kaizen_studio_restore\n  kaizen-backup restore ./backups/backup_20240115_143000.dump\n  kaizen-backup restore latest kaizen_studio --confirm-production kaizen_studio\n  kaizen-backup restore latest kaizen_studio_copy --jobs 4"
+        after_help = "Examples:\n  kaizen-backup restore latest\n  kaizen-backup restore --pgdata /var/lib/postgresql/15/restored --to-time '2026-01-15 14:30:00+01'\n  kaizen-backup restore backup_20240115_143000 kaizen_studio_restore\n  kaizen-backup restore ./backups/backup_20240115_143000.dump\n  kaizen-backup restore latest kaizen_studio --confirm-production kaizen_studio\n  kaizen-backup restore latest kaizen_studio_copy --jobs 4"
     )]
     Restore(RestoreArgs),
+    /// Archive one WAL file (`archive_command = 'kaizen-backup wal-push %p'`): exit 0 only
+    /// once it is stored on every required target.
+    #[command(
+        name = "wal-push",
+        after_help = "Example (postgresql.conf):\n  archive_command = '/usr/local/bin/kaizen-backup --config /etc/kaizen-backup/config.toml wal-push %p'"
+    )]
+    WalPush {
+        /// The file PostgreSQL names (%p).
+        path: std::path::PathBuf,
+    },
+    /// Fetch one archived WAL file (`restore_command = 'kaizen-backup wal-fetch %f %p'`):
+    /// exit 0 with the exact file at DEST, 1 when the archive does not have it.
+    #[command(
+        name = "wal-fetch",
+        after_help = "Example:\n  kaizen-backup wal-fetch 000000010000000000000003 /tmp/000000010000000000000003"
+    )]
+    WalFetch {
+        /// The WAL file name (%f).
+        name: String,
+        /// Where to write it (%p).
+        dest: std::path::PathBuf,
+    },
     /// Apply the retention policy.
     #[command(after_help = "Example:\n  kaizen-backup prune --dry-run")]
     Prune {
@@ -170,16 +192,58 @@ pub struct BackupArgs {
     pub lock_timeout: Option<u64>,
     /// Parallel pg_dump jobs: more than 1 dumps in directory format, staged on local
     /// disk and streamed to storage as one tar archive (default from config).
-    #[arg(long, short = 'j', value_name = "N")]
+    #[arg(long, short = 'j', value_name = "N", conflicts_with = "physical")]
     pub jobs: Option<u32>,
+    /// A physical base backup of the whole cluster (pg_basebackup) for point-in-time
+    /// recovery, instead of a logical dump of one database.
+    #[arg(long)]
+    pub physical: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Backup name, `latest`, or a path to a .dump file.
-    pub backup: String,
+    /// Backup name, `latest`, or a path to a .dump file. With --pgdata: a physical
+    /// backup by name (default: the newest one that ends before the target).
+    #[arg(required_unless_present = "pgdata")]
+    pub backup: Option<String>,
     /// Database to restore into (default: the configured database).
+    #[arg(conflicts_with = "pgdata")]
     pub target_db: Option<String>,
+    /// Point-in-time restore: fill this empty or missing data directory from a physical
+    /// backup and the WAL archive, ready to start and recover.
+    #[arg(long, value_name = "DIR")]
+    pub pgdata: Option<std::path::PathBuf>,
+    /// Recover to this time: `YYYY-MM-DD HH:MM:SS[.ffffff][+TZ]` (UTC without a zone).
+    #[arg(
+        long,
+        value_name = "TS",
+        requires = "pgdata",
+        group = "recovery_target"
+    )]
+    pub to_time: Option<String>,
+    /// Recover to this WAL position (`0/16B3748`).
+    #[arg(
+        long,
+        value_name = "LSN",
+        requires = "pgdata",
+        group = "recovery_target"
+    )]
+    pub to_lsn: Option<String>,
+    /// Recover to a restore point made with `pg_create_restore_point`.
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "pgdata",
+        group = "recovery_target"
+    )]
+    pub to_name: Option<String>,
+    /// Recover only to the end of the base backup (the earliest consistent point).
+    #[arg(long, requires = "pgdata", group = "recovery_target")]
+    pub to_backup_end: bool,
+    /// The restored server does not archive WAL (a look at the past that must not add a
+    /// timeline to the archive).
+    #[arg(long, requires = "pgdata")]
+    pub no_archive: bool,
     /// Do not take a safety backup of an existing target first.
     #[arg(long)]
     pub no_safety_backup: bool,

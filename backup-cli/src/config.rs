@@ -55,6 +55,11 @@ pub struct Loaded {
     pub figment: Figment,
     /// The layer that said `production`, which wins over every other layer's environment.
     pub production_from: Option<String>,
+    /// The configuration files that were read, lowest first, as absolute paths (a
+    /// `restore_command` written for the server names them).
+    pub files: Vec<PathBuf>,
+    /// `--storage` flags.
+    pub storage_flags: Vec<String>,
 }
 
 /// Load the configuration for these flags.
@@ -81,7 +86,8 @@ fn from_layers(
     }
     // Production wins: the first layer that says so, whatever a later layer says.
     let mut production_from = None;
-    for path in config_files(global)? {
+    let files = config_files(global)?;
+    for path in &files {
         let layer = Toml::file_exact(&path);
         if production_from.is_none() && layer_says_production(&layer) {
             production_from = Some(figment::Source::File(path.clone()).to_string());
@@ -124,6 +130,11 @@ fn from_layers(
         config,
         figment: fig,
         production_from,
+        files: files
+            .iter()
+            .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
+            .collect(),
+        storage_flags: global.storage.clone(),
     })
 }
 

@@ -35,6 +35,7 @@ pub struct Ctx {
     /// Notifications, metrics and audit.
     pub reporter: Reporter,
     targets: OnceLock<Vec<Target>>,
+    wal_targets: OnceLock<Vec<Target>>,
 }
 
 impl Ctx {
@@ -51,6 +52,7 @@ impl Ctx {
             progress,
             reporter,
             targets: OnceLock::new(),
+            wal_targets: OnceLock::new(),
         }
     }
 
@@ -77,6 +79,32 @@ impl Ctx {
         }
         let opened = self.config().storage.open_targets()?;
         Ok(self.targets.get_or_init(|| opened))
+    }
+
+    /// The WAL archive of every target (its `wal` location, see
+    /// [`backup_core::walarchive::wal_location`]), opened on first use.
+    pub fn wal_targets(&self) -> Result<&[Target]> {
+        if let Some(t) = self.wal_targets.get() {
+            return Ok(t);
+        }
+        let storage = &self.config().storage;
+        let opened = storage
+            .targets
+            .iter()
+            .map(|t| {
+                Ok(Target {
+                    storage: backup_storage::open(
+                        &backup_core::walarchive::wal_location(t.url()),
+                        &storage.options,
+                    )?,
+                    optional: t.optional(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if opened.is_empty() {
+            return Err(Error::usage("no storage target configured"));
+        }
+        Ok(self.wal_targets.get_or_init(|| opened))
     }
 
     /// The first target: where `list`, `restore` and `verify` look.

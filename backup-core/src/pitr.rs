@@ -145,20 +145,21 @@ async fn scan(
     opts: &PitrOptions,
     scratch: &Path,
 ) -> Result<WalScan> {
-    let (Some(first), Some(last)) = (segments.first(), segments.last()) else {
-        return Ok(WalScan::default());
-    };
-    for s in segments {
-        walarchive::fetch(
-            std::slice::from_ref(wal_store),
-            s,
-            &scratch.join(s),
-            &opts.keys,
-        )
-        .await?;
-    }
     let tool = crate::pg::find_tool("pg_waldump", opts.bin_dir.as_deref()).await?;
-    window::scan_wal(&tool.path, scratch, first, last).await
+    // One segment at a time: the range may cross timelines, which pg_waldump cannot.
+    let mut all = WalScan::default();
+    for s in segments {
+        let path = scratch.join(s);
+        walarchive::fetch(std::slice::from_ref(wal_store), s, &path, &opts.keys).await?;
+        let one = window::scan_wal(&tool.path, scratch, s, s).await?;
+        let _ = std::fs::remove_file(&path);
+        if one.last_xact_time.is_some() {
+            all.last_xact_time = one.last_xact_time;
+            all.last_xact_lsn = one.last_xact_lsn;
+        }
+        all.restore_points.extend(one.restore_points);
+    }
+    Ok(all)
 }
 
 /// Decide the base backup and check the target against the window. Nothing is written

@@ -97,7 +97,9 @@ pub async fn run(
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    let mut by_db: BTreeMap<String, Vec<&catalog::BackupEntry>> = BTreeMap::new();
+    // Retention applies per database and per kind: physical backups never count
+    // towards (or push out) logical ones.
+    let mut by_db: BTreeMap<(String, bool), Vec<&catalog::BackupEntry>> = BTreeMap::new();
     for b in &cat.backups {
         if opts
             .database
@@ -105,12 +107,12 @@ pub async fn run(
             .is_none_or(|d| d == b.manifest.database)
         {
             by_db
-                .entry(b.manifest.database.clone())
+                .entry((b.manifest.database.clone(), b.manifest.physical.is_some()))
                 .or_default()
                 .push(b);
         }
     }
-    for (db, entries) in by_db {
+    for ((db, _physical), entries) in by_db {
         let candidates: Vec<Candidate> = entries
             .iter()
             .map(|b| Candidate {

@@ -59,7 +59,7 @@ impl Site {
             config,
             archive,
             cluster,
-            cli: Cli::new(),
+            cli: Cli::new().env_remove("BACKUP_DIR"),
         }
     }
 

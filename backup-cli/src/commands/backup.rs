@@ -2,6 +2,7 @@
 
 use backup_core::backup::{self, BackupOptions, BackupOutcome};
 use backup_core::lock::LockGuard;
+use backup_core::manifest::Kind;
 use backup_core::util::human_size;
 use backup_core::{Result, success};
 use backup_verify::failure_error;
@@ -47,6 +48,19 @@ pub async fn run(ctx: &Ctx, mut args: BackupArgs) -> Result<()> {
     let targets = ctx.targets()?;
     let mut opts = ctx.backup_options(name)?;
     opts.pinned = args.pin;
+    if args.physical {
+        if args.verify {
+            return Err(backup_core::Error::usage(
+                "--verify is not available for physical backups yet: check one with a point-in-time restore (restore --pgdata DIR --to-backup-end)",
+            ));
+        }
+        opts.kind = Kind::Physical;
+        // pg_basebackup's stream is not compressed by the server: zstd here, unless
+        // compression is off.
+        if let backup::Compression::Gzip(_) = opts.compression {
+            opts.compression = backup::Compression::Zstd(3);
+        }
+    }
     if let Some(j) = args.jobs {
         if j == 0 {
             return Err(backup_core::Error::usage("--jobs must be at least 1"));
@@ -112,7 +126,11 @@ async fn locked_backup(
     let pg = &c.database;
     let bar = crate::progress::Bar::start("backup", ctx.progress);
     opts.progress = bar.callback();
-    let result = backup::run(pg, targets, opts, ctx.cancel.clone()).await;
+    let result = if args.physical {
+        backup::run_physical(pg, targets, opts, ctx.cancel.clone()).await
+    } else {
+        backup::run(pg, targets, opts, ctx.cancel.clone()).await
+    };
     bar.finish();
     let outcome = match result {
         Ok(o) => o,
@@ -128,7 +146,7 @@ async fn locked_backup(
     ctx.reporter.backup_succeeded(&outcome).await;
     // The server answered: drop what killed restores and verifications left on it.
     backup_core::claim::clean_server(pg).await;
-    if args.verify || c.backup.after.verify {
+    if (args.verify || c.backup.after.verify) && !args.physical {
         let record = ctx.verify(&outcome.manifest.name, false).await?;
         if let Some(e) = failure_error(&record) {
             return Err(e);

@@ -77,6 +77,7 @@ fn entry_json(storage: &dyn Storage, b: &catalog::BackupEntry) -> serde_json::Va
         "encryption": m.encryption,
         "pinned": m.pinned,
         "kind": m.kind.unwrap_or_default(),
+        "physical": m.physical,
         // true: a full verification passed; false: the last verification failed;
         // null: never verified by a test restore.
         "verified": b.verify.as_ref().and_then(|v| if !v.passed { Some(false) } else if v.quick { None } else { Some(true) }),

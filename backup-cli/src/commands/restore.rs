@@ -25,7 +25,7 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
         .unwrap_or_else(|| c.database.name.clone());
     backup_core::pg::check_database_name(&target_db)?;
     let mut subject = RestoreSubject {
-        backup: args.backup.clone(),
+        backup: args.backup.clone().unwrap_or_default(),
         target_db: target_db.clone(),
         storage: None,
         started: Instant::now(),
@@ -43,7 +43,9 @@ async fn reported_restore(
 ) -> Result<RestoreOutcome> {
     let c = ctx.config();
     let target_db = subject.target_db.clone();
-    let resolved = ctx.resolve(&args.backup).await?;
+    let resolved = ctx
+        .resolve(args.backup.as_deref().unwrap_or("latest"))
+        .await?;
     resolved.ensure_logical()?;
     subject.backup = resolved.name.clone();
     subject.storage = Some(resolved.storage.url());

@@ -1,12 +1,12 @@
 //! The options of each pipeline, from the configuration: what a command adds is only
 //! what its flags say.
 
-use backup_core::Result;
 use backup_core::backup::BackupOptions;
 use backup_core::lock::LockOptions;
 use backup_core::manifest::Manifest;
 use backup_core::restore::RestoreOptions;
 use backup_core::retention::RetentionPolicy;
+use backup_core::{Error, Result};
 use backup_verify::VerifyOptions;
 
 use super::Ctx;
@@ -53,6 +53,38 @@ impl Ctx {
         })
     }
 
+    /// The `restore_command` a restored server runs: this binary by absolute path, the
+    /// configuration files and `--storage` flags of this run, and no secret (the server's
+    /// OS user must be able to read the files, which hold or name the secrets).
+    pub fn restore_command(&self) -> Result<String> {
+        let exe = std::env::current_exe()
+            .map_err(|e| Error::other(format!("cannot tell where this program is: {e}")))?;
+        let mut cmd = shell_quote(&exe.display().to_string());
+        let loaded = self.loaded();
+        if let Some(file) = loaded.files.last() {
+            cmd.push_str(" --config ");
+            cmd.push_str(&shell_quote(&file.display().to_string()));
+        }
+        // Without a file, the targets come from flags or the environment, which the
+        // server's environment lacks: name them on the command line.
+        let urls: Vec<String> = if loaded.storage_flags.is_empty() && loaded.files.is_empty() {
+            self.config()
+                .storage
+                .targets
+                .iter()
+                .map(|t| t.url().to_string())
+                .collect()
+        } else {
+            loaded.storage_flags.clone()
+        };
+        for url in &urls {
+            cmd.push_str(" --storage ");
+            cmd.push_str(&shell_quote(url));
+        }
+        cmd.push_str(" wal-fetch %f %p");
+        Ok(cmd)
+    }
+
     /// `[retention]`.
     pub fn retention(&self) -> &RetentionPolicy {
         &self.config().retention
@@ -62,4 +94,15 @@ impl Ctx {
     pub fn lock_options(&self, lock_timeout: Option<u64>) -> LockOptions {
         self.config().lock.options(lock_timeout)
     }
+}
+
+/// Quote a word for `sh -c` (PostgreSQL runs `restore_command` through the shell).
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-:=@,+".contains(&b))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
