@@ -88,7 +88,7 @@ fn from_layers(
     let mut production_from = None;
     let files = config_files(global)?;
     for path in &files {
-        let layer = Toml::file_exact(&path);
+        let layer = Toml::file_exact(path);
         if production_from.is_none() && layer_says_production(&layer) {
             production_from = Some(figment::Source::File(path.clone()).to_string());
         }

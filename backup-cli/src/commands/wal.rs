@@ -37,7 +37,7 @@ pub async fn push(ctx: &Ctx, path: &Path) -> Result<()> {
         }
     }
     for t in optional {
-        if let Err(e) = walarchive::push(&[t.storage.clone()], path, &opts).await {
+        if let Err(e) = walarchive::push(std::slice::from_ref(&t.storage), path, &opts).await {
             warn!(
                 "Optional target {} did not archive {name}: {e}",
                 t.storage.url()
