@@ -244,3 +244,24 @@ fn bad_database_url_is_config_error_without_secret() {
     assert_eq!(err.exit_code(), 2);
     assert!(!err.to_string().contains("topsecret"));
 }
+
+#[test]
+fn webdav_credentials_keep_their_old_variables_and_stay_secret() {
+    let c = extract(&vars(&[
+        ("KAIZEN_BACKUP_WEBDAV_USER", "backup"),
+        ("KAIZEN_BACKUP_WEBDAV_PASSWORD", "123456"),
+    ]))
+    .unwrap();
+    let webdav = &c.storage.options.webdav;
+    assert_eq!(webdav.user.as_deref(), Some("backup"));
+    assert_eq!(webdav.password.as_ref().map(|p| p.expose()), Some("123456"));
+    assert!(!serde_json::to_string(&c).unwrap().contains("123456"));
+    // The configuration key wins over the old name.
+    let c = extract(&vars(&[
+        ("KAIZEN_BACKUP_WEBDAV_PASSWORD", "old-pass"),
+        ("KAIZEN_BACKUP_STORAGE__WEBDAV__PASSWORD", "new-pass"),
+    ]))
+    .unwrap();
+    let password = c.storage.options.webdav.password;
+    assert_eq!(password.as_ref().map(|p| p.expose()), Some("new-pass"));
+}
