@@ -125,8 +125,8 @@ pub fn features() -> &'static [&'static str] {
     })
 }
 
-/// Open the storage a URL names (a plain path is a local directory), with the guards of
-/// [`guard`] around the backend.
+/// Open the storage a URL names (a plain path is a local directory), with the guard layer
+/// (key checks, no overwrite, abort of dropped writers) around the backend.
 pub fn open(url: &str, opts: &StorageOptions) -> Result<Arc<dyn Storage>> {
     let location = Location::new(url);
     let scheme = location.scheme();
