@@ -10,18 +10,9 @@ use crate::config::{self, Loaded};
 use crate::ctx::Ctx;
 use crate::output::emit;
 
-/// Features compiled into this binary (shown by `--version`).
+/// Notifier features compiled into this binary (shown by `--version` after the storage
+/// ones, which `backup_storage::features()` lists).
 pub const FEATURES: &[&str] = &[
-    #[cfg(feature = "local")]
-    "local",
-    #[cfg(feature = "s3")]
-    "s3",
-    #[cfg(feature = "gcs")]
-    "gcs",
-    #[cfg(feature = "azure")]
-    "azure",
-    #[cfg(feature = "opendal")]
-    "opendal",
     #[cfg(feature = "slack")]
     "slack",
     #[cfg(feature = "email")]

@@ -17,10 +17,15 @@ use clap::Parser;
 
 /// `--version` text: the version and the compiled-in features.
 pub static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let features: Vec<&str> = backup_storage::features()
+        .iter()
+        .chain(app::FEATURES)
+        .copied()
+        .collect();
     format!(
         "{} (features: {})",
         env!("CARGO_PKG_VERSION"),
-        app::FEATURES.join(", ")
+        features.join(", ")
     )
 });
 

@@ -78,8 +78,15 @@ pub enum Error {
         key: String,
         /// What went wrong.
         message: String,
-        /// Whether trying again may succeed.
+        /// Whether trying again may succeed, decided by the backend from the cause's kind
+        /// or status (a timeout, a reset connection, a 503), never from its text.
         retryable: bool,
+        /// The underlying error (a client library's, an I/O error), for [`source()`] chains;
+        /// boxed, so no dependency's type is part of this API.
+        ///
+        /// [`source()`]: std::error::Error::source
+        #[source]
+        source: Option<BoxError>,
     },
 
     /// The object does not exist.
@@ -147,6 +154,19 @@ pub enum Error {
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Any error, boxed: the cause an [`Error::Storage`] keeps.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Whether an I/O error of this kind may go away by itself (an interrupted call, a timeout,
+/// a connection reset or aborted by the peer), so that trying again may succeed.
+pub fn io_retryable(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        kind,
+        K::Interrupted | K::TimedOut | K::ConnectionReset | K::ConnectionAborted
+    )
+}
+
 impl Error {
     /// Wrap an I/O error with context.
     pub fn io(context: impl fmt::Display, source: std::io::Error) -> Self {
@@ -166,18 +186,21 @@ impl Error {
         Self::Other(msg.to_string())
     }
 
+    /// Keep `cause` as the [`source`](std::error::Error::source) of a storage error; the
+    /// message does not change. Other variants are returned as they are.
+    pub fn caused_by(mut self, cause: impl Into<BoxError>) -> Self {
+        if let Self::Storage { source, .. } = &mut self {
+            *source = Some(cause.into());
+        }
+        self
+    }
+
     /// Whether retrying the same operation may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Storage { retryable, .. } => *retryable,
             Self::Notify { .. } => true,
-            Self::Io { source, .. } => matches!(
-                source.kind(),
-                std::io::ErrorKind::Interrupted
-                    | std::io::ErrorKind::TimedOut
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-            ),
+            Self::Io { source, .. } => io_retryable(source.kind()),
             _ => false,
         }
     }

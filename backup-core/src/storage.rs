@@ -66,8 +66,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// The storage URL with any credentials removed, for logs and messages.
     fn url(&self) -> String;
 
-    /// Start writing `key`. Fails with [`Error::AlreadyExists`] if the backend can tell
-    /// cheaply that the key exists; callers check [`head`](Self::head) first as well.
+    /// Start writing `key`. Never replaces an object: fails with [`Error::AlreadyExists`]
+    /// here if the backend can tell cheaply that the key exists, or else at
+    /// [`finish`](ObjectWriter::finish), whose commit is then a conditional create.
+    /// Callers check [`head`](Self::head) first as well.
     async fn put(&self, key: &str) -> Result<Box<dyn ObjectWriter>>;
 
     /// Stream the object's bytes. [`Error::NotFound`] if it does not exist.
@@ -185,5 +187,6 @@ pub fn storage_error(
         key: key.to_string(),
         message: message.to_string(),
         retryable,
+        source: None,
     }
 }

@@ -5,21 +5,19 @@
 
 use std::sync::Arc;
 
-use backup_core::{Error, Result, Storage};
+use backup_core::{Error, Result};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 
-use crate::objstore::{ObjStore, apply_timeouts, retry_config};
-use crate::options::{AzureOptions, TimeoutOptions, UploadOptions};
+use crate::StorageOptions;
+use crate::guard::Backend;
+use crate::location::{Location, display_url, redact_endpoint};
+use crate::objstore::{ObjStore, clients, retry_config};
 
 /// Open `az://container/prefix`.
-pub fn open(
-    container: &str,
-    prefix: &str,
-    o: &AzureOptions,
-    upload: UploadOptions,
-    timeouts: TimeoutOptions,
-) -> Result<Arc<dyn Storage>> {
-    let mut b = MicrosoftAzureBuilder::from_env().with_container_name(container);
+pub fn open(location: &Location, opts: &StorageOptions) -> Result<Box<dyn Backend>> {
+    let (container, prefix) = location.bucket_and_prefix()?;
+    let o = &opts.azure;
+    let mut b = MicrosoftAzureBuilder::from_env().with_container_name(&container);
     if let Some(a) = &o.account {
         b = b.with_account(a);
     }
@@ -37,7 +35,7 @@ pub fn open(
         b = b.with_endpoint(e.clone());
     }
     let endpoint = match &o.endpoint {
-        Some(e) => crate::redact_endpoint(e),
+        Some(e) => redact_endpoint(e),
         None => format!(
             "https://{}.blob.core.windows.net",
             o.account
@@ -49,27 +47,18 @@ pub fn open(
     if let Some(a) = o.allow_http {
         b = b.with_allow_http(a);
     }
-    b = b.with_retry(retry_config(&timeouts));
-    let mut downloads = b.clone();
-    for (key, value) in apply_timeouts(&timeouts, false) {
-        b = b.with_config(AzureConfigKey::Client(key), value);
-    }
-    for (key, value) in apply_timeouts(&timeouts, true) {
-        downloads = downloads.with_config(AzureConfigKey::Client(key), value);
-    }
-    let store = b
-        .build()
-        .map_err(|e| Error::usage(format!("cannot set up az://{container}: {e}")))?;
-    let reader = downloads
-        .build()
-        .map_err(|e| Error::usage(format!("cannot set up az://{container}: {e}")))?;
-    let url = if prefix.is_empty() {
-        format!("az://{container}")
-    } else {
-        format!("az://{container}/{prefix}")
-    };
-    Ok(Arc::new(
-        ObjStore::new(Arc::new(store), url, endpoint, prefix, upload, None)
+    let (b, downloads) = clients(
+        b.with_retry(retry_config(&opts.timeouts)),
+        &opts.timeouts,
+        |b, k, v| b.with_config(AzureConfigKey::Client(k), v),
+    );
+    let setup =
+        |e: object_store::Error| Error::usage(format!("cannot set up az://{container}: {e}"));
+    let store = b.build().map_err(setup)?;
+    let reader = downloads.build().map_err(setup)?;
+    let url = display_url("az", &container, &prefix);
+    Ok(Box::new(
+        ObjStore::new(Arc::new(store), url, endpoint, &prefix, opts.upload, None)
             .with_reader(Arc::new(reader)),
     ))
 }

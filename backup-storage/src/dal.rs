@@ -1,11 +1,12 @@
-//! Backends through opendal: `gs://bucket/prefix` (feature `gcs`, using the JSON API's
-//! resumable upload, which streams) and other schemes (feature `opendal`), e.g.
-//! `webdav://host/path` / `webdavs://` and `sftp://`. Every operator gets opendal's retry
-//! and timeout layers, set from `[storage.timeouts]`: `request_secs` bounds each call
-//! (connecting included), `idle_secs` each read or write of a stream, `retries` the
-//! retries of temporary failures.
+//! What the opendal backends (GCS, WebDAV, SFTP) share: a [`Backend`] over an opendal
+//! operator rooted at the prefix, its layers and its error mapping.
+//!
+//! Every operator gets opendal's retry and timeout layers, set from `[storage.timeouts]`:
+//! `request_secs` bounds each call (connecting included), `idle_secs` each read or write of
+//! a stream, `retries` the retries of temporary failures. Writes are create-only where the
+//! service can (`if_not_exists`); services without multi-part writes get the object in one
+//! PUT, held in memory up to [`ONE_SHOT_LIMIT`].
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,11 +18,35 @@ use futures::stream::BoxStream;
 use opendal::layers::{RetryLayer, TimeoutLayer};
 use opendal::{ErrorKind, Operator};
 
+use crate::guard::{Backend, Caps};
 use crate::options::{TimeoutOptions, UploadOptions};
+use crate::{StorageOptions, retry};
+
+/// Build the operator of service builder `b` with its layers and wrap it; `name` is what
+/// a setup error calls it, `url` the redacted display URL.
+pub fn open<B: opendal::Builder>(
+    b: B,
+    name: &str,
+    url: String,
+    opts: &StorageOptions,
+) -> Result<Box<dyn Backend>> {
+    ensure_transport();
+    let op = Operator::new(b).map_err(|e| {
+        Error::usage(format!(
+            "cannot set up {name}: {}",
+            first_line(&e.to_string())
+        ))
+    })?;
+    Ok(Box::new(DalStorage {
+        op: layered(op, &opts.timeouts),
+        url,
+        upload: opts.upload,
+    }))
+}
 
 /// A storage over an opendal operator (rooted at the prefix).
 #[derive(Debug, Clone)]
-pub struct DalStorage {
+struct DalStorage {
     op: Operator,
     url: String,
     upload: UploadOptions,
@@ -29,13 +54,13 @@ pub struct DalStorage {
 
 /// Install opendal's HTTP transport once (without its auto-registration feature nothing
 /// does it before `main`). Called before any operator is built.
-pub fn ensure_transport() {
+fn ensure_transport() {
     static INSTALL: std::sync::Once = std::sync::Once::new();
     INSTALL.call_once(opendal::install_default);
 }
 
 /// Add the retry and timeout layers.
-pub fn layered(op: Operator, t: &TimeoutOptions) -> Operator {
+fn layered(op: Operator, t: &TimeoutOptions) -> Operator {
     op.layer(
         TimeoutLayer::new()
             .with_timeout(t.request())
@@ -49,35 +74,14 @@ pub fn layered(op: Operator, t: &TimeoutOptions) -> Operator {
 }
 
 impl DalStorage {
-    /// Wrap an operator; `url` is the redacted display URL.
-    pub fn new(op: Operator, url: String, upload: UploadOptions, t: &TimeoutOptions) -> Self {
-        Self {
-            op: layered(op, t),
-            url,
-            upload,
-        }
-    }
-
-    fn check_key(&self, key: &str) -> Result<()> {
-        if key.is_empty() || key.contains('/') {
-            return Err(storage_error(
-                &self.url,
-                "resolve",
-                key,
-                "invalid object key",
-                false,
-            ));
-        }
-        Ok(())
-    }
-
     fn err(&self, op: &'static str, key: &str, e: opendal::Error) -> Error {
         map_error(&self.url, op, key, e)
     }
 }
 
-/// Map an opendal error (its text names the operation, never credentials).
-pub fn map_error(url: &str, op: &'static str, key: &str, e: opendal::Error) -> Error {
+/// Map an opendal error, keeping it as the source (its text names the operation, never
+/// credentials); retryable as [`retry::opendal`] says.
+fn map_error(url: &str, op: &'static str, key: &str, e: opendal::Error) -> Error {
     match e.kind() {
         // Writing creates the key: only a missing bucket (or base directory) answers 404.
         ErrorKind::NotFound
@@ -86,29 +90,18 @@ pub fn map_error(url: &str, op: &'static str, key: &str, e: opendal::Error) -> E
                 "put" | "start upload" | "write" | "upload" | "complete upload" | "check (write)"
             ) =>
         {
-            storage_error(
-                url,
-                op,
-                key,
-                format!(
-                    "the bucket or base directory of {url} does not exist; create it, or correct the storage URL"
-                ),
-                false,
-            )
+            let message = format!(
+                "the bucket or base directory of {url} does not exist; create it, or correct the storage URL"
+            );
+            storage_error(url, op, key, message, false).caused_by(e)
         }
         ErrorKind::NotFound => Error::NotFound(format!("{url}/{key}")),
         ErrorKind::AlreadyExists | ErrorKind::ConditionNotMatch => {
             Error::AlreadyExists(format!("{url}/{key}"))
         }
         _ => {
-            let retryable = e.is_temporary();
-            storage_error(
-                url,
-                op,
-                key,
-                format!("{} ({})", e.kind(), first_line(&e.to_string())),
-                retryable,
-            )
+            let message = format!("{} ({})", e.kind(), first_line(&e.to_string()));
+            storage_error(url, op, key, message, retry::opendal(&e)).caused_by(e)
         }
     }
 }
@@ -131,36 +124,26 @@ pub const ONE_SHOT_LIMIT: u64 = 256 * 1024 * 1024;
 struct DalWriter {
     url: String,
     key: String,
-    inner: Option<opendal::Writer>,
+    inner: opendal::Writer,
     written: u64,
     /// Services that cannot take a write in several parts (WebDAV) get the object in
-    /// one PUT: it is buffered here, up to `one_shot_limit` bytes, and refused beyond.
+    /// one PUT: it is buffered here, up to [`ONE_SHOT_LIMIT`] bytes, and refused beyond.
     one_shot: Option<Vec<Bytes>>,
-    one_shot_limit: u64,
 }
 
 #[async_trait]
 impl ObjectWriter for DalWriter {
     async fn write(&mut self, data: Bytes) -> Result<()> {
-        let Some(w) = self.inner.as_mut() else {
-            return Err(storage_error(
-                &self.url,
-                "write",
-                &self.key,
-                "writer already closed",
-                false,
-            ));
-        };
         self.written += data.len() as u64;
         if let Some(buf) = self.one_shot.as_mut() {
-            if self.written > self.one_shot_limit {
+            if self.written > ONE_SHOT_LIMIT {
                 return Err(storage_error(
                     &self.url,
                     "write",
                     &self.key,
                     format!(
                         "this service cannot stream an upload in parts; objects above {} MiB are refused (raise storage.upload.part_size x concurrency, or use s3/gs/az)",
-                        self.one_shot_limit / (1024 * 1024)
+                        ONE_SHOT_LIMIT / (1024 * 1024)
                     ),
                     false,
                 ));
@@ -168,21 +151,14 @@ impl ObjectWriter for DalWriter {
             buf.push(data);
             return Ok(());
         }
-        w.write(data)
+        self.inner
+            .write(data)
             .await
             .map_err(|e| map_error(&self.url, "write", &self.key, e))
     }
 
     async fn finish(mut self: Box<Self>) -> Result<ObjectMeta> {
-        let Some(mut w) = self.inner.take() else {
-            return Err(storage_error(
-                &self.url,
-                "finish",
-                &self.key,
-                "writer already closed",
-                false,
-            ));
-        };
+        let w = &mut self.inner;
         if let Some(parts) = self.one_shot.take()
             && let Err(e) = w.write(opendal::Buffer::from(parts)).await
         {
@@ -201,24 +177,21 @@ impl ObjectWriter for DalWriter {
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
-        match self.inner.take() {
-            Some(mut w) => w
-                .abort()
-                .await
-                .map_err(|e| map_error(&self.url, "abort upload", &self.key, e)),
-            None => Ok(()),
-        }
+        self.inner
+            .abort()
+            .await
+            .map_err(|e| map_error(&self.url, "abort upload", &self.key, e))
     }
 }
 
-impl Drop for DalWriter {
-    fn drop(&mut self) {
-        if let Some(mut w) = self.inner.take()
-            && let Ok(h) = tokio::runtime::Handle::try_current()
-        {
-            h.spawn(async move {
-                let _ = w.abort().await;
-            });
+impl Backend for DalStorage {
+    fn caps(&self) -> Caps {
+        Caps {
+            // WebDAV and SFTP cannot refuse by themselves; GCS can (`ifGenerationMatch=0`)
+            // and real GCS honours it, but its emulator ignores it: ask first everywhere.
+            check_first: true,
+            conditional_create: self.op.info().capability().write_with_if_not_exists,
+            drop_cleans_up: false,
         }
     }
 }
@@ -230,10 +203,6 @@ impl Storage for DalStorage {
     }
 
     async fn put(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
-        self.check_key(key)?;
-        if self.head(key).await?.is_some() {
-            return Err(Error::AlreadyExists(format!("{}/{key}", self.url)));
-        }
         let cap = self.op.info().capability();
         let multi = cap.write_can_multi;
         let w = if multi && cap.write_with_if_not_exists {
@@ -259,15 +228,13 @@ impl Storage for DalStorage {
         Ok(Box::new(DalWriter {
             url: self.url.clone(),
             key: key.to_string(),
-            inner: Some(w),
+            inner: w,
             written: 0,
             one_shot: (!multi).then(Vec::new),
-            one_shot_limit: ONE_SHOT_LIMIT,
         }))
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream> {
-        self.check_key(key)?;
         // Readers are lazy: ask first, so a missing object is NotFound, not a read error.
         if self.head(key).await?.is_none() {
             return Err(Error::NotFound(format!("{}/{key}", self.url)));
@@ -283,14 +250,16 @@ impl Storage for DalStorage {
             .map_err(|e| self.err("get", key, e))?;
         let url = self.url.clone();
         let key = key.to_string();
-        Ok(
-            s.map(move |r| r.map_err(|e| storage_error(&url, "read", &key, e, true)))
-                .boxed(),
-        )
+        Ok(s.map(move |r| {
+            r.map_err(|e| {
+                let retryable = retry::opendal_io(&e);
+                storage_error(&url, "read", &key, &e, retryable).caused_by(e)
+            })
+        })
+        .boxed())
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
-        self.check_key(key)?;
         match self.op.stat(key).await {
             Ok(m) if m.is_file() => Ok(Some(ObjectMeta {
                 key: key.to_string(),
@@ -328,7 +297,6 @@ impl Storage for DalStorage {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        self.check_key(key)?;
         match self.op.delete(key).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -350,7 +318,6 @@ impl Storage for DalStorage {
     }
 
     async fn put_replace(&self, key: &str, data: Bytes) -> Result<()> {
-        self.check_key(key)?;
         self.op
             .write_with(key, data)
             .content_type(CONTENT_TYPE)
@@ -359,150 +326,19 @@ impl Storage for DalStorage {
         Ok(())
     }
 
+    /// Only called when the service has conditional writes (see [`Caps`]).
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool> {
-        self.check_key(key)?;
-        // Checked first as well: some servers (emulators) ignore the precondition; real
-        // GCS honours it, which closes the race between two writers.
-        if self.head(key).await?.is_some() {
-            return Ok(false);
-        }
-        if self.op.info().capability().write_with_if_not_exists {
-            return match self.op.write_with(key, data).if_not_exists(true).await {
-                Ok(_) => Ok(true),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::ConditionNotMatch | ErrorKind::AlreadyExists
-                    ) =>
-                {
-                    Ok(false)
-                }
-                Err(e) => Err(self.err("put", key, e)),
-            };
-        }
-        // No conditional write on this service: check, then write (a small race, documented).
-        if self.head(key).await?.is_some() {
-            return Ok(false);
-        }
-        self.put_replace(key, data).await?;
-        Ok(true)
-    }
-}
-
-/// `gs://bucket/prefix`.
-#[cfg(feature = "gcs")]
-pub mod gcs {
-    use super::*;
-    use crate::options::GcsOptions;
-
-    /// Open `gs://bucket/prefix`.
-    pub fn open(
-        bucket: &str,
-        prefix: &str,
-        o: &GcsOptions,
-        upload: UploadOptions,
-        timeouts: TimeoutOptions,
-    ) -> Result<Arc<dyn Storage>> {
-        ensure_transport();
-        let mut b = opendal::services::Gcs::default()
-            .bucket(bucket)
-            .root(&format!("/{}", prefix.trim_matches('/')));
-        if let Some(e) = &o.endpoint {
-            b = b.endpoint(e);
-        }
-        let cred_path = o.credential_path.clone().or_else(|| {
-            std::env::var("GOOGLE_APPLICATION_CREDENTIALS")
-                .ok()
-                .filter(|v| !v.is_empty())
-        });
-        if let Some(p) = &cred_path {
-            b = b.credential_path(p);
-        }
-        if let Some(c) = &o.credential {
-            b = b.credential(c.expose());
-        }
-        if o.anonymous {
-            b = b
-                .skip_signature()
-                .disable_vm_metadata()
-                .disable_config_load();
-        }
-        let op = Operator::new(b).map_err(|e| {
-            Error::usage(format!(
-                "cannot set up gs://{bucket}: {}",
-                first_line(&e.to_string())
-            ))
-        })?;
-        let url = if prefix.is_empty() {
-            format!("gs://{bucket}")
-        } else {
-            format!("gs://{bucket}/{prefix}")
-        };
-        Ok(Arc::new(DalStorage::new(op, url, upload, &timeouts)))
-    }
-}
-
-/// Other schemes through opendal.
-#[cfg(feature = "opendal")]
-pub mod other {
-    use super::*;
-
-    /// Open `webdav://host[:port]/path` (`webdavs://` for HTTPS) or `sftp://[user@]host[:port]/path`.
-    /// WebDAV credentials come from `KAIZEN_BACKUP_WEBDAV_USER` / `KAIZEN_BACKUP_WEBDAV_PASSWORD`;
-    /// SFTP uses the SSH agent and `~/.ssh/config`.
-    pub fn open(
-        url: &url::Url,
-        upload: UploadOptions,
-        timeouts: TimeoutOptions,
-    ) -> Result<Arc<dyn Storage>> {
-        ensure_transport();
-        let host = url
-            .host_str()
-            .ok_or_else(|| Error::usage(format!("no host in {url}")))?;
-        let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
-        let path = url.path().trim_end_matches('/');
-        let display = format!("{}://{host}{port}{path}", url.scheme());
-        let op = match url.scheme() {
-            "webdav" | "webdavs" => {
-                let scheme = if url.scheme() == "webdavs" {
-                    "https"
-                } else {
-                    "http"
-                };
-                let mut b = opendal::services::Webdav::default()
-                    .endpoint(&format!("{scheme}://{host}{port}"))
-                    .root(&format!("{path}/"));
-                if let Ok(u) = std::env::var("KAIZEN_BACKUP_WEBDAV_USER") {
-                    b = b.username(&u);
-                }
-                if let Ok(p) = std::env::var("KAIZEN_BACKUP_WEBDAV_PASSWORD") {
-                    b = b.password(&p);
-                }
-                Operator::new(b)
+        match self.op.write_with(key, data).if_not_exists(true).await {
+            Ok(_) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConditionNotMatch | ErrorKind::AlreadyExists
+                ) =>
+            {
+                Ok(false)
             }
-            "sftp" => {
-                let user = if url.username().is_empty() {
-                    String::new()
-                } else {
-                    format!("{}@", url.username())
-                };
-                let b = opendal::services::Sftp::default()
-                    .endpoint(&format!("ssh://{user}{host}{port}"))
-                    .root(&format!("{path}/"));
-                Operator::new(b)
-            }
-            other => {
-                return Err(Error::usage(format!(
-                    "unsupported storage scheme {other}://"
-                )));
-            }
+            Err(e) => Err(self.err("put", key, e)),
         }
-        .map_err(|e| {
-            Error::usage(format!(
-                "cannot set up {display}: {}",
-                first_line(&e.to_string())
-            ))
-        })?;
-        Ok(Arc::new(DalStorage::new(op, display, upload, &timeouts)))
     }
 }

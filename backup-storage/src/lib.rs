@@ -2,32 +2,44 @@
 //!
 //! | scheme | backend | feature |
 //! |---|---|---|
-//! | `file://` or a plain path | [`local::LocalStorage`] (directory, Kubernetes PVC) | `local` |
+//! | `file://` or a plain path | a directory (Kubernetes PVC) | `local` |
 //! | `s3://bucket/prefix` | object_store, multipart upload | `s3` |
-//! | `az://container/prefix` | object_store, block upload | `azure` |
 //! | `gs://bucket/prefix` | opendal, JSON API resumable upload | `gcs` |
+//! | `az://container/prefix` | object_store, block upload | `azure` |
 //! | `webdav://`, `webdavs://`, `sftp://` | opendal | `opendal` |
 //!
 //! Asking for a scheme that was not compiled in fails with a message naming the feature.
+//!
+//! ```text
+//! open(url) ──> registry: scheme ──> backend's builder ──> guard ──> Arc<dyn Storage>
+//! ```
+//!
+//! A backend is one file with its service-specific code only, one line in the registry
+//! below and one feature in Cargo.toml. [`open`] wraps what its builder returns in the
+//! guard layer (`guard.rs`: key checks, no overwrite, abort of dropped writers). Errors keep
+//! their cause and say whether a retry may succeed, decided from the cause's kind or
+//! status (`retry.rs`).
 
 use std::sync::Arc;
 
 use backup_core::{Error, Result, Storage};
 use serde::{Deserialize, Serialize};
 
-#[cfg(feature = "azure")]
-pub mod azure;
-#[cfg(any(feature = "gcs", feature = "opendal"))]
-pub mod dal;
-#[cfg(feature = "local")]
-pub mod local;
-#[cfg(any(feature = "s3", feature = "azure"))]
-pub mod objstore;
+mod guard;
+mod location;
 pub mod options;
-#[cfg(feature = "s3")]
-pub mod s3;
+mod retry;
 
-pub use options::{AzureOptions, GcsOptions, S3Options, TimeoutOptions, UploadOptions};
+#[cfg(feature = "dal")]
+mod dal;
+#[cfg(feature = "objstore")]
+mod objstore;
+
+use guard::{Backend, Guarded};
+use location::Location;
+pub use options::{
+    AzureOptions, GcsOptions, S3Options, TimeoutOptions, UploadOptions, WebdavOptions,
+};
 
 /// The `[storage.*]` sections.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -41,128 +53,110 @@ pub struct StorageOptions {
     pub azure: AzureOptions,
     /// `[storage.gcs]`
     pub gcs: GcsOptions,
+    /// `[storage.webdav]`
+    pub webdav: WebdavOptions,
     /// `[storage.timeouts]`
     pub timeouts: TimeoutOptions,
 }
 
-#[allow(dead_code)]
-fn not_compiled(what: &str, feature: &str) -> Error {
-    Error::NotCompiled {
-        what: what.into(),
-        feature: feature.into(),
-    }
+/// A backend's builder: the location and the options in, the service's store out (without
+/// the guards, which [`open`] adds).
+type Builder = fn(&Location, &StorageOptions) -> Result<Box<dyn Backend>>;
+
+/// One line of the registry.
+#[derive(Debug)]
+struct Registered {
+    /// The Cargo feature that compiles the backend in.
+    feature: &'static str,
+    /// The URL schemes it serves; the first is the one messages list.
+    schemes: &'static [&'static str],
+    /// Its builder, `None` when the feature is off.
+    open: Option<Builder>,
 }
 
-/// Split `scheme://bucket/prefix` into bucket and prefix.
-#[allow(dead_code)]
-fn bucket_and_prefix(url: &str) -> Result<(String, String)> {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    if bucket.is_empty() {
-        return Err(Error::usage(format!("no bucket or container in {url:?}")));
-    }
-    // Names S3, GCS and Azure accept; anything else would only fail (or worse) later,
-    // when the client builds a request URL from it.
-    if let Some(c) = bucket
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
-    {
-        return Err(Error::usage(format!(
-            "invalid bucket or container name {bucket:?} in {url:?}: {c:?} is not allowed (use letters, digits, `.`, `-`, `_`)"
-        )));
-    }
-    if bucket.len() > 222 {
-        return Err(Error::usage(format!(
-            "invalid bucket or container name in {url:?}: longer than 222 characters"
-        )));
-    }
-    if let Some(c) = prefix.chars().find(|c| c.is_control()) {
-        return Err(Error::usage(format!(
-            "invalid prefix in storage URL {url:?}: control character {c:?}"
-        )));
-    }
-    Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
-}
+/// Declares each backend's module (compiled with its feature) and its line in [`REGISTRY`].
+macro_rules! registry {
+    ($($feature:literal => $module:ident [$($scheme:literal),+],)+) => {
+        $(
+            #[cfg(feature = $feature)]
+            mod $module;
+        )+
 
-/// An endpoint for messages: scheme, host and port only (no user information, no query).
-#[allow(dead_code)]
-fn redact_endpoint(endpoint: &str) -> String {
-    match url::Url::parse(endpoint) {
-        Ok(u) => match (u.host_str(), u.port()) {
-            (Some(h), Some(p)) => format!("{}://{h}:{p}", u.scheme()),
-            (Some(h), None) => format!("{}://{h}", u.scheme()),
-            _ => "<invalid endpoint>".into(),
-        },
-        Err(_) => "<invalid endpoint>".into(),
-    }
-}
-
-/// Open the storage a URL names. The `#[cfg]` lines below are the only place that
-/// knows which backends exist.
-#[cfg_attr(
-    not(any(
-        feature = "s3",
-        feature = "azure",
-        feature = "gcs",
-        feature = "opendal"
-    )),
-    allow(unused_variables)
-)]
-pub fn open(url: &str, opts: &StorageOptions) -> Result<Arc<dyn Storage>> {
-    let scheme = match url.split_once("://") {
-        Some((s, _)) => s.to_ascii_lowercase(),
-        None => "file".to_string(),
+        /// Every backend this crate knows, compiled in or not, in the order `--version` lists
+        /// their features.
+        static REGISTRY: &[Registered] = &[$(Registered {
+            feature: $feature,
+            schemes: &[$($scheme),+],
+            open: {
+                #[cfg(feature = $feature)]
+                let open: Option<Builder> = Some($module::open);
+                #[cfg(not(feature = $feature))]
+                let open: Option<Builder> = None;
+                open
+            },
+        }),+];
     };
-    match scheme.as_str() {
-        #[cfg(feature = "local")]
-        "file" => open_local(url),
-        #[cfg(feature = "s3")]
-        "s3" => {
-            let (b, p) = bucket_and_prefix(url)?;
-            s3::open(&b, &p, &opts.s3, opts.upload, opts.timeouts)
-        }
-        #[cfg(feature = "azure")]
-        "az" | "azure" => {
-            let (b, p) = bucket_and_prefix(url)?;
-            azure::open(&b, &p, &opts.azure, opts.upload, opts.timeouts)
-        }
-        #[cfg(feature = "gcs")]
-        "gs" | "gcs" => {
-            let (b, p) = bucket_and_prefix(url)?;
-            dal::gcs::open(&b, &p, &opts.gcs, opts.upload, opts.timeouts)
-        }
-        #[cfg(feature = "opendal")]
-        "webdav" | "webdavs" | "sftp" => {
-            let parsed = url::Url::parse(url)
-                .map_err(|e| Error::usage(format!("invalid storage URL: {e}")))?;
-            dal::other::open(&parsed, opts.upload, opts.timeouts)
-        }
-        #[allow(unreachable_patterns)]
-        "file" => Err(not_compiled("local storage", "local")),
-        #[allow(unreachable_patterns)]
-        "s3" => Err(not_compiled("s3 storage", "s3")),
-        #[allow(unreachable_patterns)]
-        "az" | "azure" => Err(not_compiled("azure storage", "azure")),
-        #[allow(unreachable_patterns)]
-        "gs" | "gcs" => Err(not_compiled("gcs storage", "gcs")),
-        #[allow(unreachable_patterns)]
-        "webdav" | "webdavs" | "sftp" => Err(not_compiled(&format!("{scheme} storage"), "opendal")),
-        other => Err(Error::usage(format!(
-            "unknown storage scheme `{other}://` (known: file://, s3://, gs://, az://, webdav://, sftp://)"
-        ))),
-    }
 }
 
-#[cfg(feature = "local")]
-fn open_local(url: &str) -> Result<Arc<dyn Storage>> {
-    let path = url.strip_prefix("file://").unwrap_or(url);
-    if path.is_empty() {
-        return Err(Error::usage("empty storage path"));
-    }
-    // Absolute, so logs and `list` say exactly where backups are.
-    let abs = std::path::absolute(path)
-        .map_err(|e| Error::usage(format!("invalid storage path {path:?}: {e}")))?;
-    Ok(Arc::new(local::LocalStorage::new(abs)))
+// The registry: one line per backend, `"feature" => module [schemes]`. The module is a file
+// in `src/` with `fn open(&Location, &StorageOptions) -> Result<Box<dyn Backend>>`; its
+// Cargo feature is one line in Cargo.toml. A backend whose feature is off keeps its line,
+// so asking for its scheme names the feature to enable.
+registry! {
+    "local" => local ["file"],
+    "s3" => s3 ["s3"],
+    "gcs" => gcs ["gs", "gcs"],
+    "azure" => azure ["az", "azure"],
+    "opendal" => webdav ["webdav", "webdavs"],
+    "opendal" => sftp ["sftp"],
+}
+
+/// The storage features compiled into this build, e.g. `["local", "s3"]` (for `--version`).
+pub fn features() -> &'static [&'static str] {
+    static FEATURES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    FEATURES.get_or_init(|| {
+        let mut out: Vec<&'static str> = Vec::new();
+        for r in REGISTRY {
+            if r.open.is_some() && !out.contains(&r.feature) {
+                out.push(r.feature);
+            }
+        }
+        out
+    })
+}
+
+/// Open the storage a URL names (a plain path is a local directory), with the guard layer
+/// (key checks, no overwrite, abort of dropped writers) around the backend.
+pub fn open(url: &str, opts: &StorageOptions) -> Result<Arc<dyn Storage>> {
+    let location = Location::new(url);
+    let scheme = location.scheme();
+    let Some(registered) = REGISTRY
+        .iter()
+        .find(|r| r.schemes.contains(&scheme.as_str()))
+    else {
+        let known: Vec<String> = REGISTRY
+            .iter()
+            .map(|r| format!("{}://", r.schemes[0]))
+            .collect();
+        return Err(Error::usage(format!(
+            "unknown storage scheme `{scheme}://` (known: {})",
+            known.join(", ")
+        )));
+    };
+    let Some(build) = registered.open else {
+        // A feature that brings several backends is named by the scheme asked for.
+        let shared = REGISTRY
+            .iter()
+            .filter(|r| r.feature == registered.feature)
+            .count()
+            > 1;
+        let what = if shared { &scheme } else { registered.feature };
+        return Err(Error::NotCompiled {
+            what: format!("{what} storage"),
+            feature: registered.feature.into(),
+        });
+    };
+    Ok(Arc::new(Guarded::new(build(&location, opts)?)))
 }
 
 #[cfg(test)]
@@ -170,16 +164,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bucket_names() {
-        assert!(bucket_and_prefix("s3://my-bucket.v2/a/b").is_ok());
-        for bad in [
-            "s3://bucket with space/p",
-            "s3:///p",
-            "gs://b%20/p",
-            "az://a\tb",
-        ] {
-            let err = bucket_and_prefix(bad).unwrap_err();
-            assert_eq!(err.exit_code(), 2, "{bad}");
+    fn every_scheme_is_registered_once_and_features_follow_the_registry() {
+        let mut schemes: Vec<&str> = REGISTRY.iter().flat_map(|r| r.schemes).copied().collect();
+        let n = schemes.len();
+        schemes.sort_unstable();
+        schemes.dedup();
+        assert_eq!(schemes.len(), n, "a scheme is registered twice");
+        for f in features() {
+            assert!(REGISTRY.iter().any(|r| r.feature == *f && r.open.is_some()));
+        }
+        #[cfg(feature = "local")]
+        assert_eq!(features().first(), Some(&"local"));
+    }
+
+    #[test]
+    fn unknown_and_missing_schemes_are_usage_errors_that_say_why() {
+        let err = open("ftp://x/y", &StorageOptions::default())
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown storage scheme `ftp://` (known: file://, s3://, gs://, az://, webdav://, sftp://)"
+        );
+        assert_eq!(err.exit_code(), 2);
+        #[cfg(not(feature = "s3"))]
+        {
+            let err = open("s3://b/p", &StorageOptions::default())
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "s3 storage support is not compiled in (feature `s3`)"
+            );
+        }
+        #[cfg(not(feature = "azure"))]
+        {
+            let err = open("AZ://c/p", &StorageOptions::default())
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "azure storage support is not compiled in (feature `azure`)"
+            );
+        }
+        #[cfg(not(feature = "opendal"))]
+        {
+            let err = open("webdavs://h/p", &StorageOptions::default())
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "webdavs storage support is not compiled in (feature `opendal`)"
+            );
         }
     }
 
@@ -191,7 +227,7 @@ mod tests {
             rest in "\\PC{0,40}|[a-z .%/_-]{0,30}",
         ) {
             let url = if scheme.is_empty() { rest } else { format!("{scheme}://{rest}") };
-            if let Ok((bucket, _)) = bucket_and_prefix(&url) {
+            if let Ok((bucket, _)) = Location::new(&url).bucket_and_prefix() {
                 // Request URLs are built from the bucket: only URI-unreserved characters.
                 proptest::prop_assert!(bucket
                     .chars()

@@ -1,8 +1,9 @@
 //! Local directory / Kubernetes PVC storage (`file:///path` or a plain path).
 //!
 //! Writes go to a hidden temporary file in the same directory, are fsynced, and are
-//! renamed into place on `finish`, so a reader never sees a partial object under
-//! its final name. Files are created with mode 0600.
+//! linked into place on `finish` only if the name is still free, so a reader never sees a
+//! partial object under its final name and nothing is replaced. Files are created with
+//! mode 0600. A writer dropped unfinished removes its file at once.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,9 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::fs;
 use tokio::io::AsyncWriteExt;
+
+use crate::guard::{self, Backend, Caps};
+use crate::{Location, StorageOptions, retry};
 
 /// Prefix of in-progress temporary files.
 pub const PARTIAL_PREFIX: &str = ".partial.";
@@ -49,42 +53,43 @@ fn parse_partial(name: &str) -> Option<(String, Option<(String, u32)>)> {
     Some((rest.to_string(), None))
 }
 
+/// Open `file:///path` or a plain path.
+pub fn open(location: &Location, _: &StorageOptions) -> Result<Box<dyn Backend>> {
+    let url = location.url();
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    if path.is_empty() {
+        return Err(Error::usage("empty storage path"));
+    }
+    // Absolute, so logs and `list` say exactly where backups are.
+    let abs = std::path::absolute(path)
+        .map_err(|e| Error::usage(format!("invalid storage path {path:?}: {e}")))?;
+    Ok(Box::new(LocalStorage { root: abs }))
+}
+
 /// A directory holding backups.
 #[derive(Debug, Clone)]
-pub struct LocalStorage {
+struct LocalStorage {
     root: PathBuf,
 }
 
-impl LocalStorage {
-    /// Storage rooted at `root` (created on first write if missing).
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
-    }
-
-    /// The directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    fn path(&self, key: &str) -> Result<PathBuf> {
-        if key.is_empty() || key.contains('/') || key.contains('\\') || key == "." || key == ".." {
-            return Err(storage_error(
-                &self.url(),
-                "resolve",
-                key,
-                "invalid object key",
-                false,
-            ));
+impl Backend for LocalStorage {
+    fn caps(&self) -> Caps {
+        // `head` is a file's metadata: cheap enough to refuse an existing key at `put`.
+        Caps {
+            check_first: true,
+            conditional_create: true,
+            drop_cleans_up: true,
         }
-        Ok(self.root.join(key))
+    }
+}
+
+impl LocalStorage {
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
     }
 
     fn err(&self, op: &'static str, key: &str, e: std::io::Error) -> Error {
-        let retryable = matches!(
-            e.kind(),
-            std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut
-        );
-        storage_error(&self.url(), op, key, e, retryable)
+        storage_error(&self.url(), op, key, &e, retry::io(&e)).caused_by(e)
     }
 
     async fn ensure_root(&self) -> Result<()> {
@@ -250,14 +255,8 @@ impl Storage for LocalStorage {
     }
 
     async fn put(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
-        let final_path = self.path(key)?;
+        let final_path = self.path(key);
         self.ensure_root().await?;
-        if fs::try_exists(&final_path)
-            .await
-            .map_err(|e| self.err("put", key, e))?
-        {
-            return Err(Error::AlreadyExists(format!("{}/{key}", self.url())));
-        }
         let tmp_path = self.root.join(partial_name(key));
         let mut opts = fs::OpenOptions::new();
         opts.write(true).create_new(true).mode(0o600);
@@ -276,7 +275,7 @@ impl Storage for LocalStorage {
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream> {
-        let path = self.path(key)?;
+        let path = self.path(key);
         let file = match fs::File::open(&path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -287,12 +286,14 @@ impl Storage for LocalStorage {
         let url = self.url();
         let key = key.to_string();
         let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
-            .map(move |r| r.map_err(|e| storage_error(&url, "read", &key, e, false)));
+            .map(move |r| {
+                r.map_err(|e| storage_error(&url, "read", &key, &e, retry::io(&e)).caused_by(e))
+            });
         Ok(stream.boxed())
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
-        let path = self.path(key)?;
+        let path = self.path(key);
         match fs::metadata(&path).await {
             Ok(md) if md.is_file() => Ok(Some(meta_from(key.to_string(), &md))),
             Ok(_) => Ok(None),
@@ -334,7 +335,7 @@ impl Storage for LocalStorage {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let path = self.path(key)?;
+        let path = self.path(key);
         match fs::remove_file(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -409,7 +410,10 @@ impl Storage for LocalStorage {
                 false,
             ));
         }
-        let path = self.path(&upload.id)?;
+        if !guard::valid_key(&upload.id) {
+            return Err(guard::invalid_key(&self.url(), &upload.id));
+        }
+        let path = self.path(&upload.id);
         match fs::remove_file(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -418,11 +422,11 @@ impl Storage for LocalStorage {
     }
 
     fn local_path(&self, key: &str) -> Option<PathBuf> {
-        self.path(key).ok()
+        Some(self.path(key))
     }
 
     async fn put_replace(&self, key: &str, data: Bytes) -> Result<()> {
-        let path = self.path(key)?;
+        let path = self.path(key);
         self.ensure_root().await?;
         let tmp = self.root.join(partial_name(key));
         let res: std::io::Result<()> = async {
@@ -446,7 +450,7 @@ impl Storage for LocalStorage {
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool> {
         // Written completely to a private file first, then linked into place: a reader
         // never sees the object without its content, and only one creator wins.
-        let path = self.path(key)?;
+        let path = self.path(key);
         self.ensure_root().await?;
         let tmp = self.root.join(partial_name(key));
         let res: std::io::Result<bool> = async {

@@ -1,15 +1,22 @@
-//! A [`Storage`] over any `object_store` backend (S3, Azure), rooted at a key prefix.
+//! What the object_store backends (S3, Azure) share: a [`Backend`] over any `ObjectStore`,
+//! rooted at a key prefix, its client settings and its error mapping.
 //!
-//! Writes are multipart uploads that stream: parts of `part_size` bytes are uploaded
-//! while the next ones are produced, at most `concurrency` at a time (so memory stays
-//! below part_size × concurrency). An aborted or failed write aborts the multipart
-//! upload: no part stays behind and nothing appears under the final key.
+//! A write holds its first `part_size` bytes. An object that ends before (a manifest, a
+//! record, a small dump) is one PUT with `PutMode::Create`: the server refuses it if the key
+//! exists (`If-None-Match: *`), with no request spent before. A larger one becomes a
+//! multipart upload that streams: parts are uploaded while the next ones are produced, at
+//! most `concurrency` at a time (memory stays below part_size × concurrency). object_store
+//! cannot make a multipart completion conditional, so a `head` comes before the upload
+//! starts. An aborted or failed write aborts the upload: nothing appears under the key.
 //!
 //! Every request has the connect, request and idle timeouts and the retry budget of
-//! `[storage.timeouts]` ([`apply_timeouts`]), so a frozen endpoint fails a call in bounded
-//! time. A `NotFound` answer to a write or a listing means the bucket (container) itself
-//! is missing: writing creates a key and listing a missing prefix is empty, so only a
-//! missing bucket can answer 404 there.
+//! `[storage.timeouts]` ([`clients`]), so a frozen endpoint fails a call in bounded time.
+//! A `NotFound` answer to a write or a listing means the bucket (container) itself is
+//! missing: writing creates a key and listing a missing prefix is empty, so only a missing
+//! bucket can answer 404 there.
+
+// Unfinished-upload listing and disabled conditional writes are S3's only.
+#![cfg_attr(not(feature = "s3"), allow(dead_code))]
 
 use std::sync::Arc;
 
@@ -21,42 +28,54 @@ use backup_core::{Error, Result};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use object_store::client::HttpErrorKind;
 use object_store::path::Path;
-
-use crate::options::{TimeoutOptions, UploadOptions};
-use object_store::client::{HttpError, HttpErrorKind};
 use object_store::{
     Attribute, Attributes, BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode,
     PutMultipartOptions, PutOptions, PutPayload, RetryConfig, WriteMultipart,
 };
 
-/// The client settings of `[storage.timeouts]`, as object_store configuration keys (set
-/// one by one, so what the builder read from the environment is kept).
-///
-/// `for_downloads`: a client for whole-object reads, whose length grows with the backup,
-/// so no request timeout can fit them: they are bounded by the idle timeout instead (a
-/// stalled download is resumed from where it stopped, within the retry budget).
-pub fn apply_timeouts(t: &TimeoutOptions, for_downloads: bool) -> [(ClientConfigKey, String); 3] {
-    let request = if for_downloads {
-        DOWNLOAD_REQUEST_LIMIT
-    } else {
-        t.request()
-    };
-    [
-        (
-            ClientConfigKey::ConnectTimeout,
-            format!("{}s", t.connect().as_secs()),
-        ),
-        (ClientConfigKey::Timeout, format!("{}s", request.as_secs())),
-        (
-            ClientConfigKey::ReadTimeout,
-            format!("{}s", t.idle().as_secs()),
-        ),
-    ]
-}
+use crate::guard::{Backend, Caps};
+use crate::options::{TimeoutOptions, UploadOptions};
+use crate::retry;
 
 /// The request limit of the download client: a day (the idle timeout is what bounds it).
 const DOWNLOAD_REQUEST_LIMIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// A store's two clients from one builder `b`: one for requests, with the connect, request
+/// and idle timeouts of `[storage.timeouts]`, and one for whole-object reads, whose length
+/// grows with the backup, so no request timeout can fit them: they are bounded by the idle
+/// timeout instead (a stalled download is resumed from where it stopped, within the retry
+/// budget). `set` sets one client key (set one by one, so what the builder read from the
+/// environment is kept). Both get the retry policy of [`retry_config`] from `b`.
+pub fn clients<B: Clone>(
+    b: B,
+    t: &TimeoutOptions,
+    set: impl Fn(B, ClientConfigKey, String) -> B,
+) -> (B, B) {
+    let keys = |request: std::time::Duration| {
+        [
+            (
+                ClientConfigKey::ConnectTimeout,
+                format!("{}s", t.connect().as_secs()),
+            ),
+            (ClientConfigKey::Timeout, format!("{}s", request.as_secs())),
+            (
+                ClientConfigKey::ReadTimeout,
+                format!("{}s", t.idle().as_secs()),
+            ),
+        ]
+    };
+    let mut requests = b.clone();
+    let mut downloads = b;
+    for (key, value) in keys(t.request()) {
+        requests = set(requests, key, value);
+    }
+    for (key, value) in keys(DOWNLOAD_REQUEST_LIMIT) {
+        downloads = set(downloads, key, value);
+    }
+    (requests, downloads)
+}
 
 /// The retry policy of `[storage.timeouts]`.
 pub fn retry_config(t: &TimeoutOptions) -> RetryConfig {
@@ -71,7 +90,13 @@ pub fn retry_config(t: &TimeoutOptions) -> RetryConfig {
 fn creates_or_lists(op: &str) -> bool {
     matches!(
         op,
-        "put" | "start upload" | "upload part" | "complete upload" | "list" | "check (write)"
+        "put"
+            | "upload"
+            | "start upload"
+            | "upload part"
+            | "complete upload"
+            | "list"
+            | "check (write)"
     )
 }
 
@@ -100,7 +125,7 @@ pub trait MultipartAdmin: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct ObjStore {
     store: Arc<dyn ObjectStore>,
-    /// The same store with the download client (see [`apply_timeouts`]), for `get`.
+    /// The same store with the download client (see [`clients`]), for `get`.
     reader: Arc<dyn ObjectStore>,
     url: String,
     /// Where requests go (for messages), e.g. `https://s3.us-east-1.amazonaws.com`.
@@ -109,6 +134,8 @@ pub struct ObjStore {
     upload: UploadOptions,
     attributes: Attributes,
     uploads: Option<Arc<dyn MultipartAdmin>>,
+    /// Whether `PutMode::Create` works (S3 can have it disabled).
+    conditional: bool,
 }
 
 impl ObjStore {
@@ -138,10 +165,11 @@ impl ObjStore {
             },
             attributes,
             uploads: None,
+            conditional: true,
         }
     }
 
-    /// Read whole objects through `reader` (built with `apply_timeouts(.., true)`).
+    /// Read whole objects through `reader` (the download client of [`clients`]).
     pub fn with_reader(mut self, reader: Arc<dyn ObjectStore>) -> Self {
         self.reader = reader;
         self
@@ -153,21 +181,18 @@ impl ObjStore {
         self
     }
 
-    fn path(&self, key: &str) -> Result<Path> {
-        if key.is_empty() || key.contains('/') {
-            return Err(storage_error(
-                &self.url,
-                "resolve",
-                key,
-                "invalid object key",
-                false,
-            ));
-        }
-        Ok(if self.prefix.is_empty() {
+    /// Whether the store takes conditional writes (`PutMode::Create`).
+    pub fn with_conditional_put(mut self, conditional: bool) -> Self {
+        self.conditional = conditional;
+        self
+    }
+
+    fn path(&self, key: &str) -> Path {
+        if self.prefix.is_empty() {
             Path::from(key)
         } else {
             Path::from(format!("{}/{key}", self.prefix))
-        })
+        }
     }
 
     fn key_of(&self, p: &Path) -> Option<String> {
@@ -184,38 +209,33 @@ impl ObjStore {
         map_error(&self.url, &self.endpoint, op, key, e)
     }
 
-    fn where_(&self) -> Where {
-        Where {
-            url: self.url.clone(),
-            endpoint: self.endpoint.clone(),
+    /// Start the multipart upload of a large object.
+    async fn start_multipart(&self, key: &str) -> Result<WriteMultipart> {
+        // A multipart completion cannot be conditional through object_store: ask first.
+        // (Without conditional writes the guard has asked already.)
+        if self.conditional && self.head(key).await?.is_some() {
+            return Err(Error::AlreadyExists(format!("{}/{key}", self.url)));
         }
+        let opts = PutMultipartOptions {
+            attributes: self.attributes.clone(),
+            ..Default::default()
+        };
+        let upload = self
+            .store
+            .put_multipart_opts(&self.path(key), opts)
+            .await
+            .map_err(|e| self.err("start upload", key, e))?;
+        Ok(WriteMultipart::new_with_chunk_size(
+            upload,
+            self.upload.part_size,
+        ))
     }
-}
-
-/// Where a writer's requests go, for its error messages.
-#[derive(Debug, Clone)]
-struct Where {
-    url: String,
-    endpoint: String,
 }
 
 /// The bucket (or container) of a display URL `scheme://bucket/prefix`.
 fn bucket_of(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     rest.split('/').next().unwrap_or(rest)
-}
-
-/// The HTTP-level failure inside an object_store error, if the request itself failed
-/// (timeout, connection refused or reset) rather than being answered.
-fn http_failure(e: &object_store::Error) -> Option<HttpErrorKind> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(h) = err.downcast_ref::<HttpError>() {
-            return Some(h.kind());
-        }
-        cur = err.source();
-    }
-    None
 }
 
 /// The service's error code of an answered request (`<Code>NoSuchBucket</Code>` in S3's
@@ -232,7 +252,9 @@ fn service_error_code(text: &str) -> Option<&str> {
 fn bucket_missing(op: &str, e: &object_store::Error) -> bool {
     match e {
         object_store::Error::NotFound { .. } => creates_or_lists(op),
-        object_store::Error::Generic { .. } if op == "list" && http_failure(e).is_none() => {
+        object_store::Error::Generic { .. }
+            if op == "list" && retry::transport_failure(e).is_none() =>
+        {
             matches!(
                 service_error_code(&e.to_string()),
                 Some("NoSuchBucket" | "ContainerNotFound")
@@ -242,9 +264,10 @@ fn bucket_missing(op: &str, e: &object_store::Error) -> bool {
     }
 }
 
-/// Map an object_store error to ours: the message names the operation, the key and the
-/// store's endpoint, never credentials. Classified by the error's variant and the HTTP
-/// failure's kind, not by its text (see [`service_error_code`] for the one exception).
+/// Map an object_store error to ours, keeping it as the source: the message names the
+/// operation, the key and the store's endpoint, never credentials. Classified by the
+/// error's variant and the HTTP failure's kind ([`retry::object_store`]), not by its text
+/// (see [`service_error_code`] for the one exception).
 pub fn map_error(
     url: &str,
     endpoint: &str,
@@ -253,16 +276,11 @@ pub fn map_error(
     e: object_store::Error,
 ) -> Error {
     if bucket_missing(op, &e) {
-        return storage_error(
-            url,
-            op,
-            key,
-            format!(
-                "the bucket {:?} does not exist at {endpoint}; create it, or correct the storage URL or endpoint",
-                bucket_of(url)
-            ),
-            false,
+        let message = format!(
+            "the bucket {:?} does not exist at {endpoint}; create it, or correct the storage URL or endpoint",
+            bucket_of(url)
         );
+        return storage_error(url, op, key, message, false).caused_by(e);
     }
     match e {
         object_store::Error::NotFound { .. } => Error::NotFound(format!("{url}/{key}")),
@@ -270,20 +288,15 @@ pub fn map_error(
             Error::AlreadyExists(format!("{url}/{key}"))
         }
         other => {
-            let kind = http_failure(&other);
             let text = scrub(&other.to_string());
-            let (message, retryable) = match kind {
-                Some(HttpErrorKind::Timeout) => (
-                    format!("timed out: {endpoint} stopped answering (storage.timeouts) — {text}"),
-                    true,
-                ),
-                Some(HttpErrorKind::Connect) => {
-                    (format!("cannot connect to {endpoint} — {text}"), true)
+            let message = match retry::transport_failure(&other) {
+                Some(HttpErrorKind::Timeout) => {
+                    format!("timed out: {endpoint} stopped answering (storage.timeouts) — {text}")
                 }
-                Some(HttpErrorKind::Request | HttpErrorKind::Interrupted) => (text, true),
-                _ => (text, false),
+                Some(HttpErrorKind::Connect) => format!("cannot connect to {endpoint} — {text}"),
+                _ => text,
             };
-            storage_error(url, op, key, message, retryable)
+            storage_error(url, op, key, message, retry::object_store(&other)).caused_by(other)
         }
     }
 }
@@ -312,78 +325,109 @@ fn scrub(text: &str) -> String {
     out
 }
 
-struct MultipartWriter {
-    at: Where,
+/// Where a write is.
+enum Stage {
+    /// Nothing sent yet: the chunks so far and their size, less than a part.
+    Held(Vec<Bytes>, usize),
+    /// A multipart upload is under way.
+    Parts(WriteMultipart),
+}
+
+struct Writer {
+    store: ObjStore,
     key: String,
-    inner: Option<WriteMultipart>,
-    concurrency: usize,
+    stage: Stage,
     written: u64,
 }
 
 #[async_trait]
-impl ObjectWriter for MultipartWriter {
+impl ObjectWriter for Writer {
     async fn write(&mut self, data: Bytes) -> Result<()> {
-        let Some(w) = self.inner.as_mut() else {
-            return Err(storage_error(
-                &self.at.url,
-                "write",
-                &self.key,
-                "writer already closed",
-                false,
-            ));
-        };
-        // Backpressure: wait while `concurrency` parts are in flight.
-        w.wait_for_capacity(self.concurrency)
-            .await
-            .map_err(|e| map_error(&self.at.url, &self.at.endpoint, "upload part", &self.key, e))?;
         self.written += data.len() as u64;
-        w.put(data);
+        let held = match &mut self.stage {
+            Stage::Held(chunks, size) => {
+                *size += data.len();
+                chunks.push(data);
+                if *size < self.store.upload.part_size {
+                    return Ok(());
+                }
+                std::mem::take(chunks)
+            }
+            Stage::Parts(_) => vec![data],
+        };
+        if let Stage::Held(..) = self.stage {
+            // A part is full: a large object, written in parts.
+            self.stage = Stage::Parts(self.store.start_multipart(&self.key).await?);
+        }
+        let Stage::Parts(upload) = &mut self.stage else {
+            return Ok(());
+        };
+        for chunk in held {
+            // Backpressure: wait while `concurrency` parts are in flight.
+            upload
+                .wait_for_capacity(self.store.upload.concurrency)
+                .await
+                .map_err(|e| self.store.err("upload part", &self.key, e))?;
+            upload.put(chunk);
+        }
         Ok(())
     }
 
-    async fn finish(mut self: Box<Self>) -> Result<ObjectMeta> {
-        let Some(w) = self.inner.take() else {
-            return Err(storage_error(
-                &self.at.url,
-                "finish",
-                &self.key,
-                "writer already closed",
-                false,
-            ));
-        };
-        w.finish()
-            .await
-            .map_err(|e| self.err("complete upload", e))?;
+    async fn finish(self: Box<Self>) -> Result<ObjectMeta> {
+        let Self {
+            store,
+            key,
+            stage,
+            written,
+        } = *self;
+        match stage {
+            Stage::Held(chunks, _) => {
+                let opts = PutOptions {
+                    mode: if store.conditional {
+                        PutMode::Create
+                    } else {
+                        PutMode::Overwrite
+                    },
+                    attributes: store.attributes.clone(),
+                    ..Default::default()
+                };
+                store
+                    .store
+                    .put_opts(&store.path(&key), PutPayload::from_iter(chunks), opts)
+                    .await
+                    .map_err(|e| store.err("upload", &key, e))?;
+            }
+            Stage::Parts(upload) => {
+                upload
+                    .finish()
+                    .await
+                    .map_err(|e| store.err("complete upload", &key, e))?;
+            }
+        }
         Ok(ObjectMeta {
-            key: self.key.clone(),
-            size: self.written,
+            key,
+            size: written,
             last_modified: Some(chrono::Utc::now()),
         })
     }
 
-    async fn abort(mut self: Box<Self>) -> Result<()> {
-        match self.inner.take() {
-            Some(w) => w.abort().await.map_err(|e| self.err("abort upload", e)),
-            None => Ok(()),
+    async fn abort(self: Box<Self>) -> Result<()> {
+        match self.stage {
+            Stage::Held(..) => Ok(()),
+            Stage::Parts(upload) => upload
+                .abort()
+                .await
+                .map_err(|e| self.store.err("abort upload", &self.key, e)),
         }
     }
 }
 
-impl MultipartWriter {
-    fn err(&self, op: &'static str, e: object_store::Error) -> Error {
-        map_error(&self.at.url, &self.at.endpoint, op, &self.key, e)
-    }
-}
-
-impl Drop for MultipartWriter {
-    fn drop(&mut self) {
-        // Dropped without finish/abort (a panic or a cancelled task): abort in the background.
-        if let Some(w) = self.inner.take()
-            && let Ok(h) = tokio::runtime::Handle::try_current()
-        {
-            h.spawn(async move {
-                let _ = w.abort().await;
-            });
+impl Backend for ObjStore {
+    fn caps(&self) -> Caps {
+        Caps {
+            check_first: !self.conditional,
+            conditional_create: self.conditional,
+            drop_cleans_up: false,
         }
     }
 }
@@ -395,49 +439,30 @@ impl Storage for ObjStore {
     }
 
     async fn put(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
-        let path = self.path(key)?;
-        if self.head(key).await?.is_some() {
-            return Err(Error::AlreadyExists(format!("{}/{key}", self.url)));
-        }
-        let opts = PutMultipartOptions {
-            attributes: self.attributes.clone(),
-            ..Default::default()
-        };
-        let upload = self
-            .store
-            .put_multipart_opts(&path, opts)
-            .await
-            .map_err(|e| self.err("start upload", key, e))?;
-        Ok(Box::new(MultipartWriter {
-            at: self.where_(),
+        Ok(Box::new(Writer {
+            store: self.clone(),
             key: key.to_string(),
-            inner: Some(WriteMultipart::new_with_chunk_size(
-                upload,
-                self.upload.part_size,
-            )),
-            concurrency: self.upload.concurrency,
+            stage: Stage::Held(Vec::new(), 0),
             written: 0,
         }))
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream> {
-        let path = self.path(key)?;
         let res = self
             .reader
-            .get(&path)
+            .get(&self.path(key))
             .await
             .map_err(|e| self.err("get", key, e))?;
-        let at = self.where_();
+        let (url, endpoint) = (self.url.clone(), self.endpoint.clone());
         let key = key.to_string();
         Ok(res
             .into_stream()
-            .map(move |r| r.map_err(|e| map_error(&at.url, &at.endpoint, "read", &key, e)))
+            .map(move |r| r.map_err(|e| map_error(&url, &endpoint, "read", &key, e)))
             .boxed())
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
-        let path = self.path(key)?;
-        match self.store.head(&path).await {
+        match self.store.head(&self.path(key)).await {
             Ok(m) => Ok(Some(ObjectMeta {
                 key: key.to_string(),
                 size: m.size,
@@ -472,8 +497,7 @@ impl Storage for ObjStore {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let path = self.path(key)?;
-        match self.store.delete(&path).await {
+        match self.store.delete(&self.path(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err("delete", key, e)),
         }
@@ -481,7 +505,7 @@ impl Storage for ObjStore {
 
     async fn check(&self) -> Result<()> {
         let key = format!(".kaizen-check.{}", backup_core::util::random_suffix(8));
-        let path = self.path(&key)?;
+        let path = self.path(&key);
         self.store
             .put(&path, PutPayload::from_static(b"ok"))
             .await
@@ -524,42 +548,32 @@ impl Storage for ObjStore {
         let Some(admin) = &self.uploads else {
             return Ok(());
         };
-        let path = self.path(&upload.key)?;
-        admin.abort_upload(path.as_ref(), &upload.id).await
+        admin
+            .abort_upload(self.path(&upload.key).as_ref(), &upload.id)
+            .await
     }
 
     async fn put_replace(&self, key: &str, data: Bytes) -> Result<()> {
-        let path = self.path(key)?;
         self.store
-            .put(&path, PutPayload::from(data))
+            .put(&self.path(key), PutPayload::from(data))
             .await
             .map_err(|e| self.err("put", key, e))?;
         Ok(())
     }
 
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool> {
-        let path = self.path(key)?;
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
         match self
             .store
-            .put_opts(&path, PutPayload::from(data.clone()), opts)
+            .put_opts(&self.path(key), PutPayload::from(data), opts)
             .await
         {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. })
             | Err(object_store::Error::Precondition { .. }) => Ok(false),
-            // Stores without conditional writes: check, then write (a small race, documented).
-            Err(object_store::Error::NotImplemented { .. })
-            | Err(object_store::Error::NotSupported { .. }) => {
-                if self.head(key).await?.is_some() {
-                    return Ok(false);
-                }
-                self.put_replace(key, data).await?;
-                Ok(true)
-            }
             Err(e) => Err(self.err("put", key, e)),
         }
     }
@@ -586,15 +600,40 @@ mod tests {
             path: "p/k".into(),
             source: "404".into(),
         };
-        let e = map_error("s3://nb/p", "http://h:9000", "put", "k.lock", nf());
-        let text = e.to_string();
-        assert!(
-            text.contains("the bucket \"nb\" does not exist at http://h:9000"),
-            "{text}"
-        );
-        assert_eq!(e.exit_code(), 1);
+        for op in ["put", "upload", "start upload"] {
+            let e = map_error("s3://nb/p", "http://h:9000", op, "k.lock", nf());
+            let text = e.to_string();
+            assert!(
+                text.contains("the bucket \"nb\" does not exist at http://h:9000"),
+                "{text}"
+            );
+            assert_eq!(e.exit_code(), 1);
+            // The client's error is kept as the cause.
+            assert!(std::error::Error::source(&e).is_some());
+        }
         // Reading a missing key is just that.
         let e = map_error("s3://nb/p", "http://h:9000", "get", "k", nf());
         assert!(matches!(e, Error::NotFound(_)), "{e}");
+    }
+
+    #[test]
+    fn a_timeout_says_so_and_is_retryable() {
+        use object_store::client::HttpError;
+        let e = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(HttpError::new(
+                HttpErrorKind::Timeout,
+                std::io::Error::from(std::io::ErrorKind::TimedOut),
+            )),
+        };
+        let e = map_error("s3://b/p", "http://h:9000", "upload part", "x.dump", e);
+        assert!(e.is_retryable());
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "storage s3://b/p: upload part x.dump: timed out: http://h:9000 stopped answering"
+            ),
+            "{text}"
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! Backend options (`[storage.s3]`, `[storage.azure]`, `[storage.gcs]`, `[storage.upload]`,
-//! `[storage.timeouts]`).
+//! Backend options (`[storage.s3]`, `[storage.azure]`, `[storage.gcs]`, `[storage.webdav]`,
+//! `[storage.upload]`, `[storage.timeouts]`).
 //! Always compiled, so a configuration stays valid for binaries built without a backend.
 
 use std::time::Duration;
@@ -149,4 +149,14 @@ pub struct GcsOptions {
     pub credential: Option<Secret>,
     /// Send no credentials (emulators, public buckets).
     pub anonymous: bool,
+}
+
+/// `[storage.webdav]`: credentials for `webdav://` and `webdavs://` targets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebdavOptions {
+    /// User name (the command line also reads `KAIZEN_BACKUP_WEBDAV_USER`).
+    pub user: Option<String>,
+    /// Password (a secret; the command line also reads `KAIZEN_BACKUP_WEBDAV_PASSWORD`).
+    pub password: Option<Secret>,
 }

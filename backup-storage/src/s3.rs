@@ -4,36 +4,35 @@
 //! `AWS_SESSION_TOKEN`, web identity for IRSA via `AWS_WEB_IDENTITY_TOKEN_FILE` +
 //! `AWS_ROLE_ARN`, instance metadata), or from `[storage.s3]`. The endpoint comes from
 //! `endpoint`, `AWS_ENDPOINT_URL` or `AWS_ENDPOINT`; `AWS_ALLOW_HTTP` allows plain HTTP.
+//! New keys are written with `If-None-Match: *` (AWS, MinIO, R2, moto and s3s-fs honour
+//! it) unless `AWS_CONDITIONAL_PUT=disabled`. Unfinished multipart uploads are listed
+//! with a signed ListMultipartUploads, which object_store lacks.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use backup_core::storage::storage_error;
-use backup_core::{Error, Result, Storage};
+use backup_core::{Error, Result};
 use object_store::ClientOptions;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
 use object_store::client::{
-    HttpClient, HttpConnector, HttpRequest, HttpRequestBody, ReqwestConnector,
+    HttpClient, HttpConnector, HttpError, HttpRequest, HttpRequestBody, ReqwestConnector,
 };
 use object_store::multipart::MultipartStore;
 
-use crate::objstore::{
-    MultipartAdmin, ObjStore, OpenUpload, apply_timeouts, map_error, retry_config,
-};
-use crate::options::{S3Options, TimeoutOptions, UploadOptions};
+use crate::guard::Backend;
+use crate::location::{Location, display_url, redact_endpoint};
+use crate::objstore::{MultipartAdmin, ObjStore, OpenUpload, clients, map_error, retry_config};
+use crate::{StorageOptions, retry};
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 /// Open `s3://bucket/prefix`.
-pub fn open(
-    bucket: &str,
-    prefix: &str,
-    o: &S3Options,
-    upload: UploadOptions,
-    timeouts: TimeoutOptions,
-) -> Result<Arc<dyn Storage>> {
+pub fn open(location: &Location, opts: &StorageOptions) -> Result<Box<dyn Backend>> {
+    let (bucket, prefix) = location.bucket_and_prefix()?;
+    let (bucket, prefix, o, timeouts) = (&bucket, &prefix, &opts.s3, opts.timeouts);
     let cfg = |key: &str, msg: String| Error::Config {
         key: format!("storage.s3.{key}"),
         message: msg,
@@ -55,7 +54,7 @@ pub fn open(
         b = b.with_endpoint(ep.clone());
     }
     let endpoint = match endpoint {
-        Some(ep) => crate::redact_endpoint(&ep),
+        Some(ep) => redact_endpoint(&ep),
         None => format!("https://s3.{region}.amazonaws.com"),
     };
     if let Some(a) = o.allow_http {
@@ -95,27 +94,18 @@ pub fn open(
             ));
         }
     }
-    b = b.with_retry(retry_config(&timeouts));
-    let mut downloads = b.clone();
-    for (key, value) in apply_timeouts(&timeouts, false) {
-        b = b.with_config(AmazonS3ConfigKey::Client(key), value);
-    }
-    for (key, value) in apply_timeouts(&timeouts, true) {
-        downloads = downloads.with_config(AmazonS3ConfigKey::Client(key), value);
-    }
+    let conditional = b
+        .get_config_value(&AmazonS3ConfigKey::ConditionalPut)
+        .is_none_or(|v| v != "disabled");
+    let (b, downloads) = clients(b.with_retry(retry_config(&timeouts)), &timeouts, |b, k, v| {
+        b.with_config(AmazonS3ConfigKey::Client(k), v)
+    });
     let raw_endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
     let virtual_hosted = o.virtual_hosted_style.unwrap_or(false);
-    let store = b
-        .build()
-        .map_err(|e| Error::usage(format!("cannot set up s3://{bucket}: {e}")))?;
-    let reader = downloads
-        .build()
-        .map_err(|e| Error::usage(format!("cannot set up s3://{bucket}: {e}")))?;
-    let url = if prefix.is_empty() {
-        format!("s3://{bucket}")
-    } else {
-        format!("s3://{bucket}/{prefix}")
-    };
+    let setup = |e: object_store::Error| Error::usage(format!("cannot set up s3://{bucket}: {e}"));
+    let store = b.build().map_err(setup)?;
+    let reader = downloads.build().map_err(setup)?;
+    let url = display_url("s3", bucket, prefix);
     // Where ListMultipartUploads goes: the bucket's URL, as object_store addresses it.
     let base = match (raw_endpoint, virtual_hosted) {
         (Some(ep), true) => ep.trim_end_matches('/').to_string(),
@@ -133,7 +123,7 @@ pub fn open(
                 .with_timeout(timeouts.request())
                 .with_connect_timeout(timeouts.connect()),
         )
-        .map_err(|e| Error::usage(format!("cannot set up s3://{bucket}: {e}")))?;
+        .map_err(setup)?;
     let store = Arc::new(store);
     let admin = S3Uploads {
         store: store.clone(),
@@ -143,17 +133,18 @@ pub fn open(
         url: url.clone(),
         endpoint: endpoint.clone(),
     };
-    Ok(Arc::new(
+    Ok(Box::new(
         ObjStore::new(
             store,
             url,
             endpoint,
             prefix,
-            upload,
+            opts.upload,
             o.storage_class.clone(),
         )
         .with_reader(Arc::new(reader))
-        .with_multipart_admin(Arc::new(admin)),
+        .with_multipart_admin(Arc::new(admin))
+        .with_conditional_put(conditional),
     ))
 }
 
@@ -170,8 +161,8 @@ struct S3Uploads {
 }
 
 impl S3Uploads {
-    fn fail(&self, message: impl std::fmt::Display) -> Error {
-        storage_error(&self.url, "list unfinished uploads", "", message, true)
+    fn fail(&self, message: impl std::fmt::Display, retryable: bool) -> Error {
+        storage_error(&self.url, "list unfinished uploads", "", message, retryable)
     }
 
     async fn page(&self, prefix: &str, markers: Option<&(String, String)>) -> Result<String> {
@@ -188,7 +179,7 @@ impl S3Uploads {
         let mut req = HttpRequest::new(HttpRequestBody::empty());
         *req.uri_mut() = uri
             .parse()
-            .map_err(|e| self.fail(format!("bad URL: {e}")))?;
+            .map_err(|e| self.fail(format!("bad URL: {e}"), false).caused_by(e))?;
         let cred = self
             .store
             .credentials()
@@ -198,16 +189,18 @@ impl S3Uploads {
         AwsAuthorizer::new(&cred, "s3", &self.region)
             .try_authorize(&mut req, None)
             .map_err(|e| map_error(&self.url, &self.endpoint, "list unfinished uploads", "", e))?;
-        let resp = self.client.execute(req).await.map_err(|e| self.fail(e))?;
+        let failed = |e: HttpError| self.fail(&e, retry::transport(e.kind())).caused_by(e);
+        let resp = self.client.execute(req).await.map_err(failed)?;
         let status = resp.status();
-        let body = resp.into_body().bytes().await.map_err(|e| self.fail(e))?;
+        let body = resp.into_body().bytes().await.map_err(failed)?;
         let text = String::from_utf8_lossy(&body).to_string();
         if !status.is_success() {
             let code = xml_values(&text, "Code")
                 .into_iter()
                 .next()
                 .unwrap_or_default();
-            return Err(self.fail(format!("HTTP {} {code}", status.as_u16())));
+            let retryable = retry::status(status.as_u16());
+            return Err(self.fail(format!("HTTP {} {code}", status.as_u16()), retryable));
         }
         Ok(text)
     }

@@ -24,6 +24,31 @@ fn unique(p: &str) -> String {
     format!("{p}-{:x}", rand::rng().random::<u64>())
 }
 
+/// The part size of the default options (`storage.upload.part_size`).
+const PART: usize = 8 * 1024 * 1024;
+
+/// Writing `key` again with `len` bytes is refused (at `put`, or at `finish` where the
+/// commit is a conditional create) and leaves the object as it was.
+async fn overwrite_is_refused(s: &dyn Storage, key: &str, len: usize) {
+    let before = get_bytes(s, key).await.unwrap();
+    let err = match s.put(key).await {
+        Err(e) => e,
+        Ok(mut w) => match w.write(Bytes::from(vec![9u8; len])).await {
+            Err(e) => {
+                w.abort().await.unwrap();
+                e
+            }
+            Ok(()) => match w.finish().await {
+                Ok(_) => panic!("{key} was overwritten"),
+                Err(e) => e,
+            },
+        },
+    };
+    assert!(matches!(err, Error::AlreadyExists(_)), "{key}: {err}");
+    assert!(get_bytes(s, key).await.unwrap() == before, "{key} changed");
+    assert_eq!(s.list_incomplete().await.unwrap(), [], "{key}");
+}
+
 /// `lists_incomplete`: whether the backend keeps unfinished writes that it can list
 /// (local partial files, S3 multipart uploads); the others report none.
 async fn suite(s: Arc<dyn Storage>, lists_incomplete: bool) {
@@ -48,15 +73,7 @@ async fn suite(s: Arc<dyn Storage>, lists_incomplete: bool) {
     assert_eq!(keys, ["a.dump"]);
 
     // existing key refused, original intact
-    let err = match s.put("a.dump").await {
-        Ok(_) => panic!("put over an existing key was allowed"),
-        Err(e) => e,
-    };
-    assert!(matches!(err, Error::AlreadyExists(_)), "{err}");
-    assert_eq!(
-        &get_bytes(s.as_ref(), "a.dump").await.unwrap()[..],
-        b"hello world"
-    );
+    overwrite_is_refused(s.as_ref(), "a.dump", 5).await;
 
     // abort leaves nothing visible
     let mut w = s.put("aborted.dump").await.unwrap();
@@ -91,10 +108,11 @@ async fn suite(s: Arc<dyn Storage>, lists_incomplete: bool) {
     }
 
     // A write whose run died (no finish, no abort, no drop) is listed as unfinished,
-    // never as an object, until it is aborted.
+    // never as an object, until it is aborted. (More than a part: an object store starts
+    // its upload only then.)
     {
         let mut w = s.put("killed.dump").await.unwrap();
-        w.write(Bytes::from(vec![3u8; 1024])).await.unwrap();
+        w.write(Bytes::from(vec![3u8; PART + 1024])).await.unwrap();
         std::mem::forget(w);
     }
     assert!(s.head("killed.dump").await.unwrap().is_none());
@@ -193,6 +211,8 @@ async fn suite(s: Arc<dyn Storage>, lists_incomplete: bool) {
     }
     assert_eq!(n, total);
     assert_eq!(got.finalize(), want.finalize());
+    // A large object is not overwritten either.
+    overwrite_is_refused(s.as_ref(), "big.dump", PART + 1024).await;
     for k in ["a.dump", "b.manifest.json", "big.dump"] {
         s.delete(k).await.unwrap();
     }

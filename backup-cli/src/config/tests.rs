@@ -464,3 +464,24 @@ fn a_notify_that_is_no_list_is_an_error_even_with_the_old_variables() {
     let err = load_with("backup = 5\n", &HashMap::new(), &HashMap::new()).unwrap_err();
     assert!(err.to_string().contains("`backup`"), "{err}");
 }
+
+#[test]
+fn webdav_credentials_keep_their_old_variables_and_stay_secret() {
+    let c = extract(&vars(&[
+        ("KAIZEN_BACKUP_WEBDAV_USER", "backup"),
+        ("KAIZEN_BACKUP_WEBDAV_PASSWORD", "123456"),
+    ]))
+    .unwrap();
+    let webdav = &c.storage.options.webdav;
+    assert_eq!(webdav.user.as_deref(), Some("backup"));
+    assert_eq!(webdav.password.as_ref().map(|p| p.expose()), Some("123456"));
+    assert!(!serde_json::to_string(&c).unwrap().contains("123456"));
+    // The configuration key wins over the old name.
+    let c = extract(&vars(&[
+        ("KAIZEN_BACKUP_WEBDAV_PASSWORD", "old-pass"),
+        ("KAIZEN_BACKUP_STORAGE__WEBDAV__PASSWORD", "new-pass"),
+    ]))
+    .unwrap();
+    let password = c.storage.options.webdav.password;
+    assert_eq!(password.as_ref().map(|p| p.expose()), Some("new-pass"));
+}

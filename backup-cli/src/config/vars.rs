@@ -193,6 +193,16 @@ pub(super) fn var_layer(name: &'static str, vars: &HashMap<String, String>) -> R
         );
     }
 
+    // The WebDAV credentials' own variables, aliases of `[storage.webdav]`.
+    for (var, key) in [
+        ("KAIZEN_BACKUP_WEBDAV_USER", "storage.webdav.user"),
+        ("KAIZEN_BACKUP_WEBDAV_PASSWORD", "storage.webdav.password"),
+    ] {
+        if let Some(v) = vars.get(var).filter(|v| !v.is_empty()) {
+            set(key, Value::from(v.clone()), var, &mut dict);
+        }
+    }
+
     // KAIZEN_BACKUP_SECTION__KEY, highest within this layer.
     let mut own: Vec<(&String, &String)> = vars
         .iter()
