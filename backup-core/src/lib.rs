@@ -1,45 +1,49 @@
 //! Core of kaizen-backup: the [`Storage`], [`Notifier`] and [`Verifier`] traits,
-//! the backup [`Manifest`], and the backup, restore and catalog pipelines that
-//! drive `pg_dump`/`pg_restore`.
+//! the backup [`Manifest`], and the pipelines that drive PostgreSQL's own tools
+//! (`pg_dump`/`pg_restore` for logical backups, `pg_basebackup` and the WAL archive
+//! for physical ones).
 //!
 //! This crate knows PostgreSQL and its tools; it knows no cloud SDK, no HTTP
 //! client and no SMTP. Plugins (storage backends, notifiers, verifiers) depend on
 //! it and implement its traits.
+//!
+//! The folders show the architecture:
+//!
+//! | where | what |
+//! |---|---|
+//! | `storage.rs`, `notify.rs`, `verify.rs`, `transform.rs` | the plugin traits and their contracts |
+//! | `error.rs`, `secret.rs`, `audit.rs`, `util.rs` | the vocabulary every part shares |
+//! | `pipeline/` | what a command runs: backup (logical and physical), restore, point-in-time restore, the WAL archive, catalog, retention and prune, contents |
+//! | `coord/` | runs that must not collide: locks, leases, claims, what killed runs left |
+//! | `pg/` | PostgreSQL plumbing: connection settings and TLS, `.pgpass`, server facts |
+//! | `format/` | what is stored: the manifest, codecs (zstd, age), tar, names, pg_dump's table of contents, WAL names |
+//!
+//! The public API is curated below: the modules a library user needs, re-exported at
+//! the root under their short names (`backup_core::backup`, `backup_core::manifest`, …),
+//! and the main types.
+
+mod coord;
+mod format;
+mod pipeline;
+mod secret;
+mod verify;
 
 pub mod audit;
-pub mod backup;
-pub mod catalog;
-pub mod claim;
-pub mod codec;
-pub mod contents;
 pub mod error;
-pub mod lease;
-pub mod leftovers;
-pub mod lock;
-pub mod manifest;
-pub mod name;
 pub mod notify;
 pub mod pg;
-pub mod pgpass;
-pub mod pitr;
-pub mod prune;
-pub mod recovery;
-pub mod restore;
-pub mod retention;
-pub mod secret;
-pub mod stats;
 pub mod storage;
-pub mod tar;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
-pub mod tls;
-pub mod toc;
 pub mod transform;
 pub mod util;
-pub mod verify;
-pub mod wal;
-pub mod walarchive;
-pub mod window;
+
+pub use coord::{claim, lease, leftovers, lock};
+pub use format::{codec, manifest, name, tar, toc, wal};
+pub use pg::stats;
+pub(crate) use pg::{pgpass, tls};
+pub use pipeline::pitr::{recovery, window};
+pub use pipeline::{backup, catalog, contents, pitr, prune, restore, retention, walarchive};
 
 pub use error::{Error, Result};
 pub use manifest::{Manifest, ObjectCounts, TableCount};

@@ -1,4 +1,9 @@
-//! PostgreSQL connection settings, our own connections, and the client tools.
+//! PostgreSQL connection settings, our own connections, and the client tools; TLS,
+//! `.pgpass` files and the facts read from a server live beside them.
+
+pub(crate) mod pgpass;
+pub mod stats;
+pub(crate) mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -99,7 +104,7 @@ impl PgConfig {
     }
 
     /// Connect to `dbname` (our own connection, for queries), over TLS as `sslmode` and
-    /// the other `ssl*` settings say (see [`crate::tls`]), like libpq.
+    /// the other `ssl*` settings say, like libpq.
     pub async fn connect_to(&self, dbname: &str) -> Result<tokio_postgres::Client> {
         crate::tls::connect(self, dbname).await
     }

@@ -92,7 +92,7 @@ macro_rules! success {
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const PIPE_SIZE: i32 = 1024 * 1024;
 
-/// Widen a pipe to [`PIPE_SIZE`] where the platform allows it.
+/// Widen a pipe to `PIPE_SIZE` where the platform allows it.
 pub fn widen_pipe<F: std::os::fd::AsFd>(fd: &F) {
     #[cfg(target_os = "linux")]
     {

@@ -346,9 +346,9 @@ mod tests {
 
     /// Manifests as kaizen-backup 0.1 wrote them (before these fields were enums).
     const WRITTEN: [&str; 3] = [
-        include_str!("../testdata/manifest-gzip-custom.json"),
-        include_str!("../testdata/manifest-zstd-age-directory-safety.json"),
-        include_str!("../testdata/manifest-none-no-kind.json"),
+        include_str!("../../testdata/manifest-gzip-custom.json"),
+        include_str!("../../testdata/manifest-zstd-age-directory-safety.json"),
+        include_str!("../../testdata/manifest-none-no-kind.json"),
     ];
 
     #[test]

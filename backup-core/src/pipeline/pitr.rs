@@ -13,6 +13,9 @@
 //! half-way leaves its marker file in the directory; the next restore into it removes
 //! what the killed one wrote and starts again (any other non-empty directory is refused).
 
+pub mod recovery;
+pub mod window;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -24,11 +27,11 @@ use tracing::{info, warn};
 use crate::catalog::{self, BackupEntry};
 use crate::codec::{self, DecryptKeys};
 use crate::error::{Error, Result};
-use crate::recovery::{self, RecoveryTarget, format_time};
 use crate::storage::Storage;
 use crate::wal::{self, Lsn, TimelineSwitch, segment_name};
 use crate::walarchive::{self, ArchivedFile};
-use crate::window::{self, BaseBackup, Coverage, WalScan};
+use recovery::{RecoveryTarget, format_time};
+use window::{BaseBackup, Coverage, WalScan};
 
 /// Marks a data directory that a restore is still filling.
 pub const INCOMPLETE_MARKER: &str = ".kaizen-restore-incomplete";

@@ -118,7 +118,7 @@ mod tests {
     use crate::transform::finish_chain;
 
     fn manifest(compression: Compression, encryption: Encryption) -> Manifest {
-        let json = include_str!("../../testdata/manifest-gzip-custom.json");
+        let json = include_str!("../../../testdata/manifest-gzip-custom.json");
         let mut m = Manifest::from_json(json.as_bytes()).unwrap();
         m.compression = compression;
         m.encryption = encryption;

@@ -1,0 +1,11 @@
+//! What the commands run: each pipeline reads or writes backups through the
+//! [`Storage`](crate::Storage) trait and drives PostgreSQL's tools.
+
+pub mod backup;
+pub mod catalog;
+pub mod contents;
+pub mod pitr;
+pub mod prune;
+pub mod restore;
+pub mod retention;
+pub mod walarchive;
