@@ -10,19 +10,6 @@ use crate::config::{self, Loaded};
 use crate::ctx::Ctx;
 use crate::output::emit;
 
-/// Notifier features compiled into this binary (shown by `--version` after the storage
-/// ones, which `backup_storage::features()` lists).
-pub const FEATURES: &[&str] = &[
-    #[cfg(feature = "slack")]
-    "slack",
-    #[cfg(feature = "email")]
-    "email",
-    #[cfg(feature = "webhook")]
-    "webhook",
-    #[cfg(feature = "metrics")]
-    "metrics",
-];
-
 /// Run the parsed command line; returns the exit status.
 pub fn run(cli: Cli) -> u8 {
     // Commands that need no configuration.

@@ -17,10 +17,15 @@ use clap::Parser;
 
 /// `--version` text: the version and the compiled-in features.
 pub static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    // The CLI's `metrics` feature is backup-notify's metrics and pushgateway together.
     let features: Vec<&str> = backup_storage::features()
         .iter()
-        .chain(app::FEATURES)
         .copied()
+        .chain(
+            backup_notify::features()
+                .into_iter()
+                .filter(|f| *f != "pushgateway"),
+        )
         .collect();
     format!(
         "{} (features: {})",

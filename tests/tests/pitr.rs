@@ -388,3 +388,124 @@ fn timelines_are_followed_after_a_promotion() {
     let (_c3, got) = site.start_restored(&second);
     assert_eq!(got, vec![1, 2, 3, 100, 101]);
 }
+
+#[test]
+fn retention_deletes_exactly_the_wal_no_retained_backup_needs() {
+    let site = Site::new("[retention]\nkeep_last = 1\nmin_keep = 1\n");
+    site.run(&["backup", "--physical", "--no-prune", "old"])
+        .assert_code(0);
+    for i in 1..=3 {
+        site.mark(i);
+        site.archive_now();
+    }
+    site.run(&["backup", "--physical", "--no-prune", "new"])
+        .assert_code(0);
+    site.mark(4);
+    site.archive_now();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(site.archive.join("new.manifest.json")).unwrap())
+            .unwrap();
+    let start = manifest["physical"]["start_lsn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let keep_from = site.cluster.psql(
+        "postgres",
+        &format!("select pg_walfile_name('{start}'::pg_lsn)"),
+    );
+    let segments = |names: &[String]| -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| n.len() > 25 && n.as_bytes()[24] == b'-')
+            .map(|n| n[..24].to_string())
+            .collect()
+    };
+    let before = archived(&site);
+    let below: Vec<String> = segments(&before)
+        .into_iter()
+        .filter(|s| s.as_str() < keep_from.as_str())
+        .collect();
+    assert!(!below.is_empty(), "{before:?}");
+
+    // Dry run: says the range, deletes nothing.
+    let out = site.run(&["prune", "--dry-run"]);
+    out.assert_code(0);
+    assert!(out.all().contains("Would delete WAL"), "{}", out.all());
+    assert!(out.all().contains(&below[0]), "{}", out.all());
+    assert_eq!(archived(&site), before);
+
+    site.run(&["prune"]).assert_code(0);
+    let after = archived(&site);
+    let left = segments(&after);
+    assert!(
+        left.iter().all(|s| s.as_str() >= keep_from.as_str()),
+        "{left:?}"
+    );
+    assert!(left.contains(&keep_from), "{left:?}");
+    assert!(!site.archive.join("old.manifest.json").exists());
+    // What remains still restores: the newest backup to the end of the archive.
+    let pgdata = site.new_pgdata("after_prune");
+    site.run(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--no-archive",
+    ])
+    .assert_code(0);
+    let (_c, got) = site.start_restored(&pgdata);
+    assert_eq!(got, upto(4));
+}
+
+#[test]
+fn encrypted_base_backup_and_wal_restore_to_a_time() {
+    let keys = postgres_tempdir("kb-pitr-key-");
+    let key = keys.path().join("age.key");
+    let recipient = Cli::new()
+        .run(&["keygen", "--output", key.to_str().unwrap()])
+        .assert_code(0)
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("age1"))
+        .unwrap()
+        .trim()
+        .to_string();
+    give_to_postgres(keys.path());
+    let site = Site::new(&format!(
+        "[encryption]\ntype = \"age\"\nrecipients = [\"{recipient}\"]\nidentity_file = \"{}\"\n",
+        key.display()
+    ));
+    site.run(&["backup", "--physical", "secret"]).assert_code(0);
+    let mut times = vec![String::new()];
+    for i in 1..=4 {
+        times.push(site.mark(i));
+    }
+    site.archive_now();
+    let stored = archived(&site);
+    assert!(
+        stored
+            .iter()
+            .all(|n| n.ends_with(".age") || n.contains(".history")),
+        "{stored:?}"
+    );
+    let base = std::fs::read_dir(&site.archive)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("secret.base.tar"))
+        .unwrap();
+    assert!(base.ends_with(".zst.age"), "{base}");
+
+    let pgdata = site.new_pgdata("decrypted");
+    let t = format!("{}+00", times[3]);
+    site.run(&[
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+        "--to-time",
+        &t,
+        "--no-archive",
+    ])
+    .assert_code(0);
+    let (_c, got) = site.start_restored(&pgdata);
+    assert_eq!(got, upto(2));
+}

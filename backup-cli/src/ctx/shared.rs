@@ -71,7 +71,7 @@ impl Ctx {
     ) -> Result<Vec<PruneReport>> {
         let mut reports = Vec::new();
         let stale_after = self.lock_options(lock_timeout).stale_after;
-        for t in self.targets()? {
+        for (i, t) in self.targets()?.iter().enumerate() {
             let guard = if locked || dry_run {
                 None
             } else {
@@ -101,6 +101,21 @@ impl Ctx {
                     Err(e) => report.errors.push(format!("unfinished uploads: {e}")),
                 }
             }
+            // WAL below the oldest physical backup that stays: this target's archive.
+            if let Ok(report) = res.as_mut()
+                && let Some(wal) = self.wal_targets()?.get(i)
+            {
+                match backup_core::walarchive::prune(
+                    wal.storage.as_ref(),
+                    &report.retained_physical,
+                    dry_run,
+                )
+                .await
+                {
+                    Ok(removed) => report.wal_removed = removed,
+                    Err(e) => report.errors.push(format!("WAL archive: {e}")),
+                }
+            }
             if let Some(g) = guard {
                 self.release(g).await;
             }
@@ -127,6 +142,12 @@ pub fn log_prune_report(r: &PruneReport) {
     }
     for k in &r.incomplete_removed {
         info!("{verb} incomplete leftover {k}");
+    }
+    if let (Some(first), Some(last)) = (r.wal_removed.first(), r.wal_removed.last()) {
+        info!(
+            "{verb} WAL {first} to {last} ({} files): no retained physical backup needs them",
+            r.wal_removed.len()
+        );
     }
     let verb = if r.dry_run { "Would abort" } else { "Aborted" };
     for k in &r.uploads_aborted {

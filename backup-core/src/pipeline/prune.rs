@@ -75,6 +75,11 @@ pub struct PruneReport {
     pub uploads_aborted: Vec<String>,
     /// Deletions that failed.
     pub errors: Vec<String>,
+    /// What the physical backups that stay need of the WAL archive.
+    #[serde(skip)]
+    pub retained_physical: Vec<crate::manifest::PhysicalInfo>,
+    /// WAL files deleted (or that would be): none is needed by a retained physical backup.
+    pub wal_removed: Vec<String>,
 }
 
 impl PruneReport {
@@ -145,6 +150,9 @@ pub async fn run(
                     continue;
                 }
                 info!("Deleted backup {} ({db})", d.name);
+            }
+            if !removed && let Some(p) = &entry.manifest.physical {
+                report.retained_physical.push(p.clone());
             }
             report.backups.push(PruneEntry {
                 name: d.name,

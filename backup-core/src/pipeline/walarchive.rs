@@ -27,6 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::codec::{self, AgeEncryptor, DecryptKeys, EncryptionConfig, ZstdEncoder};
 use crate::error::{Error, Result};
+use crate::manifest::PhysicalInfo;
 use crate::storage::{ObjectMeta, ObjectWriter, Storage, list_all};
 use crate::transform::{Transform, finish_chain};
 use crate::wal::WalFile;
@@ -446,6 +447,45 @@ async fn fetch_one(
     }
 }
 
+/// The WAL files no retained physical backup needs: segments, partial segments and
+/// backup labels below the start of the oldest retained physical backup (whatever
+/// their timeline); timeline history files are always kept. With no retained physical
+/// backup nothing is unneeded (the WAL may be for a base backup still being taken).
+pub fn unneeded<'a>(files: &'a [ArchivedFile], retained: &[PhysicalInfo]) -> Vec<&'a ArchivedFile> {
+    let Some(oldest) = retained.iter().min_by_key(|p| p.start_lsn) else {
+        return Vec::new();
+    };
+    let size = oldest.wal_segment_size;
+    let keep_from = oldest.start_lsn.segment(size);
+    files
+        .iter()
+        .filter(|f| match WalFile::parse(&f.name, size) {
+            Ok(WalFile::Segment { segno, .. })
+            | Ok(WalFile::Partial { segno, .. })
+            | Ok(WalFile::BackupLabel { segno, .. }) => segno < keep_from,
+            Ok(WalFile::History { .. }) | Err(_) => false,
+        })
+        .collect()
+}
+
+/// Delete (or, with `dry_run`, list) the WAL files of `store` that no retained physical
+/// backup needs. Returns their names, oldest first.
+pub async fn prune(
+    store: &dyn Storage,
+    retained: &[PhysicalInfo],
+    dry_run: bool,
+) -> Result<Vec<String>> {
+    let files = list(store).await?;
+    let mut removed = Vec::new();
+    for f in unneeded(&files, retained) {
+        if !dry_run {
+            store.delete(&f.object.key).await?;
+        }
+        removed.push(f.name.clone());
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,6 +496,43 @@ mod tests {
             size: 1,
             last_modified: None,
         }
+    }
+
+    #[test]
+    fn only_wal_below_the_oldest_retained_backup_is_unneeded() {
+        let sha = "a".repeat(64);
+        let files: Vec<ArchivedFile> = [
+            "000000010000000000000001",
+            "000000010000000000000002.00000028.backup",
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000005.partial",
+            "00000002.history",
+            "000000020000000000000005",
+        ]
+        .iter()
+        .map(|n| ArchivedFile::from_object(meta(&format!("{n}-{sha}.zst"))).unwrap())
+        .collect();
+        let info = |start: &str| PhysicalInfo {
+            timeline: 1,
+            start_lsn: start.parse().unwrap(),
+            end_lsn: start.parse().unwrap(),
+            system_identifier: "1".into(),
+            wal_segment_size: crate::wal::DEFAULT_SEGMENT_SIZE,
+        };
+        let names = |r: &[PhysicalInfo]| -> Vec<String> {
+            unneeded(&files, r).iter().map(|f| f.name.clone()).collect()
+        };
+        assert!(names(&[]).is_empty(), "no retained backup: keep everything");
+        assert_eq!(
+            names(&[info("0/5000028"), info("0/4000028")]),
+            [
+                "000000010000000000000001",
+                "000000010000000000000002.00000028.backup",
+                "000000010000000000000003"
+            ]
+        );
+        assert!(names(&[info("0/1000028")]).is_empty());
     }
 
     #[test]
