@@ -3,6 +3,47 @@
 /// Called with the number of bytes processed so far (drives progress bars).
 pub type Progress = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
 
+/// The SHA-256 and size of every byte a stream yielded so far.
+pub type HashState = std::sync::Arc<std::sync::Mutex<(sha2::Sha256, u64)>>;
+
+/// Hash every chunk of `stream` as it is read (and tell `progress` the bytes so far):
+/// what is checked against a manifest is what was read, whoever consumes the stream.
+pub fn hash_tap(
+    stream: crate::storage::ByteStream,
+    progress: Option<Progress>,
+) -> (crate::storage::ByteStream, HashState) {
+    use futures::StreamExt;
+    use sha2::Digest;
+    let hash: HashState = std::sync::Arc::new(std::sync::Mutex::new((sha2::Sha256::new(), 0)));
+    let tap = {
+        let hash = hash.clone();
+        stream
+            .map(move |r| {
+                if let Ok(b) = &r
+                    && let Ok(mut h) = hash.lock()
+                {
+                    h.0.update(b);
+                    h.1 += b.len() as u64;
+                    if let Some(p) = &progress {
+                        p(h.1);
+                    }
+                }
+                r
+            })
+            .boxed()
+    };
+    (tap, hash)
+}
+
+/// `(sha256 hex, size)` of what a [`hash_tap`] saw.
+pub fn digest(hash: &HashState) -> (String, u64) {
+    use sha2::Digest;
+    match hash.lock() {
+        Ok(h) => (hex::encode(h.0.clone().finalize()), h.1),
+        Err(_) => (String::new(), 0),
+    }
+}
+
 /// This machine's host name, or `unknown`.
 pub fn hostname() -> String {
     hostname::get()

@@ -17,11 +17,9 @@ pub mod recovery;
 pub mod window;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::catalog::{self, BackupEntry};
@@ -405,30 +403,13 @@ fn empty_dir(dir: &Path) -> std::io::Result<()> {
 async fn fill(backups: &dyn Storage, entry: &BackupEntry, opts: &PitrOptions) -> Result<u64> {
     let m = &entry.manifest;
     let stored = backups.get(&m.object).await?;
-    let hash = Arc::new(Mutex::new((Sha256::new(), 0u64)));
-    let tapped = {
-        let hash = hash.clone();
-        stored
-            .map(move |r| {
-                if let Ok(b) = &r
-                    && let Ok(mut h) = hash.lock()
-                {
-                    h.0.update(b);
-                    h.1 += b.len() as u64;
-                }
-                r
-            })
-            .boxed()
-    };
+    let (tapped, hash) = crate::util::hash_tap(stored, None);
     let plain = match codec::decoder_for(m, &opts.keys)? {
         Some(decode) => decode(tapped)?,
         None => tapped,
     };
     let unpacked = recovery::unpack_tar(plain, &opts.pgdata).await;
-    let (sha, size) = match hash.lock() {
-        Ok(h) => (hex::encode(h.0.clone().finalize()), h.1),
-        Err(_) => (String::new(), 0),
-    };
+    let (sha, size) = crate::util::digest(&hash);
     if size != m.size_bytes || sha != m.sha256 {
         return Err(Error::Corrupt(format!(
             "checksum mismatch for {}: {size} bytes with SHA-256 {sha}, the manifest says {} bytes with {}",

@@ -8,12 +8,10 @@
 //! exactly as before; a run killed at any step leaves the target usable, and what it
 //! left is dropped by the next run (see [`crate::claim`]).
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::manifest::Compression;
 use crate::pg::{PgConfig, Tool, check_tool_version, find_tool};
 use crate::storage::ByteStream;
+use crate::util::{HashState, digest};
 
 mod database;
 mod settings;
@@ -120,25 +119,7 @@ pub async fn load(
 ) -> Result<LoadStats> {
     resolved.ensure_logical()?;
     let stored = resolved.storage.get(&resolved.data_key).await?;
-    let hash = Arc::new(Mutex::new((Sha256::new(), 0u64)));
-    let tap = {
-        let hash = hash.clone();
-        let progress = opts.progress.clone();
-        stored
-            .map(move |r| {
-                if let Ok(b) = &r
-                    && let Ok(mut h) = hash.lock()
-                {
-                    h.0.update(b);
-                    h.1 += b.len() as u64;
-                    if let Some(p) = &progress {
-                        p(h.1);
-                    }
-                }
-                r
-            })
-            .boxed()
-    };
+    let (tap, hash) = crate::util::hash_tap(stored, opts.progress.clone());
     let plain = match opts.decoder.take() {
         Some(d) => d(tap)?,
         None => tap,
@@ -207,7 +188,7 @@ async fn load_directory(
     mut cmd: tokio::process::Command,
     plain: ByteStream,
     resolved: &Resolved,
-    hash: &Arc<Mutex<(Sha256, u64)>>,
+    hash: &HashState,
     opts: &RestoreOptions,
     cancel: &CancellationToken,
 ) -> Result<LoadStats> {
@@ -267,7 +248,7 @@ async fn run_pg_restore(
     mut cmd: tokio::process::Command,
     input: Option<ByteStream>,
     resolved: &Resolved,
-    hash: &Arc<Mutex<(Sha256, u64)>>,
+    hash: &HashState,
     cancel: &CancellationToken,
     _tmpfile: Option<tempfile::NamedTempFile>,
 ) -> Result<LoadStats> {
@@ -348,14 +329,7 @@ fn looks_corrupt(stderr: &str) -> bool {
     .any(|p| stderr.contains(p))
 }
 
-fn digest(hash: &Arc<Mutex<(Sha256, u64)>>) -> (String, u64) {
-    match hash.lock() {
-        Ok(h) => (hex::encode(h.0.clone().finalize()), h.1),
-        Err(_) => (String::new(), 0),
-    }
-}
-
-fn check_checksum(resolved: &Resolved, hash: &Arc<Mutex<(Sha256, u64)>>) -> Result<()> {
+fn check_checksum(resolved: &Resolved, hash: &HashState) -> Result<()> {
     let Some(m) = &resolved.manifest else {
         return Ok(());
     };

@@ -139,25 +139,53 @@ pub async fn list(store: &dyn Storage) -> Result<Vec<ArchivedFile>> {
 }
 
 /// SHA-256 (hex) and size of a file.
-async fn hash_file(path: &Path) -> Result<(String, u64)> {
-    let mut f = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| Error::io(format!("cannot open WAL file {}", path.display()), e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut size = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
+/// A WAL file read in chunks, hashed as it is read.
+struct WalReader<'a> {
+    path: &'a Path,
+    file: tokio::fs::File,
+    buf: Vec<u8>,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<'a> WalReader<'a> {
+    async fn open(path: &'a Path) -> Result<Self> {
+        let file = tokio::fs::File::open(path)
             .await
-            .map_err(|e| Error::io(format!("cannot read WAL file {}", path.display()), e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
+            .map_err(|e| Error::io(format!("cannot open WAL file {}", path.display()), e))?;
+        Ok(Self {
+            path,
+            file,
+            buf: vec![0u8; CHUNK],
+            hasher: Sha256::new(),
+            size: 0,
+        })
     }
-    Ok((hex::encode(hasher.finalize()), size))
+
+    /// The next chunk, or `None` at the end.
+    async fn next(&mut self) -> Result<Option<&[u8]>> {
+        let n =
+            self.file.read(&mut self.buf).await.map_err(|e| {
+                Error::io(format!("cannot read WAL file {}", self.path.display()), e)
+            })?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.hasher.update(&self.buf[..n]);
+        self.size += n as u64;
+        Ok(Some(&self.buf[..n]))
+    }
+
+    /// SHA-256 (hex) and size of what was read.
+    fn finish(self) -> (String, u64) {
+        (hex::encode(self.hasher.finalize()), self.size)
+    }
+}
+
+async fn hash_file(path: &Path) -> Result<(String, u64)> {
+    let mut r = WalReader::open(path).await?;
+    while r.next().await?.is_some() {}
+    Ok(r.finish())
 }
 
 /// A conflict: the archive holds other content under this name.
@@ -283,21 +311,9 @@ async fn encode_into(
     if opts.encryption.enabled() {
         chain.push(Box::new(AgeEncryptor::new(&opts.encryption)?));
     }
-    let mut f = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| Error::io(format!("cannot open WAL file {}", path.display()), e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .await
-            .map_err(|e| Error::io(format!("cannot read WAL file {}", path.display()), e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        let mut data = buf[..n].to_vec();
+    let mut reader = WalReader::open(path).await?;
+    while let Some(chunk) = reader.next().await? {
+        let mut data = chunk.to_vec();
         for t in chain.iter_mut() {
             let mut out = Vec::new();
             t.push(&data, &mut out)?;
@@ -307,7 +323,7 @@ async fn encode_into(
     }
     let tail = finish_chain(&mut chain)?;
     write_all(writers, tail).await?;
-    if hex::encode(hasher.finalize()) != expect_sha {
+    if reader.finish().0 != expect_sha {
         return Err(Error::Refused(format!(
             "WAL file {} changed while it was being archived",
             path.display()
