@@ -204,7 +204,11 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::Contents { backup, json } => contents::run(ctx, &backup, json).await,
         Command::Config(ConfigCommand::Show { json }) => config_cmd::show(ctx, json),
         Command::Config(ConfigCommand::Check { connect }) => config_cmd::check(ctx, connect).await,
-        Command::Status { json, max_age } => status::run(ctx, json, max_age).await,
+        Command::Status {
+            json,
+            max_age,
+            max_wal_age,
+        } => status::run(ctx, json, max_age, max_wal_age).await,
         Command::Verify {
             backup,
             quick,

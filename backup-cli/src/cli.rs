@@ -136,8 +136,11 @@ pub enum Command {
         /// Backup name.
         name: String,
     },
-    /// Newest backup per target; exit 1 when it is older than --max-age.
-    #[command(after_help = "Example:\n  kaizen-backup status --max-age 26h")]
+    /// Newest backup, last archived WAL and recovery window per target; exit 1 when the
+    /// backup is older than --max-age or the last archived WAL older than --max-wal-age.
+    #[command(
+        after_help = "Examples:\n  kaizen-backup status --max-age 26h\n  kaizen-backup status --max-wal-age 5m"
+    )]
     Status {
         /// JSON on stdout.
         #[arg(long)]
@@ -145,6 +148,9 @@ pub enum Command {
         /// Maximum age of the newest good backup (e.g. 24h, 90m, 2d).
         #[arg(long, value_name = "AGE")]
         max_age: Option<String>,
+        /// Maximum age of the last archived WAL file (e.g. 5m); none archived is stale too.
+        #[arg(long, value_name = "AGE")]
+        max_wal_age: Option<String>,
     },
     /// Show or check the configuration.
     #[command(subcommand)]

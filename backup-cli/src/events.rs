@@ -115,6 +115,21 @@ impl Reporter {
         self.send(&ev).await;
     }
 
+    /// The newest archived WAL file is older than allowed, or there is none.
+    pub async fn wal_stale(&self, database: &str, message: &str) {
+        let mut ev = Event::new(EventKind::WalStale, database);
+        ev.error = Some(message.to_string());
+        self.send(&ev).await;
+    }
+
+    /// `status` ran: each target's last archived WAL and recovery window (`targets`, the
+    /// rows the metrics sink records).
+    pub async fn status_checked(&self, database: &str, targets: Vec<serde_json::Value>) {
+        let mut ev = Event::new(EventKind::StatusChecked, database);
+        ev.details = serde_json::json!({ "targets": targets });
+        self.send(&ev).await;
+    }
+
     /// A backup committed.
     pub async fn backup_succeeded(&self, outcome: &BackupOutcome) {
         let m = &outcome.manifest;

@@ -44,6 +44,15 @@ pub enum EventKind {
     /// does not match, ...); nothing was changed.
     #[serde(rename = "restore.refused")]
     RestoreRefused,
+    /// The newest archived WAL file is older than allowed (`status --max-wal-age`), or
+    /// nothing is archived: point-in-time recovery would lose more than that.
+    #[serde(rename = "wal.stale")]
+    WalStale,
+    /// `status` ran; `details.targets` lists each target's last archived WAL and
+    /// recovery window (what the metrics sink records). Sent to notifiers only when their
+    /// `on` names it.
+    #[serde(rename = "status.checked")]
+    StatusChecked,
     /// An audit record (sent only to notifiers whose `on` lists `audit`).
     #[serde(rename = "audit")]
     Audit,
@@ -62,6 +71,8 @@ impl EventKind {
         Self::RestoreCompleted,
         Self::RestoreFailed,
         Self::RestoreRefused,
+        Self::WalStale,
+        Self::StatusChecked,
         Self::Audit,
     ];
 
@@ -78,6 +89,8 @@ impl EventKind {
             Self::RestoreCompleted => "restore.completed",
             Self::RestoreFailed => "restore.failed",
             Self::RestoreRefused => "restore.refused",
+            Self::WalStale => "wal.stale",
+            Self::StatusChecked => "status.checked",
             Self::Audit => "audit",
         }
     }
@@ -86,7 +99,11 @@ impl EventKind {
     pub fn is_failure(self) -> bool {
         matches!(
             self,
-            Self::BackupFailed | Self::VerifyFailed | Self::BackupStale | Self::RestoreFailed
+            Self::BackupFailed
+                | Self::VerifyFailed
+                | Self::BackupStale
+                | Self::RestoreFailed
+                | Self::WalStale
         )
     }
 
@@ -167,6 +184,8 @@ impl Event {
             EventKind::RestoreCompleted => ("COMPLETED", "restore"),
             EventKind::RestoreFailed => ("FAILED", "restore"),
             EventKind::RestoreRefused => ("REFUSED", "restore"),
+            EventKind::WalStale => ("STALE", "WAL archive"),
+            EventKind::StatusChecked => ("CHECKED", "status"),
             EventKind::Audit => ("AUDIT", "event"),
         };
         format!("{state} {what} of {}", self.database)

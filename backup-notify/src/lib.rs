@@ -68,10 +68,11 @@ pub struct Common {
     pub name: Option<String>,
     /// Events to send, by name: `backup.succeeded`, `backup.failed`, `verify.succeeded`,
     /// `verify.failed`, `prune.completed`, `backup.stale`, `restore.started`,
-    /// `restore.completed`, `restore.failed`, `restore.refused`, `audit`.
+    /// `restore.completed`, `restore.failed`, `restore.refused`, `wal.stale`,
+    /// `status.checked`, `audit`.
     ///
     /// Unset: every failure (`backup.failed`, `verify.failed`, `backup.stale`,
-    /// `restore.failed`) plus
+    /// `restore.failed`, `wal.stale`) plus
     /// `backup.succeeded` and `verify.succeeded`, which is what the old scripts announced
     /// ("backup success with size and duration ... verification results"). Set, it is the
     /// exact list, e.g. `on = ["backup.failed", "verify.failed", "backup.stale"]` for a

@@ -1,5 +1,6 @@
 //! Prometheus metrics: a node_exporter textfile (written atomically) and/or a
-//! Pushgateway. The sink is a [`Notifier`] that listens to backup, verify and prune events.
+//! Pushgateway. The sink is a [`Notifier`] that listens to backup, verify, prune and
+//! `status.checked` events (the WAL archive and recovery window, see `metrics/wal.rs`).
 //!
 //! A failed attempt never erases the last success:
 //! - the textfile is read back and merged with the new values (under an advisory lock, so
@@ -16,6 +17,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use backup_core::{Error, Event, EventKind, Notifier, Result};
 use serde::{Deserialize, Serialize};
+
+mod wal;
 
 /// The `[metrics]` configuration section.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +100,21 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "gauge",
         "Unix time retention (prune) last ran.",
     ),
+    (
+        wal::WAL_LAST_ARCHIVED,
+        "gauge",
+        "Unix time the last WAL file was archived (as of the last `status` run).",
+    ),
+    (
+        wal::WINDOW_START,
+        "gauge",
+        "Start of the point-in-time recovery window: end of the oldest physical backup.",
+    ),
+    (
+        wal::WINDOW_END,
+        "gauge",
+        "End of the point-in-time recovery window: the last archived WAL file.",
+    ),
 ];
 
 /// Identity of one series: metric name, `database` label, `target` label.
@@ -138,6 +156,9 @@ fn unesc(s: &str) -> String {
 
 /// The samples an event sets (nothing for events metrics do not track).
 pub fn samples_for(event: &Event) -> Samples {
+    if event.kind == EventKind::StatusChecked {
+        return wal::samples(event);
+    }
     let mut s = Samples::new();
     let now = event.timestamp.timestamp() as f64;
     let targets: Vec<String> = if event.targets.is_empty() {
@@ -490,6 +511,7 @@ impl Notifier for MetricsSink {
                 | EventKind::VerifySucceeded
                 | EventKind::VerifyFailed
                 | EventKind::PruneCompleted
+                | EventKind::StatusChecked
         )
     }
 

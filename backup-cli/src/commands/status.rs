@@ -1,4 +1,4 @@
-//! `kaizen-backup status [--json] [--max-age 24h]`.
+//! `kaizen-backup status [--json] [--max-age 24h] [--max-wal-age 5m]`.
 
 use backup_core::catalog;
 use backup_core::util::human_size;
@@ -8,33 +8,70 @@ use tracing::{info, warn};
 
 use crate::ctx::Ctx;
 
-/// Parse `24h`, `90m`, `2d`, `1w`, `3600s` (humantime syntax).
-pub fn parse_age(s: &str) -> Result<chrono::Duration> {
+mod pitr;
+
+/// Parse `24h`, `90m`, `2d`, `1w`, `3600s` (humantime syntax) given to `flag`.
+fn parse_duration(flag: &str, s: &str) -> Result<chrono::Duration> {
     let d = humantime::parse_duration(s.trim()).map_err(|e| {
         Error::usage(format!(
-            "invalid --max-age {s:?}: {e} (examples: 24h, 90m, 2d)"
+            "invalid {flag} {s:?}: {e} (examples: 24h, 90m, 2d)"
         ))
     })?;
-    chrono::Duration::from_std(d).map_err(|_| Error::usage(format!("--max-age {s:?} is too large")))
+    chrono::Duration::from_std(d).map_err(|_| Error::usage(format!("{flag} {s:?} is too large")))
 }
 
-pub async fn run(ctx: &Ctx, json: bool, max_age: Option<String>) -> Result<()> {
+/// Parse `24h`, `90m`, `2d`, `1w`, `3600s` (humantime syntax).
+pub fn parse_age(s: &str) -> Result<chrono::Duration> {
+    parse_duration("--max-age", s)
+}
+
+pub async fn run(
+    ctx: &Ctx,
+    json: bool,
+    max_age: Option<String>,
+    max_wal_age: Option<String>,
+) -> Result<()> {
     let c = ctx.config();
     let max_age = max_age.as_deref().map(parse_age).transpose()?;
+    let max_wal_age = max_wal_age
+        .as_deref()
+        .map(|s| parse_duration("--max-wal-age", s))
+        .transpose()?;
     let targets = ctx.targets()?;
+    let wal_targets = ctx.wal_targets()?;
     let now = Utc::now();
     let mut rows = Vec::new();
     let mut stale = Vec::new();
-    for t in targets {
+    let mut wal_stale = Vec::new();
+    let mut recovery = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
         let url = t.storage.url();
+        let wal = match wal_targets.get(i) {
+            Some(w) => pitr::last_archived(w.storage.as_ref()).await,
+            None => Ok(None),
+        };
+        if let Some(reason) = max_wal_age.and_then(|max| pitr::stale_reason(&url, &wal, max, now)) {
+            wal_stale.push(reason);
+        }
         let cat = match catalog::scan(t.storage.as_ref()).await {
             Ok(cat) => cat,
             Err(e) => {
                 stale.push(format!("{url}: cannot read: {e}"));
-                rows.push(serde_json::json!({ "target": url, "error": e.to_string() }));
+                let wal_json = pitr::wal_json(&wal, now);
+                recovery.push(serde_json::json!({ "target": url, "wal": wal_json }));
+                rows.push(serde_json::json!({
+                    "target": url,
+                    "error": e.to_string(),
+                    "wal": wal_json,
+                }));
+                if !json {
+                    pitr::log_text(&url, &wal, None, now);
+                }
                 continue;
             }
         };
+        let from = pitr::window_start(&cat);
+        let (wal_json, window_json) = (pitr::wal_json(&wal, now), pitr::window_json(from, &wal));
         let newest = cat.latest(Some(&c.database.name));
         let age = newest.map(|b| now - b.manifest.finished_at);
         let is_stale = match (age, max_age) {
@@ -68,6 +105,13 @@ pub async fn run(ctx: &Ctx, json: bool, max_age: Option<String>) -> Result<()> {
                 "verify_status": b.verify_state(),
             })),
             "stale": is_stale,
+            "wal": wal_json,
+            "recovery_window": window_json,
+        }));
+        recovery.push(serde_json::json!({
+            "target": url,
+            "wal": wal_json,
+            "recovery_window": window_json,
         }));
         if !json {
             match newest {
@@ -84,8 +128,10 @@ pub async fn run(ctx: &Ctx, json: bool, max_age: Option<String>) -> Result<()> {
                 ),
                 None => warn!("{url}: no backup of {}", c.database.name),
             }
+            pitr::log_text(&url, &wal, from, now);
         }
     }
+    ctx.reporter.status_checked(ctx.database(), recovery).await;
     if json {
         crate::output::emit(
             serde_json::to_string_pretty(&rows)
@@ -93,12 +139,21 @@ pub async fn run(ctx: &Ctx, json: bool, max_age: Option<String>) -> Result<()> {
                 .to_string(),
         );
     }
-    if stale.is_empty() {
+    let mut failed = Vec::new();
+    if !stale.is_empty() {
+        let msg = format!("backup is stale: {}", stale.join("; "));
+        ctx.reporter.stale(ctx.database(), &msg).await;
+        failed.push(msg);
+    }
+    if !wal_stale.is_empty() {
+        let msg = format!("WAL archiving is stale: {}", wal_stale.join("; "));
+        ctx.reporter.wal_stale(ctx.database(), &msg).await;
+        failed.push(msg);
+    }
+    if failed.is_empty() {
         return Ok(());
     }
-    let msg = format!("backup is stale: {}", stale.join("; "));
-    ctx.reporter.stale(ctx.database(), &msg).await;
-    Err(Error::other(msg))
+    Err(Error::other(failed.join("; ")))
 }
 
 #[cfg(test)]

@@ -1,0 +1,214 @@
+//! What `status` tells about point-in-time recovery, per target: the last archived WAL
+//! file (from the target's `wal/` location) and the recovery window, from the end of the
+//! oldest physical backup to the last archived WAL file.
+
+use backup_core::catalog::Catalog;
+use backup_core::manifest::Kind;
+use backup_core::walarchive::{self, ArchivedFile};
+use backup_core::{Result, Storage};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+/// The last archived WAL file of a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastWal {
+    /// The name PostgreSQL gave it.
+    pub name: String,
+    /// When it was stored (the object's last-modified time; None when the storage reports
+    /// no times, and the file is then the newest by name).
+    pub time: Option<DateTime<Utc>>,
+}
+
+/// The newest file by last-modified time (ties: the greater name); when the storage
+/// reports no times, the newest by name.
+pub fn last_of(files: &[ArchivedFile]) -> Option<LastWal> {
+    let timed = files
+        .iter()
+        .filter_map(|f| f.object.last_modified.map(|t| (t, f)))
+        .max_by(|(ta, a), (tb, b)| ta.cmp(tb).then_with(|| a.name.cmp(&b.name)))
+        .map(|(t, f)| LastWal {
+            name: f.name.clone(),
+            time: Some(t),
+        });
+    timed.or_else(|| {
+        files
+            .iter()
+            .max_by(|a, b| a.name.cmp(&b.name))
+            .map(|f| LastWal {
+                name: f.name.clone(),
+                time: None,
+            })
+    })
+}
+
+/// The last archived WAL file of the archive in `store`.
+pub async fn last_archived(store: &dyn Storage) -> Result<Option<LastWal>> {
+    Ok(last_of(&walarchive::list(store).await?))
+}
+
+/// Where the window starts: the end of the oldest physical backup (the catalog lists the
+/// newest first).
+pub fn window_start(cat: &Catalog) -> Option<DateTime<Utc>> {
+    cat.backups
+        .iter()
+        .rev()
+        .find(|b| b.manifest.kind == Some(Kind::Physical))
+        .map(|b| b.manifest.finished_at)
+}
+
+fn age_of(t: DateTime<Utc>, now: DateTime<Utc>) -> std::time::Duration {
+    std::time::Duration::from_secs((now - t).num_seconds().max(0) as u64)
+}
+
+/// The `wal` value of a status row: `{name, time, age_seconds}`, null when nothing is
+/// archived, `{error}` when the archive cannot be read.
+pub fn wal_json(wal: &Result<Option<LastWal>>, now: DateTime<Utc>) -> Value {
+    match wal {
+        Ok(Some(w)) => json!({
+            "name": w.name,
+            "time": w.time,
+            "age_seconds": w.time.map(|t| (now - t).num_seconds()),
+        }),
+        Ok(None) => Value::Null,
+        Err(e) => json!({ "error": e.to_string() }),
+    }
+}
+
+/// The `recovery_window` value: `{from, to}`, null without a physical backup (`to` is
+/// null while nothing with a time is archived).
+pub fn window_json(from: Option<DateTime<Utc>>, wal: &Result<Option<LastWal>>) -> Value {
+    let to = wal
+        .as_ref()
+        .ok()
+        .and_then(|w| w.as_ref())
+        .and_then(|w| w.time);
+    match from {
+        Some(from) => json!({ "from": from, "to": to }),
+        None => Value::Null,
+    }
+}
+
+/// Why the archive of `url` is staler than `max` (None when it is fresh enough).
+pub fn stale_reason(
+    url: &str,
+    wal: &Result<Option<LastWal>>,
+    max: chrono::Duration,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    match wal {
+        Err(e) => Some(format!("{url}: cannot read the WAL archive: {e}")),
+        Ok(None) => Some(format!("{url}: no WAL file archived")),
+        Ok(Some(LastWal { name, time: None })) => Some(format!(
+            "{url}: last archived WAL file {name} has no time (the storage reports none)"
+        )),
+        Ok(Some(LastWal {
+            name,
+            time: Some(t),
+        })) => (now - *t > max).then(|| {
+            format!(
+                "{url}: last archived WAL file {name} is {} old",
+                humantime::format_duration(age_of(*t, now))
+            )
+        }),
+    }
+}
+
+/// The text lines: the WAL archive and the window, when there is WAL or a physical backup.
+pub fn log_text(
+    url: &str,
+    wal: &Result<Option<LastWal>>,
+    from: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) {
+    let last = wal.as_ref().ok().and_then(|w| w.as_ref());
+    if last.is_none() && from.is_none() && wal.is_ok() {
+        return;
+    }
+    match wal {
+        Ok(Some(LastWal {
+            name,
+            time: Some(t),
+        })) => tracing::info!(
+            "{url}: last archived WAL {name} at {} ({} old)",
+            t.format("%Y-%m-%d %H:%M:%S UTC"),
+            humantime::format_duration(age_of(*t, now))
+        ),
+        Ok(Some(LastWal { name, time: None })) => {
+            tracing::info!("{url}: last archived WAL {name} (the storage reports no time)")
+        }
+        Ok(None) => tracing::warn!("{url}: no WAL archived"),
+        Err(e) => tracing::warn!("{url}: cannot read the WAL archive: {e}"),
+    }
+    let fmt = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    match (from, last.and_then(|w| w.time)) {
+        (Some(from), Some(to)) => {
+            tracing::info!("{url}: recovery window {} to {}", fmt(from), fmt(to))
+        }
+        (Some(from), None) => tracing::warn!(
+            "{url}: recovery window from {} (no archived WAL: nothing to recover to yet)",
+            fmt(from)
+        ),
+        (None, _) => tracing::warn!("{url}: no recovery window: no physical backup"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backup_core::ObjectMeta;
+
+    fn file(name: &str, secs: Option<i64>) -> ArchivedFile {
+        let key = format!("{name}-{}.zst", "a".repeat(64));
+        ArchivedFile::from_object(ObjectMeta {
+            key,
+            size: 1,
+            last_modified: secs.and_then(|s| DateTime::from_timestamp(s, 0)),
+        })
+        .unwrap_or_else(|| panic!("{name}"))
+    }
+
+    #[test]
+    fn last_is_newest_by_time_else_by_name() {
+        let files = [
+            file("000000010000000000000001", Some(30)),
+            file("000000010000000000000002", Some(20)),
+            file("00000002.history", Some(10)),
+        ];
+        assert_eq!(
+            last_of(&files).map(|w| w.name),
+            Some("000000010000000000000001".to_string())
+        );
+        let untimed = [
+            file("000000010000000000000002", None),
+            file("000000010000000000000003", None),
+        ];
+        assert_eq!(
+            last_of(&untimed),
+            Some(LastWal {
+                name: "000000010000000000000003".into(),
+                time: None
+            })
+        );
+        assert_eq!(last_of(&[]), None);
+    }
+
+    #[test]
+    fn stale_when_old_missing_or_untimed() {
+        let now = Utc::now();
+        let wal = |secs_ago: i64| {
+            Ok(Some(LastWal {
+                name: "x".into(),
+                time: Some(now - chrono::Duration::seconds(secs_ago)),
+            }))
+        };
+        let max = chrono::Duration::minutes(5);
+        assert!(stale_reason("u", &wal(10), max, now).is_none());
+        assert!(stale_reason("u", &wal(600), max, now).is_some());
+        assert!(stale_reason("u", &Ok(None), max, now).is_some());
+        let untimed = Ok(Some(LastWal {
+            name: "x".into(),
+            time: None,
+        }));
+        assert!(stale_reason("u", &untimed, max, now).is_some());
+    }
+}
