@@ -288,6 +288,7 @@ async fn encode_into(
         .map_err(|e| Error::io(format!("cannot open WAL file {}", path.display()), e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
+    let mut first = true;
     loop {
         let n = f
             .read(&mut buf)
@@ -304,6 +305,10 @@ async fn encode_into(
             data = out;
         }
         write_all(writers, data).await?;
+        if std::mem::take(&mut first) {
+            // Part of the file is in the storage's hands, none of it under its final name.
+            crate::util::pause_point("wal-push-streaming").await;
+        }
     }
     let tail = finish_chain(&mut chain)?;
     write_all(writers, tail).await?;
