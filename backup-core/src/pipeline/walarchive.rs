@@ -304,8 +304,9 @@ async fn encode_into(
             t.push(&data, &mut out)?;
             data = out;
         }
+        let wrote = !data.is_empty();
         write_all(writers, data).await?;
-        if std::mem::take(&mut first) {
+        if wrote && std::mem::take(&mut first) {
             // Part of the file is in the storage's hands, none of it under its final name.
             crate::util::pause_point("wal-push-streaming").await;
         }

@@ -265,10 +265,14 @@ async fn pump_base(child: &mut Child, mut sink: Sink<'_>) -> Result<(String, u64
         .take()
         .ok_or_else(|| Error::Tool("pg_basebackup has no stdout pipe".into()))?;
     crate::util::widen_pipe(&stdout);
-    // The test pause point stops a backup mid-stream: the first chunk has gone to the
-    // targets, pg_basebackup is still sending.
-    let mut head = (&mut stdout).take(CHUNK as u64);
-    sink.copy_from(&mut head, "pg_basebackup output").await?;
+    // The test pause point stops a backup mid-stream: the first bytes have gone to the
+    // targets (the compressor holds back a few MiB), pg_basebackup is still sending.
+    while sink.size == 0 {
+        let head = (&mut stdout).take(CHUNK as u64);
+        if sink.copy_from(head, "pg_basebackup output").await? == 0 {
+            break;
+        }
+    }
     crate::util::pause_point("physical-streaming").await;
     sink.copy_from(stdout, "pg_basebackup output").await?;
     sink.finish().await
