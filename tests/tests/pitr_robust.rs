@@ -207,10 +207,13 @@ fn a_physical_backup_killed_while_streaming_leaves_no_backup_and_the_next_one_wo
     // Paused mid-stream: the server is sending a base backup and the data object is
     // being written under a partial name.
     let streaming = wait_until(Duration::from_secs(120), Duration::from_millis(50), || {
-        !partials(&site.archive).is_empty()
+        partials(&site.archive).iter().any(|(_, len)| *len > 0)
             && site
                 .cluster
-                .try_psql("postgres", "select count(*) from pg_stat_progress_basebackup")
+                .try_psql(
+                    "postgres",
+                    "select count(*) from pg_stat_progress_basebackup",
+                )
                 .is_ok_and(|n| n == "1")
     });
     assert!(
@@ -231,21 +234,39 @@ fn a_physical_backup_killed_while_streaming_leaves_no_backup_and_the_next_one_wo
         !files.iter().any(|n| n.starts_with("doomed.")),
         "no object under a final name: {files:?}"
     );
+    // Listed only as an unfinished upload, never as a backup.
     let listed = site.run(&["list", "--json"]).assert_code(0).json();
-    assert_eq!(listed, serde_json::json!([]), "nothing is listed as a backup");
+    let listed = listed.as_array().unwrap();
+    assert!(
+        listed
+            .iter()
+            .all(|b| b["kind"] == "unfinished_upload" && b["incomplete"] == true),
+        "{listed:?}"
+    );
 
     // The server lets go of the dead backup; the next one works and restores.
     let released = wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
         site.cluster
-            .try_psql("postgres", "select count(*) from pg_stat_progress_basebackup")
+            .try_psql(
+                "postgres",
+                "select count(*) from pg_stat_progress_basebackup",
+            )
             .is_ok_and(|n| n == "0")
     });
-    assert!(released, "the killed base backup is still running on the server");
+    assert!(
+        released,
+        "the killed base backup is still running on the server"
+    );
     site.run(&["backup", "--physical", "fine"]).assert_code(0);
     let listed = site.run(&["list", "--json"]).assert_code(0).json();
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert!(listed[0].to_string().contains("fine"), "{listed:?}");
+    assert!(
+        partials(&site.archive).is_empty(),
+        "the next backup removed the killed one's partial file: {:?}",
+        names(&site.archive)
+    );
     site.mark(2);
     site.archive_now();
     let (_c, got) = site.restore_markers("after_kill", &[]);
@@ -327,7 +348,10 @@ fn a_wal_push_killed_mid_write_leaves_nothing_to_fetch_and_a_repush_works() {
         .into_iter()
         .filter(|n| !n.starts_with(".partial."))
         .collect();
-    assert!(finals.is_empty(), "an object under a final name: {finals:?}");
+    assert!(
+        finals.is_empty(),
+        "an object under a final name: {finals:?}"
+    );
     let dest = dir.join("RECOVERYXLOG");
     let dest_s = dest.display().to_string();
     site.run(&["wal-fetch", name, &dest_s]).assert_code(1);
@@ -335,7 +359,24 @@ fn a_wal_push_killed_mid_write_leaves_nothing_to_fetch_and_a_repush_works() {
 
     site.run(&["wal-push", &file_s]).assert_code(0);
     site.run(&["wal-fetch", name, &dest_s]).assert_code(0);
-    assert!(std::fs::read(&dest).unwrap() == content, "fetched content differs");
+    assert!(
+        std::fs::read(&dest).unwrap() == content,
+        "fetched content differs"
+    );
+
+    // prune removes what the killed push left (its process is gone), and only that.
+    let stored: Vec<String> = names(&wal)
+        .into_iter()
+        .filter(|n| !n.starts_with(".partial."))
+        .collect();
+    let out = site.run(&["prune"]);
+    out.assert_code(0);
+    assert!(
+        out.all().contains("unfinished upload") && out.all().contains(name),
+        "prune says what it aborted: {}",
+        out.all()
+    );
+    assert_eq!(names(&wal), stored, "only the partial file went");
 }
 
 #[test]
@@ -375,7 +416,11 @@ fn base_backup_wal_and_a_restore_to_a_time_through_s3() {
         "--no-archive",
     ]);
     out.assert_code(0);
-    assert!(!out.all().contains("Aws-Secret-Never-Printed"), "{}", out.all());
+    assert!(
+        !out.all().contains("Aws-Secret-Never-Printed"),
+        "{}",
+        out.all()
+    );
     let (_c, got) = site.start_restored(&pgdata);
     assert_eq!(got, upto(3));
 }
