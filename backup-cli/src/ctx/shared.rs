@@ -115,6 +115,23 @@ impl Ctx {
                     Ok(removed) => report.wal_removed = removed,
                     Err(e) => report.errors.push(format!("WAL archive: {e}")),
                 }
+                // A killed wal-push leaves its partial write here; no backup looks there.
+                if !locked {
+                    let storage = wal.storage.as_ref();
+                    let uploads = if dry_run {
+                        backup_core::leftovers::dead_uploads(storage, None, stale_after).await
+                    } else {
+                        backup_core::leftovers::clean_storage(storage, None, stale_after).await
+                    };
+                    match uploads {
+                        Ok(u) => report
+                            .uploads_aborted
+                            .extend(u.into_iter().map(|u| format!("wal/{}", u.key))),
+                        Err(e) => report
+                            .errors
+                            .push(format!("unfinished uploads in the WAL archive: {e}")),
+                    }
+                }
             }
             if let Some(g) = guard {
                 self.release(g).await;

@@ -312,6 +312,7 @@ async fn encode_into(
         chain.push(Box::new(AgeEncryptor::new(&opts.encryption)?));
     }
     let mut reader = WalReader::open(path).await?;
+    let mut first = true;
     while let Some(chunk) = reader.next().await? {
         let mut data = chunk.to_vec();
         for t in chain.iter_mut() {
@@ -319,7 +320,12 @@ async fn encode_into(
             t.push(&data, &mut out)?;
             data = out;
         }
+        let wrote = !data.is_empty();
         write_all(writers, data).await?;
+        if wrote && std::mem::take(&mut first) {
+            // Part of the file is in the storage's hands, none of it under its final name.
+            crate::util::pause_point("wal-push-streaming").await;
+        }
     }
     let tail = finish_chain(&mut chain)?;
     write_all(writers, tail).await?;

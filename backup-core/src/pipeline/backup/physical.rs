@@ -162,7 +162,7 @@ pub async fn run_physical(
     let mut upload = Upload::start(&targets, &data_key, skipped, opts.cleanup_timeout, &cancel);
     let progress = opts.progress.clone();
     let streamed = tokio::select! {
-        r = pump(&mut child, upload.sink(&mut transforms, progress)) => r,
+        r = pump_base(&mut child, upload.sink(&mut transforms, progress)) => r,
         _ = cancel.cancelled() => Err(Error::Interrupted("a signal".into())),
     };
     let (sha256, size) = match streamed {
@@ -256,6 +256,26 @@ pub async fn run_physical(
         failed_optional: stored.failed_optional,
         duration: started.elapsed(),
     })
+}
+
+/// Read pg_basebackup's tar stream into the sink. Returns (sha256 hex, stored size).
+async fn pump_base(child: &mut Child, mut sink: Sink<'_>) -> Result<(String, u64)> {
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Tool("pg_basebackup has no stdout pipe".into()))?;
+    crate::util::widen_pipe(&stdout);
+    // The test pause point stops a backup mid-stream: the first bytes have gone to the
+    // targets (the compressor holds back a few MiB), pg_basebackup is still sending.
+    while sink.size == 0 {
+        let head = (&mut stdout).take(CHUNK as u64);
+        if sink.copy_from(head, "pg_basebackup output").await? == 0 {
+            break;
+        }
+    }
+    crate::util::pause_point("physical-streaming").await;
+    sink.copy_from(stdout, "pg_basebackup output").await?;
+    sink.finish().await
 }
 
 /// Key of a physical backup's data object: `NAME.base.tar[.zst][.age]`.
