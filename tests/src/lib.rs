@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cluster;
 pub mod http;
 pub mod pg;
+pub mod pitr_site;
 pub mod proxy;
 pub mod services;
 

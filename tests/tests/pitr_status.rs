@@ -5,90 +5,20 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kaizen_backup_e2e::cluster::{Cluster, give_to_postgres, postgres_tempdir};
 use kaizen_backup_e2e::http::Recorder;
-use kaizen_backup_e2e::{Cli, Output, env, wait_until};
+use kaizen_backup_e2e::pitr_site::Site;
+use kaizen_backup_e2e::wait_until;
 
-/// A cluster whose archive_command is `kaizen-backup wal-push`, and a config that both
-/// the test (as root) and the server's archiver (as postgres) use. (From `pitr.rs`.)
-struct Site {
-    _root: tempfile::TempDir,
-    config: PathBuf,
-    cluster: Cluster,
-    cli: Cli,
-}
-
-fn write_config(root: &Path, port: u16, archive: &Path, extra: &str) -> PathBuf {
-    let config = root.join("kaizen-backup.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[database]\nhost = \"127.0.0.1\"\nport = {port}\nname = \"postgres\"\nuser = \"postgres\"\nbin_dir = \"{}\"\n\n[storage]\ntargets = [\"{}\"]\n{extra}",
-            env("KAIZEN_TEST_PG_BIN"),
-            archive.display()
-        ),
-    )
-    .unwrap();
-    config
-}
-
-impl Site {
-    fn new(extra_config: &str) -> Self {
-        let root = postgres_tempdir("kb-pitr-status-");
-        let archive = root.path().join("archive");
-        std::fs::create_dir(&archive).unwrap();
-        let mut cluster = Cluster::init("kb-pitr-status-cluster-", "");
-        let config = write_config(root.path(), cluster.port, &archive, extra_config);
-        give_to_postgres(root.path());
-        cluster.append_conf(&format!(
-            "wal_level = replica\narchive_mode = on\narchive_command = '{} --config {} wal-push %p'\n",
-            env("KAIZEN_BACKUP_BIN"),
-            config.display()
-        ));
-        cluster.start();
-        cluster.psql("postgres", "create table marker (i int primary key)");
-        Self {
-            _root: root,
-            config,
-            cluster,
-            cli: Cli::new().env_remove("BACKUP_DIR"),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let config = self.config.display().to_string();
-        let mut all = vec!["--config", config.as_str()];
-        all.extend_from_slice(args);
-        self.cli.run(&all)
-    }
-
-    /// Switch to a new segment and wait until the archiver has stored everything before it.
-    fn archive_now(&self) {
-        self.cluster.psql(
-            "postgres",
-            "insert into marker select coalesce(max(i), 0) + 1 from marker",
-        );
-        let seg = self
-            .cluster
-            .psql("postgres", "select pg_walfile_name(pg_switch_wal())");
-        let done = wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
-            self.cluster
-                .try_psql(
-                    "postgres",
-                    "select coalesce(last_archived_wal, '') from pg_stat_archiver",
-                )
-                .is_ok_and(|last| last.as_str() >= seg.as_str())
-        });
-        assert!(
-            done,
-            "segment {seg} was not archived; log:\n{}",
-            self.cluster.log()
-        );
-    }
+/// Write something, then switch segments and wait until it is archived.
+fn write_and_archive(site: &Site) {
+    site.cluster.psql(
+        "postgres",
+        "insert into marker (i) select coalesce(max(i), 0) + 1 from marker",
+    );
+    site.archive_now();
 }
 
 fn time(v: &serde_json::Value) -> DateTime<Utc> {
@@ -124,7 +54,7 @@ fn status_shows_the_last_archived_wal_and_the_window_and_flags_stalled_archiving
     site.run(&["backup", "--physical", "base1"]).assert_code(0);
     site.run(&["backup", "logical1", "--no-prune"])
         .assert_code(0);
-    site.archive_now();
+    write_and_archive(&site);
     let last = site
         .cluster
         .psql("postgres", "select last_archived_wal from pg_stat_archiver");

@@ -1,0 +1,183 @@
+//! A cluster of a test's own that archives its WAL through `kaizen-backup wal-push`, and
+//! what point-in-time recovery tests do with it (issue 16).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cluster::{Cluster, give_to_postgres, postgres_tempdir};
+use crate::{Cli, Output, env, wait_until};
+
+/// A cluster whose archive_command is `kaizen-backup wal-push`, and a config that both
+/// the test (as root) and the server's archiver (as postgres) use.
+#[derive(Debug)]
+pub struct Site {
+    /// A postgres-owned directory: config, archive, restored data directories.
+    pub root: tempfile::TempDir,
+    /// The configuration file both the tests and the archiver use.
+    pub config: PathBuf,
+    /// The local archive directory (the storage target unless another was given).
+    pub archive: PathBuf,
+    /// The cluster being archived.
+    pub cluster: Cluster,
+    /// The CLI, without BACKUP_DIR (the configuration file says where backups go).
+    pub cli: Cli,
+}
+
+fn write_config(root: &Path, port: u16, target: &str, extra: &str) -> PathBuf {
+    let config = root.join("kaizen-backup.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nhost = \"127.0.0.1\"\nport = {port}\nname = \"postgres\"\nuser = \"postgres\"\nbin_dir = \"{}\"\n\n[storage]\ntargets = [\"{target}\"]\n{extra}",
+            env("KAIZEN_TEST_PG_BIN"),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+impl Site {
+    /// Archive and backups in a local directory (`archive`).
+    pub fn new(extra_config: &str) -> Self {
+        Self::with_target(None, extra_config)
+    }
+
+    /// Archive and backups at `target` (a URL), or in the local `archive` directory.
+    pub fn with_target(target: Option<&str>, extra_config: &str) -> Self {
+        let root = postgres_tempdir("kb-pitr-");
+        let archive = root.path().join("archive");
+        std::fs::create_dir(&archive).unwrap();
+        let mut cluster = Cluster::init("kb-pitr-cluster-", "");
+        let local = archive.display().to_string();
+        let config = write_config(
+            root.path(),
+            cluster.port,
+            target.unwrap_or(&local),
+            extra_config,
+        );
+        give_to_postgres(root.path());
+        cluster.append_conf(&format!(
+            "wal_level = replica\narchive_mode = on\narchive_command = '{} --config {} wal-push %p'\n",
+            env("KAIZEN_BACKUP_BIN"),
+            config.display()
+        ));
+        cluster.start();
+        cluster.psql(
+            "postgres",
+            "create table marker (i int primary key, at timestamptz not null default clock_timestamp())",
+        );
+        Self {
+            root,
+            config,
+            archive,
+            cluster,
+            cli: Cli::new().env_remove("BACKUP_DIR"),
+        }
+    }
+
+    fn args<'a>(&'a self, config: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = vec!["--config", config];
+        all.extend_from_slice(args);
+        all
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let config = self.config.display().to_string();
+        self.cli.run(&self.args(&config, args))
+    }
+
+    /// Start in the background, stopped at test pause point `point`.
+    pub fn spawn_paused(&self, point: &str, args: &[&str]) -> std::process::Child {
+        let config = self.config.display().to_string();
+        self.cli.spawn_with(
+            &[("KAIZEN_BACKUP_TEST_PAUSE", point)],
+            &self.args(&config, args),
+        )
+    }
+
+    pub fn mark(&self, i: i32) -> String {
+        self.cluster.psql(
+            "postgres",
+            &format!("insert into marker (i) values ({i}) returning to_char(at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"),
+        )
+    }
+
+    /// Switch to a new segment and wait until the archiver has stored everything before it.
+    pub fn archive_now(&self) {
+        let seg = self
+            .cluster
+            .psql("postgres", "select pg_walfile_name(pg_switch_wal())");
+        let done = wait_until(Duration::from_secs(90), Duration::from_millis(50), || {
+            self.cluster
+                .try_psql(
+                    "postgres",
+                    "select coalesce(last_archived_wal, '') from pg_stat_archiver",
+                )
+                .is_ok_and(|last| last.as_str() >= seg.as_str())
+        });
+        assert!(
+            done,
+            "segment {seg} was not archived; log:\n{}",
+            self.cluster.log()
+        );
+    }
+
+    pub fn failed_count(&self) -> i64 {
+        self.cluster
+            .psql("postgres", "select failed_count from pg_stat_archiver")
+            .parse()
+            .unwrap()
+    }
+
+    /// A new (missing) data directory inside the postgres-owned root.
+    pub fn new_pgdata(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    /// Start a restored data directory and return the markers it holds.
+    pub fn start_restored(&self, pgdata: &Path) -> (Cluster, Vec<i32>) {
+        let mut c = Cluster::adopt(pgdata, self.root.path());
+        c.start();
+        c.wait_promoted();
+        let got = c.psql(
+            "postgres",
+            "select coalesce(string_agg(i::text, ',' order by i), '') from marker",
+        );
+        let got = got
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().unwrap())
+            .collect();
+        (c, got)
+    }
+
+    /// Restore to the end of the archive (or `target`) into a new directory, start it and
+    /// return its markers.
+    pub fn restore_markers(&self, dir: &str, target: &[&str]) -> (Cluster, Vec<i32>) {
+        let pgdata = self.new_pgdata(dir);
+        let pgdata_s = pgdata.display().to_string();
+        let mut args = vec!["restore", "--pgdata", pgdata_s.as_str(), "--no-archive"];
+        args.extend_from_slice(target);
+        let out = self.run(&args);
+        out.assert_code(0);
+        self.start_restored(&pgdata)
+    }
+}
+
+/// Markers 1 to n.
+pub fn upto(n: i32) -> Vec<i32> {
+    (1..=n).collect()
+}
+
+/// Names in a local directory, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
