@@ -188,8 +188,10 @@ pub async fn plan(
         .as_ref()
         .map_or(wal::DEFAULT_SEGMENT_SIZE, |p| p.wal_segment_size);
     let files: Vec<ArchivedFile> = walarchive::list(wal_store.as_ref()).await?;
+    // Decrypted WAL lands here (0700); named like restore's scratch, so a killed run's
+    // copy is removed by the next backup, restore, verify or prune on this host.
     let scratch = tempfile::Builder::new()
-        .prefix("kaizen-pitr-")
+        .prefix(&crate::util::owned_prefix(crate::leftovers::RESTORE_PREFIX))
         .tempdir()
         .map_err(|e| Error::io("cannot create a temporary directory", e))?;
     let timeline = window::latest_timeline(&files, segment_size).max(
