@@ -105,6 +105,25 @@ fn targets_outside_the_window_and_bad_directories_are_refused_with_nothing_writt
 
     let out = site.run(&["restore", "--pgdata", &pgdata_s, "--to-time", "yesterday"]);
     out.assert_code(2);
+    let out = site.run(&["restore", "--pgdata", &pgdata_s, "--to-lsn", "0/XYZ"]);
+    out.assert_code(2);
+    assert!(out.all().contains("invalid LSN"), "{}", out.all());
+    let long = "n".repeat(64);
+    site.run(&["restore", "--pgdata", &pgdata_s, "--to-name", &long])
+        .assert_code(2);
+    // A password in a storage URL would land in postgresql.auto.conf and in every
+    // wal-fetch's arguments: refused, and not repeated.
+    let out = site.run(&[
+        "--storage",
+        "webdav://backup:pw-never-shown@127.0.0.1:9/kaizen",
+        "restore",
+        "--pgdata",
+        &pgdata_s,
+    ]);
+    out.assert_code(2);
+    assert!(!out.all().contains("pw-never-shown"), "{}", out.all());
+    assert!(out.all().contains("restore_command"), "{}", out.all());
+    assert!(!pgdata.exists());
 
     std::fs::create_dir(&pgdata).unwrap();
     std::fs::write(pgdata.join("keep.txt"), "mine").unwrap();

@@ -78,6 +78,17 @@ impl Ctx {
             loaded.storage_flags.clone()
         };
         for url in &urls {
+            // The command line is written to postgresql.auto.conf and becomes the
+            // arguments of every wal-fetch: no credentials in it.
+            if has_password(url) {
+                return Err(Error::Config {
+                    key: "storage.targets".into(),
+                    message: "a storage URL with a password cannot go into restore_command: \
+                              put the target and its credentials in a configuration file \
+                              (--config) that the server's OS user can read"
+                        .into(),
+                });
+            }
             cmd.push_str(" --storage ");
             cmd.push_str(&shell_quote(url));
         }
@@ -105,4 +116,31 @@ fn shell_quote(s: &str) -> String {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Whether a URL carries a password (`user:password@` before its host).
+fn has_password(url: &str) -> bool {
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.split('/').next().unwrap_or("").rsplit_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_in_a_url_is_seen_and_words_are_quoted_for_sh() {
+        assert!(has_password(
+            "webdavs://backup:s3cret@dav.example.com/kaizen"
+        ));
+        assert!(!has_password("sftp://backup@host/dir"));
+        assert!(!has_password("s3://bucket/prefix/a:b@c"));
+        assert!(!has_password("/var/backups/kaizen"));
+        assert_eq!(
+            shell_quote("/usr/bin/kaizen-backup"),
+            "/usr/bin/kaizen-backup"
+        );
+        assert_eq!(shell_quote("/tmp/a b/it's"), "'/tmp/a b/it'\\''s'");
+    }
 }
