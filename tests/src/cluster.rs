@@ -154,26 +154,14 @@ impl Cluster {
 
     /// Run SQL as the superuser; `Err(stderr)` on failure.
     pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
-        let out = Command::new(self.bin.join("psql"))
-            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&self.root)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-c",
-                sql,
-            ])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).to_string())
-        }
+        crate::pg::psql_at(
+            &self.bin,
+            &self.root.display().to_string(),
+            &self.port.to_string(),
+            "postgres",
+            db,
+            sql,
+        )
     }
 
     /// Run SQL as the superuser; panics on failure.

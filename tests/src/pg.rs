@@ -31,33 +31,7 @@ impl Pg {
 
     /// Run SQL as superuser; `Err(stderr)` on failure.
     pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                &self.socket,
-                "-p",
-                &self.port,
-                "-U",
-                &self.user,
-                "-d",
-                db,
-                "-c",
-                sql,
-            ])
-            // SQL text and results are Rust strings, whatever the database's encoding.
-            .env("PGCLIENTENCODING", "UTF8")
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).to_string())
-        }
+        psql_at(&self.bin, &self.socket, &self.port, &self.user, db, sql)
     }
 
     /// Run SQL as superuser; panics on failure.
@@ -305,5 +279,44 @@ impl Drop for LockHolder {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Run SQL with psql against `host` (a socket directory or address) and `port` as `user`;
+/// `Err(stderr)` on failure. SQL text and results are Rust strings whatever the database's
+/// encoding.
+pub fn psql_at(
+    bin: &std::path::Path,
+    host: &str,
+    port: &str,
+    user: &str,
+    db: &str,
+    sql: &str,
+) -> Result<String, String> {
+    let out = Command::new(bin.join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            host,
+            "-p",
+            port,
+            "-U",
+            user,
+            "-d",
+            db,
+            "-c",
+            sql,
+        ])
+        .env("PGCLIENTENCODING", "UTF8")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
     }
 }
