@@ -84,6 +84,40 @@ impl Backend for LocalStorage {
 }
 
 impl LocalStorage {
+    /// The regular files directly in the root whose names `want` accepts, with their
+    /// metadata (a missing root holds none; a file removed while listing is skipped).
+    async fn files(
+        &self,
+        what: &str,
+        want: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, std::fs::Metadata)>> {
+        let mut out = Vec::new();
+        let mut rd = match fs::read_dir(&self.root).await {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(self.err("list", what, e)),
+        };
+        while let Some(entry) = rd
+            .next_entry()
+            .await
+            .map_err(|e| self.err("list", what, e))?
+        {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if !want(&name) {
+                continue;
+            }
+            match entry.metadata().await {
+                Ok(md) if md.is_file() => out.push((name, md)),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.err("list", &name, e)),
+            }
+        }
+        Ok(out)
+    }
+
     fn path(&self, key: &str) -> PathBuf {
         self.root.join(key)
     }
@@ -303,34 +337,12 @@ impl Storage for LocalStorage {
     }
 
     async fn list(&self, prefix: &str) -> Result<BoxStream<'static, Result<ObjectMeta>>> {
-        let mut out = Vec::new();
-        let mut rd = match fs::read_dir(&self.root).await {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(futures::stream::empty().boxed());
-            }
-            Err(e) => return Err(self.err("list", prefix, e)),
-        };
-        while let Some(entry) = rd
-            .next_entry()
-            .await
-            .map_err(|e| self.err("list", prefix, e))?
-        {
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            if !name.starts_with(prefix) {
-                continue;
-            }
-            let md = match entry.metadata().await {
-                Ok(md) => md,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(self.err("list", &name, e)),
-            };
-            if md.is_file() {
-                out.push(Ok(meta_from(name, &md)));
-            }
-        }
+        let out: Vec<Result<ObjectMeta>> = self
+            .files(prefix, |name| name.starts_with(prefix))
+            .await?
+            .into_iter()
+            .map(|(name, md)| Ok(meta_from(name, &md)))
+            .collect();
         Ok(futures::stream::iter(out).boxed())
     }
 
@@ -365,37 +377,21 @@ impl Storage for LocalStorage {
     }
 
     async fn list_incomplete(&self) -> Result<Vec<IncompleteUpload>> {
-        let mut out = Vec::new();
-        let mut rd = match fs::read_dir(&self.root).await {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(self.err("list", PARTIAL_PREFIX, e)),
-        };
-        while let Some(entry) = rd
-            .next_entry()
-            .await
-            .map_err(|e| self.err("list", PARTIAL_PREFIX, e))?
-        {
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            let Some((key, writer)) = parse_partial(&name) else {
-                continue;
-            };
-            let md = match entry.metadata().await {
-                Ok(md) if md.is_file() => md,
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(self.err("list", &name, e)),
-            };
-            out.push(IncompleteUpload {
-                key,
-                id: name,
-                started: md.modified().ok().map(DateTime::<Utc>::from),
-                size: Some(md.len()),
-                writer,
-            });
-        }
+        let mut out: Vec<IncompleteUpload> = self
+            .files(PARTIAL_PREFIX, |name| parse_partial(name).is_some())
+            .await?
+            .into_iter()
+            .filter_map(|(name, md)| {
+                let (key, writer) = parse_partial(&name)?;
+                Some(IncompleteUpload {
+                    key,
+                    started: md.modified().ok().map(DateTime::<Utc>::from),
+                    size: Some(md.len()),
+                    writer,
+                    id: name,
+                })
+            })
+            .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
