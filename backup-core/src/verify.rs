@@ -56,8 +56,12 @@ pub struct VerifyContext {
     pub data_key: String,
     /// The manifest, if the backup has one (bare files do not).
     pub manifest: Option<Manifest>,
-    /// Connection settings for checks that need a server (test restore).
+    /// Connection settings for checks that need a server (test restore), and the
+    /// PostgreSQL binaries (`bin_dir`) a physical backup's recovery drill runs.
     pub pg: Option<PgConfig>,
+    /// The WAL archive a physical backup's recovery drill replays from (`None`: the
+    /// backup's own WAL).
+    pub wal: Option<Arc<dyn Storage>>,
 }
 
 /// One verification check. Other Kaizen services can run these as a library.

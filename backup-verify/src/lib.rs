@@ -10,6 +10,11 @@
 //! | `foreign_keys` | no orphan rows for any foreign key in the restored copy |
 //! | `size` | restored database size compared with the source size |
 //!
+//! A physical backup has its own list: `file`, then `backup_manifest` (pg_verifybackup on
+//! the unpacked files), `recovery` (a temporary server recovers it to its end from the
+//! archive's WAL and promotes) and `tables` (every table of every database read); see
+//! [`PhysicalCheck`].
+//!
 //! Each check implements [`backup_core::Verifier`], so other services can run them
 //! one by one. [`standard_checks`] lists them for a backup, [`run_checks`] runs a list
 //! in order (yours may add checks to it) and builds the [`VerifyRecord`]; [`run`] does
@@ -18,6 +23,7 @@
 
 mod archive;
 mod file;
+mod physical;
 mod restore;
 
 use std::time::Instant;
@@ -33,6 +39,7 @@ use tracing::{error, info};
 
 pub use archive::ArchiveCheck;
 pub use file::{FileCheck, Header};
+pub use physical::PhysicalCheck;
 pub use restore::{TestRestore, VERIFY_DB_PREFIX, drop_stale_databases};
 
 /// How to verify.
@@ -63,15 +70,29 @@ pub fn first_failure(record: &VerifyRecord) -> Option<&CheckResult> {
     record.checks.iter().find(|c| !c.passed)
 }
 
-/// The checks of a logical backup, in order: `file`, `archive`, then (unless
-/// `opts.quick`) the test restore and its comparisons. Add your own [`Verifier`]s to the
-/// list and run it with [`run_checks`]. A physical backup is refused.
+/// The checks of a backup, in order. A logical backup: `file`, `archive`, then (unless
+/// `opts.quick`) the test restore and its comparisons. A physical backup: `file`, then
+/// [`PhysicalCheck`] (`backup_manifest`, and unless `opts.quick` `recovery` and
+/// `tables`). Add your own [`Verifier`]s to the list and run it with [`run_checks`].
 pub fn standard_checks(
     ctx: &VerifyContext,
     opts: &VerifyOptions,
 ) -> Result<Vec<Box<dyn Verifier>>> {
-    if let Some(m) = &ctx.manifest {
-        m.ensure_logical()?;
+    if let Some(m) = ctx.manifest.as_ref().filter(|m| m.is_physical()) {
+        let header = if m.is_encoded() {
+            Header::Opaque
+        } else {
+            Header::Tar
+        };
+        return Ok(vec![
+            Box::new(FileCheck { header }),
+            Box::new(PhysicalCheck {
+                quick: opts.quick,
+                cancel: opts.cancel.clone(),
+                keys: opts.keys.clone(),
+                temp_dir: opts.temp_dir.clone(),
+            }),
+        ]);
     }
     let encoded = ctx.manifest.as_ref().is_some_and(Manifest::is_encoded);
     let directory = backup_core::catalog::is_directory(ctx.manifest.as_ref(), &ctx.data_key);

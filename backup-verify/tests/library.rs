@@ -138,6 +138,7 @@ fn stored(kind: Kind) -> Stored {
             data_key: manifest.object.clone(),
             manifest: Some(manifest),
             pg: None,
+            wal: None,
         },
         keys: DecryptKeys {
             identity_file: Some(identity),
@@ -269,16 +270,20 @@ async fn the_full_list_ends_with_the_test_restore() {
 }
 
 #[tokio::test]
-async fn a_physical_backup_is_refused_not_misread() {
+async fn a_physical_backup_gets_its_own_checks_and_logical_checks_refuse_it() {
     let s = stored(Kind::Physical);
+    let checks = backup_verify::standard_checks(&s.ctx, &options(true, s.keys.clone())).unwrap();
+    let names: Vec<&str> = checks.iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["file", "physical"]);
+    // A manifest that says physical but records no WAL positions is not guessed at.
     let err = backup_verify::run(&s.ctx, &options(true, s.keys.clone()))
         .await
         .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "backup \"enc\" is a physical backup: physical backups are not supported by this command"
+    assert!(
+        err.to_string().contains("records no WAL positions"),
+        "{err}"
     );
-    // Each check that assumes a logical backup refuses it on its own too.
+    // Each check that assumes a logical backup refuses it on its own.
     let archive = backup_verify::ArchiveCheck { directory: false };
     assert!(matches!(archive.verify(&s.ctx).await, Err(Error::Usage(_))));
 }

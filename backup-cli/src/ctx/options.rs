@@ -39,7 +39,8 @@ impl Ctx {
         manifest: Option<&Manifest>,
     ) -> Result<VerifyOptions> {
         let c = self.config();
-        let keys = if quick {
+        // A physical backup is unpacked even by --quick (pg_verifybackup reads the files).
+        let keys = if quick && !manifest.is_some_and(Manifest::is_physical) {
             Default::default()
         } else {
             crate::codecs::keys_for(c, manifest)?

@@ -28,6 +28,11 @@ impl Ctx {
             data_key: resolved.data_key.clone(),
             manifest: resolved.manifest.clone(),
             pg: Some(self.config().database.clone()),
+            wal: self
+                .wal_targets()
+                .ok()
+                .and_then(|t| t.first())
+                .map(|t| t.storage.clone()),
         };
         let opts = self.verify_options(quick, resolved.manifest.as_ref())?;
         let lease = self.lease(&resolved, "verify").await;

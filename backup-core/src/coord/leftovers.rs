@@ -4,7 +4,8 @@
 //! `.partial.*` files, open S3 multipart uploads: invisible to `list`, yet taking space
 //! and billed), and in the temporary directory `kaizen-dump-*` staging directories
 //! (plaintext table data, even with encryption configured) and `kaizen-restore-*`
-//! decoded archives. Temporary directories and files are private (0700/0600) from the
+//! decoded archives and physical verify scratch directories (with a server that should
+//! have died with its run: it is stopped first). Temporary directories and files are private (0700/0600) from the
 //! start; what a dead run left is removed by the next run under two rules:
 //!
 //! 1. **Same host, process gone.** Names made by this tool carry `<host tag>-<pid>`
@@ -79,7 +80,17 @@ pub fn clean_temp_dir(dir: &Path) -> Vec<PathBuf> {
         }
         let path = entry.path();
         let res = match entry.file_type() {
-            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(t) if t.is_dir() => {
+                // A physical verify's scratch directory may hold a server that outlived
+                // its run (it should have died with it): stop it before its files go.
+                if crate::pg::server::stop_orphan(&path.join("pgdata")) {
+                    warn!(
+                        "Stopped a temporary server a killed run left in {}",
+                        path.display()
+                    );
+                }
+                std::fs::remove_dir_all(&path)
+            }
             Ok(_) => std::fs::remove_file(&path),
             Err(e) => Err(e),
         };

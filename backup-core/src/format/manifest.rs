@@ -303,6 +303,11 @@ impl Manifest {
             .ensure_logical(&format!("backup {:?}", self.name))
     }
 
+    /// Whether this is a physical (base) backup.
+    pub fn is_physical(&self) -> bool {
+        self.kind == Some(Kind::Physical)
+    }
+
     /// Whether kaizen-backup compressed or encrypted the stored stream itself, so that it
     /// must be decoded (see [`crate::codec::decoder_for`]) before pg_restore can read it.
     pub fn is_encoded(&self) -> bool {
