@@ -79,6 +79,12 @@ pub fn standard_checks(
     opts: &VerifyOptions,
 ) -> Result<Vec<Box<dyn Verifier>>> {
     if let Some(m) = ctx.manifest.as_ref().filter(|m| m.is_physical()) {
+        if m.physical.is_none() {
+            return Err(Error::Corrupt(format!(
+                "the manifest of {:?} says physical but records no WAL positions",
+                m.name
+            )));
+        }
         let header = if m.is_encoded() {
             Header::Opaque
         } else {

@@ -271,18 +271,28 @@ async fn the_full_list_ends_with_the_test_restore() {
 
 #[tokio::test]
 async fn a_physical_backup_gets_its_own_checks_and_logical_checks_refuse_it() {
-    let s = stored(Kind::Physical);
-    let checks = backup_verify::standard_checks(&s.ctx, &options(true, s.keys.clone())).unwrap();
-    let names: Vec<&str> = checks.iter().map(|c| c.name()).collect();
-    assert_eq!(names, ["file", "physical"]);
+    let mut s = stored(Kind::Physical);
     // A manifest that says physical but records no WAL positions is not guessed at.
     let err = backup_verify::run(&s.ctx, &options(true, s.keys.clone()))
         .await
         .unwrap_err();
+    assert!(matches!(err, Error::Corrupt(_)), "{err:?}");
     assert!(
         err.to_string().contains("records no WAL positions"),
         "{err}"
     );
+    if let Some(m) = s.ctx.manifest.as_mut() {
+        m.physical = Some(backup_core::manifest::PhysicalInfo {
+            timeline: 1,
+            start_lsn: "0/2000028".parse().unwrap(),
+            end_lsn: "0/2000100".parse().unwrap(),
+            system_identifier: "7000000000000000001".into(),
+            wal_segment_size: 16 << 20,
+        });
+    }
+    let checks = backup_verify::standard_checks(&s.ctx, &options(true, s.keys.clone())).unwrap();
+    let names: Vec<&str> = checks.iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["file", "physical"]);
     // Each check that assumes a logical backup refuses it on its own.
     let archive = backup_verify::ArchiveCheck { directory: false };
     assert!(matches!(archive.verify(&s.ctx).await, Err(Error::Usage(_))));

@@ -125,6 +125,15 @@ fn verify_recovers_a_physical_backup_from_the_archive_and_reads_every_table() {
     out.assert_code(0);
     let quick: Vec<String> = checks(&out.json()).into_iter().map(|c| c.0).collect();
     assert_eq!(quick, ["file", "backup_manifest"]);
+
+    // backup --physical --verify: the drill runs right after the backup.
+    site.run(&["backup", "--physical", "--verify", "checked"])
+        .assert_code(0);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(site.archive.join("checked.verify.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["passed"], true, "{record}");
+    assert_eq!(record["checks"].as_array().unwrap().len(), 4, "{record}");
 }
 
 /// Rewrite one file inside the stored tar (as a bit flip on the way would) and make the

@@ -49,11 +49,6 @@ pub async fn run(ctx: &Ctx, mut args: BackupArgs) -> Result<()> {
     let mut opts = ctx.backup_options(name)?;
     opts.pinned = args.pin;
     if args.physical {
-        if args.verify {
-            return Err(backup_core::Error::usage(
-                "--verify is not available for physical backups yet: check one with a point-in-time restore (restore --pgdata DIR --to-backup-end)",
-            ));
-        }
         opts.kind = Kind::Physical;
         // pg_basebackup's stream is not compressed by the server: zstd here, unless
         // compression is off.
@@ -146,7 +141,7 @@ async fn locked_backup(
     ctx.reporter.backup_succeeded(&outcome).await;
     // The server answered: drop what killed restores and verifications left on it.
     backup_core::claim::clean_server(pg).await;
-    if (args.verify || c.backup.after.verify) && !args.physical {
+    if args.verify || c.backup.after.verify {
         let record = ctx.verify(&outcome.manifest.name, false).await?;
         if let Some(e) = failure_error(&record) {
             return Err(e);
