@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use backup_core::codec::{DecryptKeys, decoder_for};
 use backup_core::manifest::{Manifest, PhysicalInfo};
-use backup_core::pg::quote_ident;
 use backup_core::pg::server::{self, ServerSpec, TempServer};
 use backup_core::recovery::{self, RecoveryTarget};
 use backup_core::wal::{Lsn, segment_name};
@@ -175,10 +174,10 @@ impl Verifier for PhysicalCheck {
         backup_core::util::pause_point("verify.drill").await;
         // tables: read every one.
         let started = Instant::now();
-        let read = read_tables(&server, &user, &self.cancel).await;
+        let read = server.read_every_table(&user, &self.cancel).await;
         server.stop().await;
         match read {
-            Ok(detail) => out.push(result("tables", true, detail, started)),
+            Ok(dbs) => out.push(result("tables", true, server::describe_reads(&dbs), started)),
             Err(e @ Error::Interrupted(_)) => return Err(e),
             Err(e) => out.push(result("tables", false, e.to_string(), started)),
         }
@@ -414,72 +413,3 @@ async fn recover(
     ))
 }
 
-/// Read every table and materialized view of every database that allows connections.
-async fn read_tables(
-    server: &TempServer,
-    user: &str,
-    cancel: &CancellationToken,
-) -> Result<String> {
-    let client = server.connect(user, "template1").await?;
-    let dbs: Vec<String> = client
-        .query(
-            "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
-            &[],
-        )
-        .await
-        .map_err(|e| Error::other(format!("cannot list the databases: {e}")))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let mut parts = Vec::new();
-    let (mut all_tables, mut all_rows) = (0u64, 0i64);
-    for db in &dbs {
-        if cancel.is_cancelled() {
-            return Err(Error::Interrupted("a signal".into()));
-        }
-        let c = server.connect(user, db).await?;
-        let tables: Vec<(String, String)> = c
-            .query(
-                "SELECT n.nspname::text, c.relname::text FROM pg_class c \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE (c.relkind = 'r' OR (c.relkind = 'm' AND c.relispopulated)) \
-                   AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
-                 ORDER BY 1, 2",
-                &[],
-            )
-            .await
-            .map_err(|e| Error::other(format!("cannot list the tables of {db:?}: {e}")))?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        let mut rows = 0i64;
-        for (schema, table) in &tables {
-            let sql = format!(
-                "SELECT count(*) FROM ONLY {}.{}",
-                quote_ident(schema),
-                quote_ident(table)
-            );
-            let n: i64 = c
-                .query_one(&sql, &[])
-                .await
-                .map_err(|e| {
-                    Error::Corrupt(format!(
-                        "table {schema}.{table} in database {db:?} cannot be read: {e}"
-                    ))
-                })?
-                .get(0);
-            debug!("{db}: {schema}.{table}: {n} rows");
-            rows += n;
-        }
-        info!("{db}: {} tables read, {rows} rows", tables.len());
-        all_tables += tables.len() as u64;
-        all_rows += rows;
-        parts.push(format!("{db} {} tables {rows} rows", tables.len()));
-    }
-    Ok(format!(
-        "{all_tables} tables in {} databases read, {all_rows} rows ({})",
-        dbs.len(),
-        parts.join("; ")
-    ))
-}

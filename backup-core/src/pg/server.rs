@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
-use crate::pg::{Tool, parse_major};
+use crate::pg::{Tool, parse_major, quote_ident};
 
 /// The OS account a server started by this tool runs as: `None` for the current user,
 /// `postgres` when running as root.
@@ -330,6 +330,103 @@ impl Drop for TempServer {
             // Immediate shutdown; its children follow the postmaster.
             let _ = kill(Pid::from_raw(pid), Signal::SIGQUIT);
         }
+    }
+}
+
+/// What reading one database's tables found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DatabaseRead {
+    /// Database name.
+    pub database: String,
+    /// Tables and populated materialized views read.
+    pub tables: u64,
+    /// Their rows (`count(*)`, each table without its inheritance children).
+    pub rows: i64,
+}
+
+/// `N tables in M databases read, R rows (db T tables R rows; …)`.
+pub fn describe_reads(dbs: &[DatabaseRead]) -> String {
+    let tables: u64 = dbs.iter().map(|d| d.tables).sum();
+    let rows: i64 = dbs.iter().map(|d| d.rows).sum();
+    let parts: Vec<String> = dbs
+        .iter()
+        .map(|d| format!("{} {} tables {} rows", d.database, d.tables, d.rows))
+        .collect();
+    format!(
+        "{tables} tables in {} databases read, {rows} rows ({})",
+        dbs.len(),
+        parts.join("; ")
+    )
+}
+
+impl TempServer {
+    /// Read every table and populated materialized view of every database that allows
+    /// connections, as `user` (a superuser). A table that cannot be read is
+    /// [`Error::Corrupt`], naming it.
+    pub async fn read_every_table(
+        &self,
+        user: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<DatabaseRead>> {
+        let client = self.connect(user, "template1").await?;
+        let dbs: Vec<String> = client
+            .query(
+                "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(|e| Error::other(format!("cannot list the databases: {e}")))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut out = Vec::new();
+        for db in dbs {
+            if cancel.is_cancelled() {
+                return Err(Error::Interrupted("a signal".into()));
+            }
+            let c = self.connect(user, &db).await?;
+            let tables: Vec<(String, String)> = c
+                .query(
+                    "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE (c.relkind = 'r' OR (c.relkind = 'm' AND c.relispopulated)) \
+                       AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                       AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
+                     ORDER BY 1, 2",
+                    &[],
+                )
+                .await
+                .map_err(|e| Error::other(format!("cannot list the tables of {db:?}: {e}")))?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            let mut rows = 0i64;
+            for (schema, table) in &tables {
+                let sql = format!(
+                    "SELECT count(*) FROM ONLY {}.{}",
+                    quote_ident(schema),
+                    quote_ident(table)
+                );
+                let n: i64 = c
+                    .query_one(&sql, &[])
+                    .await
+                    .map_err(|e| {
+                        Error::Corrupt(format!(
+                            "table {schema}.{table} in database {db:?} cannot be read: {e}"
+                        ))
+                    })?
+                    .get(0);
+                debug!("{db}: {schema}.{table}: {n} rows");
+                rows += n;
+            }
+            tracing::info!("{db}: {} tables read, {rows} rows", tables.len());
+            out.push(DatabaseRead {
+                database: db,
+                tables: tables.len() as u64,
+                rows,
+            });
+        }
+        Ok(out)
     }
 }
 
