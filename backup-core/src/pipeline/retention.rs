@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 pub struct RetentionPolicy {
     /// Keep the N newest backups (`BACKUP_RETENTION_COUNT`).
     pub keep_last: Option<u32>,
-    /// Keep backups newer than this many days (`BACKUP_RETENTION_DAYS`).
+    /// Keep backups newer than this many days (`BACKUP_RETENTION_DAYS`); of physical
+    /// backups also the newest older one, so point-in-time recovery reaches that far back.
     pub max_age_days: Option<u32>,
     /// Keep the newest backup of each of the N most recent days that have backups.
     pub keep_daily: Option<u32>,
