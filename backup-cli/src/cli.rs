@@ -136,8 +136,9 @@ pub enum Command {
         /// Backup name.
         name: String,
     },
-    /// Newest backup, last archived WAL and recovery window per target; exit 1 when the
-    /// backup is older than --max-age or the last archived WAL older than --max-wal-age.
+    /// Newest backup, last archived WAL and recovery window per target, and the server's
+    /// WAL archive failures; exit 1 when the backup is older than --max-age or the last
+    /// archived WAL older than --max-wal-age.
     #[command(
         after_help = "Examples:\n  kaizen-backup status --max-age 26h\n  kaizen-backup status --max-wal-age 5m"
     )]

@@ -122,8 +122,8 @@ impl Reporter {
         self.send(&ev).await;
     }
 
-    /// `status` ran: each target's last archived WAL and recovery window (`targets`, the
-    /// rows the metrics sink records).
+    /// `status` ran: each target's last archived WAL, recovery window and the server's
+    /// archiver statistics (`targets`, the rows the metrics sink records).
     pub async fn status_checked(&self, database: &str, targets: Vec<serde_json::Value>) {
         let mut ev = Event::new(EventKind::StatusChecked, database);
         ev.details = serde_json::json!({ "targets": targets });

@@ -48,9 +48,9 @@ pub enum EventKind {
     /// nothing is archived: point-in-time recovery would lose more than that.
     #[serde(rename = "wal.stale")]
     WalStale,
-    /// `status` ran; `details.targets` lists each target's last archived WAL and
-    /// recovery window (what the metrics sink records). Sent to notifiers only when their
-    /// `on` names it.
+    /// `status` ran; `details.targets` lists each target's last archived WAL, recovery
+    /// window (with the length retention promises) and the server's archiver statistics
+    /// (what the metrics sink records). Sent to notifiers only when their `on` names it.
     #[serde(rename = "status.checked")]
     StatusChecked,
     /// An audit record (sent only to notifiers whose `on` lists `audit`).

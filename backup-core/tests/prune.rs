@@ -236,3 +236,50 @@ async fn a_failed_deletion_is_reported_and_the_backup_stays_listed() {
         assert!(s.keys().contains(&key.to_string()), "{key}");
     }
 }
+
+/// A physical backup's manifest (the shape `backup --physical` writes).
+fn physical(name: &str, finished_at: DateTime<Utc>) -> Manifest {
+    let mut json = serde_json::to_value(manifest(name, "db", finished_at)).unwrap();
+    json["kind"] = "physical".into();
+    json["physical"] = serde_json::json!({
+        "timeline": 1,
+        "start_lsn": "0/2000028",
+        "end_lsn": "0/2000100",
+        "system_identifier": "7000000000000000001",
+        "wal_segment_size": 16_777_216,
+    });
+    serde_json::from_value(json).unwrap()
+}
+
+#[tokio::test]
+async fn max_age_keeps_the_physical_backup_the_recovery_window_starts_from() {
+    let s = MemoryStorage::new("prune");
+    for age in [9, 5, 3] {
+        put_backup(&s, &manifest(&format!("l{age}"), "db", days_ago(age)))
+            .await
+            .unwrap();
+        put_backup(&s, &physical(&format!("p{age}"), days_ago(age)))
+            .await
+            .unwrap();
+    }
+    let policy = RetentionPolicy {
+        max_age_days: Some(4),
+        keep_verified: false,
+        ..RetentionPolicy::default()
+    };
+    let report = prune::run(&s, &policy, &options()).await.unwrap();
+    // Logical backups: only what is younger than 4 days.
+    assert_eq!(
+        fate(&report, "l3"),
+        (false, vec![KeepReason::Newest, KeepReason::MaxAge])
+    );
+    assert_eq!(fate(&report, "l5"), (true, vec![]));
+    // Physical: p5 too, or no restore could reach 4 days back.
+    assert_eq!(
+        fate(&report, "p3"),
+        (false, vec![KeepReason::Newest, KeepReason::MaxAge])
+    );
+    assert_eq!(fate(&report, "p5"), (false, vec![KeepReason::WindowStart]));
+    assert_eq!(fate(&report, "p9"), (true, vec![]));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+}

@@ -1,6 +1,7 @@
 //! Prometheus metrics: a node_exporter textfile (written atomically) and/or a
 //! Pushgateway. The sink is a [`Notifier`] that listens to backup, verify, prune and
-//! `status.checked` events (the WAL archive and recovery window, see `metrics/wal.rs`).
+//! `status.checked` events (the WAL archive, archiver failures and recovery window, see
+//! `metrics/wal.rs`).
 //!
 //! A failed attempt never erases the last success:
 //! - the textfile is read back and merged with the new values (under an advisory lock, so
@@ -114,6 +115,21 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         wal::WINDOW_END,
         "gauge",
         "End of the point-in-time recovery window: the last archived WAL file.",
+    ),
+    (
+        wal::WINDOW_PROMISED,
+        "gauge",
+        "Length of the recovery window the retention rules promise ([retention] max_age_days, keep_daily...).",
+    ),
+    (
+        wal::ARCHIVE_FAILURES,
+        "counter",
+        "Failed archive_command runs on the server (pg_stat_archiver.failed_count; resets with its statistics).",
+    ),
+    (
+        wal::ARCHIVE_FAILING,
+        "gauge",
+        "1 while the server's last WAL archive attempt failed (pg_stat_archiver), else 0.",
     ),
 ];
 

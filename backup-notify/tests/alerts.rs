@@ -93,6 +93,9 @@ fn every_alert_is_complete_and_uses_only_metrics_the_sink_writes() {
         "KaizenBackupVerifyFailed",
         "KaizenBackupVerifyStale",
         "KaizenBackupVolumeNearlyFull",
+        "KaizenBackupWalArchivingStalled",
+        "KaizenBackupWalArchivingFailing",
+        "KaizenBackupRecoveryWindowShort",
     ] {
         assert!(alerts.contains(want), "{want} missing");
     }
@@ -117,6 +120,9 @@ fn every_alert_is_complete_and_uses_only_metrics_the_sink_writes() {
         "kaizen_backup_last_status",
         "kaizen_backup_verify_last_status",
         "kaizen_backup_verify_last_success_timestamp_seconds",
+        "kaizen_backup_wal_last_archived_timestamp_seconds",
+        "kaizen_backup_wal_archive_failing",
+        "kaizen_backup_recovery_window_promised_seconds",
     ] {
         assert!(used.contains(m), "no alert on {m}");
     }

@@ -31,7 +31,12 @@ fn check_exposition(text: &str) -> BTreeMap<(String, String), f64> {
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut p = rest.split(' ');
             let name = p.next().unwrap();
-            assert_eq!(p.next(), Some("gauge"), "{line}");
+            // Counters (only *_total) or gauges.
+            let kind = p.next();
+            assert!(
+                kind == Some("gauge") || (kind == Some("counter") && name.ends_with("_total")),
+                "{line}"
+            );
             assert!(seen_type.insert(name.to_string()), "second TYPE for {name}");
         } else {
             let open = line

@@ -8,6 +8,7 @@ use tracing::{info, warn};
 
 use crate::ctx::Ctx;
 
+mod archiver;
 mod pitr;
 
 /// Parse `24h`, `90m`, `2d`, `1w`, `3600s` (humantime syntax) given to `flag`.
@@ -40,6 +41,8 @@ pub async fn run(
     let targets = ctx.targets()?;
     let wal_targets = ctx.wal_targets()?;
     let now = Utc::now();
+    let promised = backup_core::retention::promised_window(&c.retention);
+    let mut pitr_in_use = false;
     let mut rows = Vec::new();
     let mut stale = Vec::new();
     let mut wal_stale = Vec::new();
@@ -50,6 +53,7 @@ pub async fn run(
             Some(w) => pitr::last_archived(w.storage.as_ref()).await,
             None => Ok(None),
         };
+        pitr_in_use |= matches!(wal, Ok(Some(_)));
         if let Some(reason) = max_wal_age.and_then(|max| pitr::stale_reason(&url, &wal, max, now)) {
             wal_stale.push(reason);
         }
@@ -65,13 +69,17 @@ pub async fn run(
                     "wal": wal_json,
                 }));
                 if !json {
-                    pitr::log_text(&url, &wal, None, now);
+                    pitr::log_text(&url, &wal, None, promised, now);
                 }
                 continue;
             }
         };
         let from = pitr::window_start(&cat);
-        let (wal_json, window_json) = (pitr::wal_json(&wal, now), pitr::window_json(from, &wal));
+        pitr_in_use |= from.is_some();
+        let (wal_json, window_json) = (
+            pitr::wal_json(&wal, now),
+            pitr::window_json(from, &wal, promised),
+        );
         let newest = cat.latest(Some(&c.database.name));
         let age = newest.map(|b| now - b.manifest.finished_at);
         let is_stale = match (age, max_age) {
@@ -128,7 +136,19 @@ pub async fn run(
                 ),
                 None => warn!("{url}: no backup of {}", c.database.name),
             }
-            pitr::log_text(&url, &wal, from, now);
+            pitr::log_text(&url, &wal, from, promised, now);
+        }
+    }
+    if pitr_in_use {
+        let a = archiver::read(&c.database).await;
+        let value = archiver::json(&a);
+        for row in rows.iter_mut().chain(recovery.iter_mut()) {
+            if let Some(o) = row.as_object_mut() {
+                o.insert("archiver".into(), value.clone());
+            }
+        }
+        if !json {
+            archiver::log_text(&c.database.target(), &a);
         }
     }
     ctx.reporter.status_checked(ctx.database(), recovery).await;

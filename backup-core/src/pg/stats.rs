@@ -1,6 +1,9 @@
 //! The database's shape: object counts and exact row counts, used in the manifest at
-//! dump time and again after a test restore.
+//! dump time and again after a test restore; and the server's WAL archiver statistics,
+//! which `status` reports.
 
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use tokio_postgres::GenericClient;
 
 use crate::error::Result;
@@ -118,4 +121,100 @@ pub async fn table_counts<C: GenericClient>(c: &C) -> Result<Vec<TableCount>> {
         });
     }
     Ok(out)
+}
+
+/// What the server's archiver did with `archive_command` (`pg_stat_archiver`), counted
+/// since `stats_reset`. PostgreSQL counts every failure, including those where
+/// `wal-push` never ran (a missing binary, an unreadable configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArchiverStats {
+    /// `archive_mode` is `on` or `always` (when `off`, nothing is archived and the
+    /// counters stay 0).
+    pub enabled: bool,
+    /// WAL files archived.
+    pub archived_count: i64,
+    /// The last one archived.
+    pub last_archived_wal: Option<String>,
+    /// When it was archived.
+    pub last_archived_time: Option<DateTime<Utc>>,
+    /// Failed attempts (`archive_command` exited non-zero or was killed).
+    pub failed_count: i64,
+    /// The file of the last failed attempt.
+    pub last_failed_wal: Option<String>,
+    /// When it failed.
+    pub last_failed_time: Option<DateTime<Utc>>,
+    /// When these counters started.
+    pub stats_reset: Option<DateTime<Utc>>,
+}
+
+impl ArchiverStats {
+    /// Whether archiving is failing now: the last attempt failed (a failure after the last
+    /// success). The archiver retries the same file until it succeeds, so this stays true
+    /// until the cause is fixed.
+    pub fn failing(&self) -> bool {
+        match (self.last_failed_time, self.last_archived_time) {
+            (Some(failed), Some(archived)) => failed > archived,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+}
+
+/// Read `pg_stat_archiver` (readable by any role).
+pub async fn archiver_stats<C: GenericClient>(c: &C) -> Result<ArchiverStats> {
+    let micros = |t: &str| format!("(extract(epoch FROM {t}) * 1000000)::int8");
+    let sql = format!(
+        "SELECT current_setting('archive_mode') <> 'off', archived_count, last_archived_wal, {}, \
+                failed_count, last_failed_wal, {}, {} FROM pg_stat_archiver",
+        micros("last_archived_time"),
+        micros("last_failed_time"),
+        micros("stats_reset"),
+    );
+    let row = c
+        .query_one(sql.as_str(), &[])
+        .await
+        .map_err(|e| db_error("reading pg_stat_archiver", &e))?;
+    let time = |i: usize| {
+        row.get::<_, Option<i64>>(i)
+            .and_then(DateTime::from_timestamp_micros)
+    };
+    Ok(ArchiverStats {
+        enabled: row.get(0),
+        archived_count: row.get(1),
+        last_archived_wal: row.get(2),
+        last_archived_time: time(3),
+        failed_count: row.get(4),
+        last_failed_wal: row.get(5),
+        last_failed_time: time(6),
+        stats_reset: time(7),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp(secs, 0)
+    }
+
+    #[test]
+    fn failing_means_the_last_attempt_failed() {
+        let s = |archived: Option<DateTime<Utc>>, failed: Option<DateTime<Utc>>| ArchiverStats {
+            enabled: true,
+            archived_count: 0,
+            last_archived_wal: None,
+            last_archived_time: archived,
+            failed_count: i64::from(failed.is_some()),
+            last_failed_wal: None,
+            last_failed_time: failed,
+            stats_reset: None,
+        };
+        assert!(!s(None, None).failing());
+        assert!(!s(at(10), None).failing());
+        assert!(s(None, at(10)).failing());
+        assert!(s(at(10), at(20)).failing());
+        // Failed, then archived on a retry: no longer failing (the count stays).
+        assert!(!s(at(20), at(10)).failing());
+    }
 }

@@ -15,7 +15,7 @@ use crate::catalog;
 use crate::error::Result;
 use crate::lease;
 use crate::manifest::Manifest;
-use crate::retention::{Candidate, KeepReason, RetentionPolicy, decide};
+use crate::retention::{Candidate, KeepReason, RetentionPolicy, decide, decide_physical};
 use crate::storage::Storage;
 
 /// How to prune.
@@ -117,7 +117,7 @@ pub async fn run(
                 .push(b);
         }
     }
-    for ((db, _physical), entries) in by_db {
+    for ((db, physical), entries) in by_db {
         let candidates: Vec<Candidate> = entries
             .iter()
             .map(|b| Candidate {
@@ -128,7 +128,12 @@ pub async fn run(
                 in_progress: false,
             })
             .collect();
-        for d in decide(policy, &candidates, opts.now) {
+        let decisions = if physical {
+            decide_physical(policy, &candidates, opts.now)
+        } else {
+            decide(policy, &candidates, opts.now)
+        };
+        for d in decisions {
             let Some(entry) = entries.iter().find(|b| b.manifest.name == d.name) else {
                 continue;
             };

@@ -5,6 +5,11 @@
 //! Whatever the rules say, these are never removed: the newest valid backup, pinned
 //! backups, backups still being written, and (by default) the newest verified one.
 //! `min_keep` then tops up with the newest remaining backups.
+//!
+//! Physical backups ([`decide_physical`]) also keep the base backup a point-in-time
+//! restore to the oldest moment `max_age_days` promises starts from, and
+//! [`promised_window`] says how far back recovery must reach under a policy (what
+//! `status` compares the recovery window with).
 
 use std::collections::HashSet;
 
@@ -17,7 +22,8 @@ use serde::{Deserialize, Serialize};
 pub struct RetentionPolicy {
     /// Keep the N newest backups (`BACKUP_RETENTION_COUNT`).
     pub keep_last: Option<u32>,
-    /// Keep backups newer than this many days (`BACKUP_RETENTION_DAYS`).
+    /// Keep backups newer than this many days (`BACKUP_RETENTION_DAYS`); of physical
+    /// backups also the newest older one, so point-in-time recovery reaches that far back.
     pub max_age_days: Option<u32>,
     /// Keep the newest backup of each of the N most recent days that have backups.
     pub keep_daily: Option<u32>,
@@ -105,6 +111,8 @@ pub enum KeepReason {
     MinKeep,
     /// Being read by a restore or a verification (it holds a lease).
     InUse,
+    /// The physical backup the recovery window promised by max_age_days starts from.
+    WindowStart,
 }
 
 impl KeepReason {
@@ -124,6 +132,7 @@ impl KeepReason {
             Self::Yearly => "keep_yearly",
             Self::MinKeep => "min_keep",
             Self::InUse => "being restored or verified",
+            Self::WindowStart => "max_age_days: the recovery window starts from it",
         }
     }
 }
@@ -162,12 +171,61 @@ fn year(t: &DateTime<Utc>) -> (i32, u32) {
     (t.year(), 0)
 }
 
+/// How far back point-in-time recovery must reach under `policy`: the longest span its
+/// time rules guarantee with physical backups, or None when no rule promises one (without
+/// a rule everything is kept; `keep_last` and `min_keep` count backups, not time).
+///
+/// - `max_age_days = N`: N days ([`decide_physical`] keeps the base backup it starts from).
+/// - `keep_daily`, `keep_weekly`, `keep_monthly`, `keep_yearly = N`: N − 2 whole days,
+///   weeks, 28-day months or 365-day years. The oldest kept backup is the newest of its
+///   period, so it may end just before the next period begins, and the current period
+///   may just have begun.
+pub fn promised_window(policy: &RetentionPolicy) -> Option<Duration> {
+    if !policy.is_active() {
+        return None;
+    }
+    let calendar = |n: Option<u32>, period_days: i64| {
+        n.map(|n| Duration::days(period_days * (i64::from(n) - 2)))
+    };
+    [
+        policy.max_age_days.map(|d| Duration::days(i64::from(d))),
+        calendar(policy.keep_daily, 1),
+        calendar(policy.keep_weekly, 7),
+        calendar(policy.keep_monthly, 28),
+        calendar(policy.keep_yearly, 365),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|d| *d > Duration::zero())
+    .max()
+}
+
 /// Decide, for every backup of one database in one storage, whether it is kept.
 /// `now` is passed in so the result is deterministic. Output is newest first.
 pub fn decide(
     policy: &RetentionPolicy,
     backups: &[Candidate],
     now: DateTime<Utc>,
+) -> Vec<Decision> {
+    decide_kind(policy, backups, now, false)
+}
+
+/// As [`decide`], for physical backups: `max_age_days` also keeps the newest backup that
+/// finished at or before its cutoff, so that point-in-time recovery reaches back the whole
+/// `max_age_days` (as pgBackRest's time retention and Barman's recovery window do).
+pub fn decide_physical(
+    policy: &RetentionPolicy,
+    backups: &[Candidate],
+    now: DateTime<Utc>,
+) -> Vec<Decision> {
+    decide_kind(policy, backups, now, true)
+}
+
+fn decide_kind(
+    policy: &RetentionPolicy,
+    backups: &[Candidate],
+    now: DateTime<Utc>,
+    physical: bool,
 ) -> Vec<Decision> {
     let mut sorted: Vec<&Candidate> = backups.iter().collect();
     sorted.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.name.cmp(&a.name)));
@@ -205,6 +263,13 @@ pub fn decide(
             if b.time >= cutoff {
                 keep[i].push(KeepReason::MaxAge);
             }
+        }
+        if physical
+            && let Some(i) = sorted
+                .iter()
+                .position(|b| !b.in_progress && b.time <= cutoff)
+        {
+            keep[i].push(KeepReason::WindowStart);
         }
     }
     let buckets: [(Option<u32>, BucketKey, KeepReason); 4] = [
@@ -366,6 +431,54 @@ mod tests {
         assert_eq!(kept(&d), ["b000", "b001"]);
     }
 
+    #[test]
+    fn physical_max_age_keeps_the_base_backup_the_window_starts_from() {
+        let c = cands(&[at(1, 2), at(2, 2), at(3, 2), at(4, 2), at(5, 2)]);
+        let p = RetentionPolicy {
+            max_age_days: Some(3),
+            keep_verified: false,
+            ..Default::default()
+        };
+        // Cutoff: 3 days before 23:00. b002 ended 21 hours before it: too old for
+        // max_age_days, but a restore to the cutoff needs it.
+        assert_eq!(kept(&decide(&p, &c, now())), ["b000", "b001"]);
+        let d = decide_physical(&p, &c, now());
+        assert_eq!(kept(&d), ["b000", "b001", "b002"]);
+        assert_eq!(d[2].keep, [KeepReason::WindowStart]);
+        // Without max_age_days nothing changes.
+        let last = RetentionPolicy {
+            keep_last: Some(2),
+            keep_verified: false,
+            ..Default::default()
+        };
+        assert_eq!(decide_physical(&last, &c, now()), decide(&last, &c, now()));
+    }
+
+    #[test]
+    fn promised_window_is_the_longest_span_a_time_rule_guarantees() {
+        let days = |d: i64| Some(Duration::days(d));
+        let p = |f: fn(&mut RetentionPolicy)| {
+            let mut p = RetentionPolicy::default();
+            f(&mut p);
+            promised_window(&p)
+        };
+        assert_eq!(p(|_| {}), None);
+        assert_eq!(p(|p| p.keep_last = Some(30)), None);
+        assert_eq!(p(|p| p.max_age_days = Some(30)), days(30));
+        assert_eq!(p(|p| p.keep_daily = Some(7)), days(5));
+        assert_eq!(p(|p| p.keep_daily = Some(2)), None);
+        assert_eq!(p(|p| p.keep_weekly = Some(4)), days(14));
+        assert_eq!(p(|p| p.keep_yearly = Some(3)), days(365));
+        assert_eq!(
+            p(|p| {
+                p.max_age_days = Some(30);
+                p.keep_daily = Some(7);
+                p.keep_monthly = Some(12);
+            }),
+            days(280)
+        );
+    }
+
     /// Many generated sets: invariants hold for every policy.
     #[test]
     fn invariants_over_generated_sets() {
@@ -454,6 +567,47 @@ mod tests {
                 assert_eq!(kept_n, c.len());
             }
             assert_eq!(d, decide(&p, &c, now()), "not deterministic");
+
+            // Physical backups: everything decide keeps, and the promised window holds
+            // for each rule once the backups reach back far enough.
+            let dp = decide_physical(&p, &c, now());
+            for (a, b) in d.iter().zip(&dp) {
+                assert!(
+                    a.remove() || !b.remove(),
+                    "decide_physical removed {}",
+                    a.name
+                );
+            }
+            let oldest_kept = c
+                .iter()
+                .filter(|b| !dp.iter().any(|x| x.name == b.name && x.remove()))
+                .map(|b| b.time)
+                .min()
+                .unwrap();
+            let reach = now() - oldest_kept;
+            if let Some(days) = p.max_age_days {
+                let cutoff = now() - Duration::days(i64::from(days));
+                if c.iter().any(|b| b.time <= cutoff) {
+                    assert!(
+                        reach >= Duration::days(i64::from(days)),
+                        "max_age_days {days}"
+                    );
+                }
+            }
+            let rules: [(Option<u32>, BucketKey, i64); 4] = [
+                (p.keep_daily, day, 1),
+                (p.keep_weekly, week, 7),
+                (p.keep_monthly, month, 28),
+                (p.keep_yearly, year, 365),
+            ];
+            for (n, key, period) in rules {
+                let Some(n) = n else { continue };
+                let buckets: HashSet<(i32, u32)> = c.iter().map(|b| key(&b.time)).collect();
+                if n >= 2 && buckets.len() >= n as usize {
+                    let promised = Duration::days(period * (i64::from(n) - 2));
+                    assert!(reach >= promised, "{n} periods of {period} days: {reach}");
+                }
+            }
         }
     }
 }

@@ -74,16 +74,27 @@ pub fn wal_json(wal: &Result<Option<LastWal>>, now: DateTime<Utc>) -> Value {
     }
 }
 
-/// The `recovery_window` value: `{from, to}`, null without a physical backup (`to` is
-/// null while nothing with a time is archived).
-pub fn window_json(from: Option<DateTime<Utc>>, wal: &Result<Option<LastWal>>) -> Value {
-    let to = wal
-        .as_ref()
+fn window_end(wal: &Result<Option<LastWal>>) -> Option<DateTime<Utc>> {
+    wal.as_ref()
         .ok()
         .and_then(|w| w.as_ref())
-        .and_then(|w| w.time);
+        .and_then(|w| w.time)
+}
+
+/// The `recovery_window` value: `{from, to, promised_seconds}`, null without a physical
+/// backup (`to` is null while nothing with a time is archived; `promised_seconds`, how
+/// long the retention rules promise it is, null when they promise no time).
+pub fn window_json(
+    from: Option<DateTime<Utc>>,
+    wal: &Result<Option<LastWal>>,
+    promised: Option<chrono::Duration>,
+) -> Value {
     match from {
-        Some(from) => json!({ "from": from, "to": to }),
+        Some(from) => json!({
+            "from": from,
+            "to": window_end(wal),
+            "promised_seconds": promised.map(|p| p.num_seconds()),
+        }),
         None => Value::Null,
     }
 }
@@ -113,11 +124,13 @@ pub fn stale_reason(
     }
 }
 
-/// The text lines: the WAL archive and the window, when there is WAL or a physical backup.
+/// The text lines: the WAL archive and the window (and whether it is shorter than the
+/// retention rules promise), when there is WAL or a physical backup.
 pub fn log_text(
     url: &str,
     wal: &Result<Option<LastWal>>,
     from: Option<DateTime<Utc>>,
+    promised: Option<chrono::Duration>,
     now: DateTime<Utc>,
 ) {
     let last = wal.as_ref().ok().and_then(|w| w.as_ref());
@@ -142,7 +155,14 @@ pub fn log_text(
     let fmt = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
     match (from, last.and_then(|w| w.time)) {
         (Some(from), Some(to)) => {
-            tracing::info!("{url}: recovery window {} to {}", fmt(from), fmt(to))
+            tracing::info!("{url}: recovery window {} to {}", fmt(from), fmt(to));
+            if let Some(p) = promised.filter(|p| to - from < *p) {
+                tracing::warn!(
+                    "{url}: the recovery window ({}) is shorter than the {} the retention rules promise",
+                    humantime::format_duration(age_of(from, to)),
+                    humantime::format_duration(p.to_std().unwrap_or_default())
+                );
+            }
         }
         (Some(from), None) => tracing::warn!(
             "{url}: recovery window from {} (no archived WAL: nothing to recover to yet)",
