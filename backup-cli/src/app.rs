@@ -186,7 +186,11 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
     use crate::commands::*;
     if matches!(
         command,
-        Command::Backup(_) | Command::Restore(_) | Command::Verify { .. } | Command::Prune { .. }
+        Command::Backup(_)
+            | Command::Restore(_)
+            | Command::Verify { .. }
+            | Command::Prune { .. }
+            | Command::Drill { .. }
     ) {
         let c = ctx.config();
         backup_core::leftovers::clean_temp_dirs(&[
@@ -209,6 +213,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
             max_age,
             max_wal_age,
         } => status::run(ctx, json, max_age, max_wal_age).await,
+        Command::Drill { to_time, json } => drill::run(ctx, to_time, json).await,
         Command::Verify {
             backup,
             quick,

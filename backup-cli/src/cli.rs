@@ -153,6 +153,20 @@ pub enum Command {
         #[arg(long, value_name = "AGE")]
         max_wal_age: Option<String>,
     },
+    /// Restore drill: restore to a random point of the recovery window (or --to-time) in a
+    /// scratch directory, start it, check it, remove it; records RTO and RPO. Without
+    /// physical backups, a test restore of the newest logical one.
+    #[command(
+        after_help = "Examples:\n  kaizen-backup drill\n  kaizen-backup drill --to-time '2026-01-15 14:30:00+01' --json"
+    )]
+    Drill {
+        /// Recover to this time instead of a random one (YYYY-MM-DD HH:MM:SS[.ffffff][+TZ]).
+        #[arg(long, value_name = "TS")]
+        to_time: Option<String>,
+        /// JSON on stdout (the stored record).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show or check the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),

@@ -43,7 +43,7 @@ pub use format::{codec, manifest, name, tar, toc, wal};
 pub use pg::stats;
 pub(crate) use pg::{pgpass, tls};
 pub use pipeline::pitr::{recovery, window};
-pub use pipeline::{backup, catalog, contents, pitr, prune, restore, retention, walarchive};
+pub use pipeline::{backup, catalog, contents, drill, pitr, prune, restore, retention, walarchive};
 
 pub use error::{Error, Result};
 pub use manifest::{Manifest, ObjectCounts, TableCount};

@@ -53,6 +53,13 @@ pub enum EventKind {
     /// (what the metrics sink records). Sent to notifiers only when their `on` names it.
     #[serde(rename = "status.checked")]
     StatusChecked,
+    /// A restore drill restored, started and read the backup (`details` is the drill
+    /// record: RTO, RPO, the reached point).
+    #[serde(rename = "drill.succeeded")]
+    DrillSucceeded,
+    /// A restore drill failed.
+    #[serde(rename = "drill.failed")]
+    DrillFailed,
     /// An audit record (sent only to notifiers whose `on` lists `audit`).
     #[serde(rename = "audit")]
     Audit,
@@ -73,6 +80,8 @@ impl EventKind {
         Self::RestoreRefused,
         Self::WalStale,
         Self::StatusChecked,
+        Self::DrillSucceeded,
+        Self::DrillFailed,
         Self::Audit,
     ];
 
@@ -91,6 +100,8 @@ impl EventKind {
             Self::RestoreRefused => "restore.refused",
             Self::WalStale => "wal.stale",
             Self::StatusChecked => "status.checked",
+            Self::DrillSucceeded => "drill.succeeded",
+            Self::DrillFailed => "drill.failed",
             Self::Audit => "audit",
         }
     }
@@ -104,6 +115,7 @@ impl EventKind {
                 | Self::BackupStale
                 | Self::RestoreFailed
                 | Self::WalStale
+                | Self::DrillFailed
         )
     }
 
@@ -186,6 +198,8 @@ impl Event {
             EventKind::RestoreRefused => ("REFUSED", "restore"),
             EventKind::WalStale => ("STALE", "WAL archive"),
             EventKind::StatusChecked => ("CHECKED", "status"),
+            EventKind::DrillSucceeded => ("SUCCEEDED", "restore drill"),
+            EventKind::DrillFailed => ("FAILED", "restore drill"),
             EventKind::Audit => ("AUDIT", "event"),
         };
         format!("{state} {what} of {}", self.database)

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod catalog;
 pub mod contents;
+pub mod drill;
 pub mod pitr;
 pub mod prune;
 pub mod restore;

@@ -75,9 +75,7 @@ impl Scratch {
                     e,
                 )
             })?;
-        for sub in ["archive", "s"] {
-            mkdir(&dir.path().join(sub))?;
-        }
+        mkdir(&dir.path().join("archive"))?;
         Ok(Self { dir })
     }
 
@@ -127,7 +125,7 @@ impl Verifier for PhysicalCheck {
             out.push(result("backup_manifest", false, e.to_string(), started));
             return Ok(out);
         }
-        let major = data_dir_major(&pgdata)?;
+        let major = server::data_dir_major(&pgdata)?;
         let bin_dir = ctx.pg.as_ref().and_then(|p| p.bin_dir.clone());
         let (passed, detail) = pg_verifybackup(&pgdata, bin_dir.as_deref(), major).await?;
         out.push(result("backup_manifest", passed, detail, started));
@@ -145,9 +143,9 @@ impl Verifier for PhysicalCheck {
             }
             Err(e) => return Err(e),
         };
-        let drill = Drill::prepare(&scratch, bin_dir.as_deref(), major).await?;
+        let spec = prepare_drill(&scratch, bin_dir.as_deref()).await?;
         let users = connect_users(ctx);
-        let mut server = TempServer::start(&drill.spec)?;
+        let mut server = TempServer::start(&spec)?;
         let recovered = recover(&mut server, &users, info, &self.cancel).await;
         let (user, detail) = match recovered {
             Ok((user, detail)) => (user, detail),
@@ -177,7 +175,12 @@ impl Verifier for PhysicalCheck {
         let read = server.read_every_table(&user, &self.cancel).await;
         server.stop().await;
         match read {
-            Ok(dbs) => out.push(result("tables", true, server::describe_reads(&dbs), started)),
+            Ok(dbs) => out.push(result(
+                "tables",
+                true,
+                server::describe_reads(&dbs),
+                started,
+            )),
             Err(e @ Error::Interrupted(_)) => return Err(e),
             Err(e) => out.push(result("tables", false, e.to_string(), started)),
         }
@@ -199,22 +202,6 @@ async fn unpack(
         None => stored,
     };
     recovery::unpack_tar(plain, pgdata).await
-}
-
-/// The major version in the unpacked `PG_VERSION`.
-fn data_dir_major(pgdata: &Path) -> Result<u32> {
-    let p = pgdata.join("PG_VERSION");
-    let text = std::fs::read_to_string(&p).map_err(|e| {
-        Error::Corrupt(format!(
-            "the base backup has no readable PG_VERSION ({e}): it is not a data directory"
-        ))
-    })?;
-    text.trim().parse().map_err(|_| {
-        Error::Corrupt(format!(
-            "the base backup's PG_VERSION says {:?}",
-            text.trim()
-        ))
-    })
 }
 
 /// Run `pg_verifybackup` on the unpacked directory: `(passed, detail)`.
@@ -319,45 +306,17 @@ async fn stage_wal(
     ))
 }
 
-/// The data directory made ready to start here.
-struct Drill {
-    spec: ServerSpec,
-}
-
-impl Drill {
-    async fn prepare(scratch: &Scratch, bin_dir: Option<&Path>, major: u32) -> Result<Self> {
-        let postgres = server::find_server_tool("postgres", bin_dir, major).await?;
-        let pgdata = scratch.pgdata();
-        // Debian keeps postgresql.conf and pg_hba.conf in /etc: a base backup may have none.
-        let conf = pgdata.join("postgresql.conf");
-        if !conf.exists() {
-            std::fs::write(
-                &conf,
-                "# Written by kaizen-backup verify: the backup had none.\n",
-            )
-            .map_err(|e| Error::io(format!("cannot write {}", conf.display()), e))?;
-        }
-        let archive = scratch.archive().display().to_string();
-        let restore_command = format!("cp {} %p", shell_quote(&format!("{archive}/%f")));
-        recovery::write_recovery(&pgdata, &restore_command, &RecoveryTarget::BackupEnd)?;
-        let hba_file = scratch.dir.path().join("pg_hba.conf");
-        server::write_local_trust(&hba_file)?;
-        let account = server::account()?;
-        if let Some((uid, gid)) = account {
-            recovery::chown_tree(scratch.dir.path(), uid, gid)?;
-        }
-        Ok(Self {
-            spec: ServerSpec {
-                postgres: postgres.path,
-                pgdata,
-                socket_dir: scratch.dir.path().join("s"),
-                log_file: scratch.dir.path().join("server.log"),
-                hba_file,
-                account,
-                settings: Vec::new(),
-            },
-        })
-    }
+/// Write the recovery settings (the staged archive, the end of the backup) and make
+/// the directory startable here.
+async fn prepare_drill(scratch: &Scratch, bin_dir: Option<&Path>) -> Result<ServerSpec> {
+    let archive = scratch.archive().display().to_string();
+    let restore_command = format!("cp {} %p", shell_quote(&format!("{archive}/%f")));
+    recovery::write_recovery(
+        &scratch.pgdata(),
+        &restore_command,
+        &RecoveryTarget::BackupEnd,
+    )?;
+    server::prepare(scratch.dir.path(), &scratch.pgdata(), bin_dir).await
 }
 
 fn shell_quote(s: &str) -> String {
@@ -412,4 +371,3 @@ async fn recover(
         ),
     ))
 }
-

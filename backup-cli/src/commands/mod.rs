@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod config_cmd;
 pub mod contents;
+pub mod drill;
 pub mod list;
 pub mod pitr;
 pub mod prune;

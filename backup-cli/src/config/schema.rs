@@ -38,6 +38,21 @@ pub struct Config {
     pub metrics: backup_notify::metrics::MetricsConfig,
     pub encryption: backup_core::codec::EncryptionConfig,
     pub audit: backup_core::audit::AuditConfig,
+    pub drill: DrillSection,
+}
+
+/// `[drill]`: what `kaizen-backup drill` checks in the restored copy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrillSection {
+    /// SQL returning one timestamptz: the newest marker (e.g. `SELECT max(created_at)
+    /// FROM audit_logs`); in the restored copy it must not be after the target.
+    pub marker_query: Option<String>,
+    /// The database the marker query runs in (default: `database.name`).
+    pub marker_database: Option<String>,
+    /// The restore time the operator promises (e.g. `30m`): published beside the measured
+    /// RTO, and the drill fails when it takes longer.
+    pub rto_target: Option<String>,
 }
 
 /// `[backup]`: the pipeline's settings and what the command does after a backup.

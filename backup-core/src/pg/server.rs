@@ -111,6 +111,60 @@ pub fn write_local_trust(hba_file: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("cannot write {}", ident.display()), e))
 }
 
+/// The major version in a data directory's `PG_VERSION`.
+pub fn data_dir_major(pgdata: &Path) -> Result<u32> {
+    let p = pgdata.join("PG_VERSION");
+    let text = std::fs::read_to_string(&p).map_err(|e| {
+        Error::Corrupt(format!(
+            "{} has no readable PG_VERSION ({e}): it is not a data directory",
+            pgdata.display()
+        ))
+    })?;
+    text.trim()
+        .parse()
+        .map_err(|_| Error::Corrupt(format!("{} says PostgreSQL {:?}", p.display(), text.trim())))
+}
+
+/// Make `pgdata`, inside `root` (a private scratch directory), startable here: a
+/// `postgresql.conf` when it has none (Debian keeps it in /etc, so a base backup may
+/// lack it), our `pg_hba.conf`, a socket directory, the `postgres` program of its major
+/// version, and everything owned by the account the server will run as.
+pub async fn prepare(root: &Path, pgdata: &Path, bin_dir: Option<&Path>) -> Result<ServerSpec> {
+    let major = data_dir_major(pgdata)?;
+    let postgres = find_server_tool("postgres", bin_dir, major).await?;
+    let conf = pgdata.join("postgresql.conf");
+    if !conf.exists() {
+        std::fs::write(
+            &conf,
+            "# Written by kaizen-backup for a temporary server: the backup had none.\n",
+        )
+        .map_err(|e| Error::io(format!("cannot write {}", conf.display()), e))?;
+    }
+    let hba_file = root.join("pg_hba.conf");
+    write_local_trust(&hba_file)?;
+    let socket_dir = root.join("s");
+    if !socket_dir.is_dir() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&socket_dir)
+            .map_err(|e| Error::io(format!("cannot create {}", socket_dir.display()), e))?;
+    }
+    let account = account()?;
+    if let Some((uid, gid)) = account {
+        crate::recovery::chown_tree(root, uid, gid)?;
+    }
+    Ok(ServerSpec {
+        postgres: postgres.path,
+        pgdata: pgdata.to_path_buf(),
+        socket_dir,
+        log_file: root.join("server.log"),
+        hba_file,
+        account,
+        settings: Vec::new(),
+    })
+}
+
 /// A running temporary server. Dropping it stops the server (immediate shutdown).
 #[derive(Debug)]
 pub struct TempServer {

@@ -71,6 +71,7 @@ fn is_meta_key(key: &str) -> bool {
         || key.ends_with(".lock")
         || key.ends_with(".flock")
         || key.ends_with(crate::lease::LEASE_SUFFIX)
+        || key.ends_with(crate::drill::DRILL_SUFFIX)
 }
 
 /// Read the catalog of a storage.
