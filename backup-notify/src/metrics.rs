@@ -102,6 +102,36 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "Unix time retention (prune) last ran.",
     ),
     (
+        "kaizen_backup_drill_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last passed restore drill.",
+    ),
+    (
+        "kaizen_backup_drill_last_attempt_timestamp_seconds",
+        "gauge",
+        "Unix time of the last restore drill, passed or not.",
+    ),
+    (
+        "kaizen_backup_drill_last_status",
+        "gauge",
+        "1 if the last restore drill passed, 0 if it failed.",
+    ),
+    (
+        "kaizen_backup_drill_rto_seconds",
+        "gauge",
+        "Time the last restore drill took from its start to a usable server (or verified test restore).",
+    ),
+    (
+        "kaizen_backup_drill_rpo_seconds",
+        "gauge",
+        "At the last drill: seconds since the last archived transaction (or the newest logical backup).",
+    ),
+    (
+        "kaizen_backup_drill_rto_target_seconds",
+        "gauge",
+        "The restore time promised in [drill] rto_target.",
+    ),
+    (
         wal::WAL_LAST_ARCHIVED,
         "gauge",
         "Unix time the last WAL file was archived (as of the last `status` run).",
@@ -220,6 +250,29 @@ pub fn samples_for(event: &Event) -> Samples {
                 set("kaizen_backup_verify_last_status", 0.0);
             }
             EventKind::PruneCompleted => set("kaizen_backup_prune_last_timestamp_seconds", now),
+            EventKind::DrillSucceeded | EventKind::DrillFailed => {
+                let passed = event.kind == EventKind::DrillSucceeded;
+                if passed {
+                    set("kaizen_backup_drill_last_success_timestamp_seconds", now);
+                }
+                set("kaizen_backup_drill_last_attempt_timestamp_seconds", now);
+                set(
+                    "kaizen_backup_drill_last_status",
+                    if passed { 1.0 } else { 0.0 },
+                );
+                for (field, metric) in [
+                    ("rto_seconds", "kaizen_backup_drill_rto_seconds"),
+                    ("rpo_seconds", "kaizen_backup_drill_rpo_seconds"),
+                    (
+                        "rto_target_seconds",
+                        "kaizen_backup_drill_rto_target_seconds",
+                    ),
+                ] {
+                    if let Some(v) = event.details.get(field).and_then(|v| v.as_f64()) {
+                        set(metric, v);
+                    }
+                }
+            }
             _ => {}
         }
     }

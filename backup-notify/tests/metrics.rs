@@ -166,6 +166,51 @@ async fn textfile_is_valid_and_a_failure_keeps_the_last_success() {
 }
 
 #[tokio::test]
+async fn drills_publish_rto_rpo_and_a_failure_keeps_the_last_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kaizen_backup.prom");
+    let sink = textfile_sink(&path);
+    let mut ok = at(
+        EventKind::DrillSucceeded,
+        "kaizen_studio",
+        "2024-01-15T14:30:00Z",
+        &[T1],
+    );
+    ok.details =
+        serde_json::json!({"rto_seconds": 95.5, "rpo_seconds": 42.0, "rto_target_seconds": 1800.0});
+    sink.notify(&ok).await.unwrap();
+    let mut failed = at(
+        EventKind::DrillFailed,
+        "kaizen_studio",
+        "2024-01-22T14:30:00Z",
+        &[T1],
+    );
+    failed.details = serde_json::json!({"rto_seconds": null, "rpo_seconds": 30.0});
+    sink.notify(&failed).await.unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    check_exposition(&text);
+    let v = |name: &str| value(&text, name, "kaizen_studio", T1);
+    let t = 1_705_329_000.0;
+    assert_eq!(
+        v("kaizen_backup_drill_last_success_timestamp_seconds"),
+        Some(t)
+    );
+    assert_eq!(
+        v("kaizen_backup_drill_last_attempt_timestamp_seconds"),
+        Some(t + 7.0 * 86400.0)
+    );
+    assert_eq!(v("kaizen_backup_drill_last_status"), Some(0.0));
+    assert_eq!(
+        v("kaizen_backup_drill_rto_seconds"),
+        Some(95.5),
+        "kept from the drill that measured it"
+    );
+    assert_eq!(v("kaizen_backup_drill_rpo_seconds"), Some(30.0));
+    assert_eq!(v("kaizen_backup_drill_rto_target_seconds"), Some(1800.0));
+    promtool_check_metrics(&text);
+}
+
+#[tokio::test]
 async fn failure_without_targets_marks_every_known_target_failed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kb.prom");

@@ -163,7 +163,11 @@ fn without_physical_backups_a_drill_is_a_test_restore_of_the_newest_logical_back
     assert_eq!(rec["backup"], "first");
     assert_eq!(rec["passed"], true);
     assert!(rec["rto_seconds"].as_f64().unwrap() > 0.0);
-    assert!(cli.backups().join(format!("{}.drill.json", src.name)).is_file());
+    assert!(
+        cli.backups()
+            .join(format!("{}.drill.json", src.name))
+            .is_file()
+    );
     // The drill's record is neither a backup nor an unfinished upload.
     let listed = cli.run(&["list", "--json"]).assert_code(0).json();
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
