@@ -113,6 +113,24 @@ fn a_drill_restores_a_point_of_the_window_checks_it_and_records_rto_and_rpo() {
         .assert_stderr_contains("drill.rto_target");
     assert_eq!(record(&site)["passed"], false);
     assert!(scratch_dirs(&tmp).is_empty(), "{:?}", names(&tmp));
+
+    // status shows the last drill; physical backups alone are not "no backup".
+    let st = site.run(&["status", "--json"]);
+    st.assert_code(0);
+    let row = &st.json()[0];
+    assert_eq!(row["drill"]["passed"], false, "{row}");
+    assert_eq!(row["drill"]["kind"], "physical");
+    assert!(
+        row["drill"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("rto_target"),
+        "{row}"
+    );
+    assert_eq!(row["newest"]["name"], "base");
+    let text = site.run(&["status"]);
+    text.assert_code(0)
+        .assert_stderr_contains("last restore drill FAILED");
 }
 
 #[test]

@@ -80,7 +80,33 @@ pub async fn run(
             pitr::wal_json(&wal, now),
             pitr::window_json(from, &wal, promised),
         );
-        let newest = cat.latest(Some(&c.database.name));
+        // The newest logical backup; a setup with physical backups only is judged by its
+        // newest base backup.
+        let newest = cat
+            .latest(Some(&c.database.name))
+            .or_else(|| cat.backups.iter().find(|b| b.manifest.is_physical()));
+        let drill =
+            match backup_core::drill::DrillRecord::load(t.storage.as_ref(), &c.database.name).await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!("{url}: cannot read the last drill record: {e}");
+                    None
+                }
+            };
+        let drill_json = drill.as_ref().map(|d| {
+            serde_json::json!({
+                "passed": d.passed,
+                "kind": d.kind,
+                "finished_at": d.finished_at,
+                "age_seconds": (now - d.finished_at).num_seconds(),
+                "backup": d.backup,
+                "target": d.target,
+                "rto_seconds": d.rto_seconds,
+                "rpo_seconds": d.rpo_seconds,
+                "error": d.error,
+            })
+        });
         let age = newest.map(|b| now - b.manifest.finished_at);
         let is_stale = match (age, max_age) {
             (None, _) => true,
@@ -115,6 +141,7 @@ pub async fn run(
             "stale": is_stale,
             "wal": wal_json,
             "recovery_window": window_json,
+            "drill": drill_json,
         }));
         recovery.push(serde_json::json!({
             "target": url,
@@ -137,6 +164,7 @@ pub async fn run(
                 None => warn!("{url}: no backup of {}", c.database.name),
             }
             pitr::log_text(&url, &wal, from, promised, now);
+            log_drill(&url, drill.as_ref(), now);
         }
     }
     if pitr_in_use {
@@ -174,6 +202,29 @@ pub async fn run(
         return Ok(());
     }
     Err(Error::other(failed.join("; ")))
+}
+
+fn log_drill(
+    url: &str,
+    drill: Option<&backup_core::drill::DrillRecord>,
+    now: chrono::DateTime<Utc>,
+) {
+    let Some(d) = drill else {
+        info!("{url}: no restore drill recorded (kaizen-backup drill)");
+        return;
+    };
+    let ago = humantime::format_duration(std::time::Duration::from_secs(
+        (now - d.finished_at).num_seconds().max(0) as u64,
+    ));
+    match &d.error {
+        None => info!(
+            "{url}: last restore drill passed {ago} ago ({} backup {}, RTO {:.1} s)",
+            d.kind,
+            d.backup.as_deref().unwrap_or("?"),
+            d.rto_seconds.unwrap_or_default()
+        ),
+        Some(e) => warn!("{url}: last restore drill FAILED {ago} ago: {e}"),
+    }
 }
 
 #[cfg(test)]
