@@ -303,3 +303,98 @@ fn image_binary_path_and_user_match_the_other_files() {
         );
     }
 }
+
+/// Issue 17: the `pitr` overlay (WAL receiver, base backups, drills) validates offline, lists
+/// what it ships, runs commands the binary accepts, and its configuration passes `config check`.
+#[test]
+fn the_pitr_overlay_validates_and_agrees_with_the_binary() {
+    let dir = root().join("deploy/k8s/overlays/pitr");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    files.sort();
+    validate(&files.iter().map(|f| dir.join(f)).collect::<Vec<_>>());
+    let kust = yaml(&dir.join("kustomization.yaml"));
+    let mut listed: Vec<String> = kust["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed.remove(0), "../../");
+    listed.sort();
+    let resources: Vec<String> = files
+        .iter()
+        .filter(|f| !f.ends_with(".example.yaml"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        listed, resources,
+        "the kustomization lists every resource file"
+    );
+
+    // The shared configuration is valid for the binary.
+    let config = yaml(&dir.join("config.yaml"));
+    let toml = config["data"]["config.toml"].as_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("config.toml");
+    std::fs::write(&path, toml).unwrap();
+    let bin = kaizen_backup_e2e::env("KAIZEN_BACKUP_BIN");
+    let out = Command::new(&bin)
+        .args(["--config", path.to_str().unwrap(), "config", "check"])
+        .env_remove("BACKUP_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "config check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every container runs a command line the binary accepts, as uid 10001, with the
+    // configuration mounted where the binary reads it by default.
+    let mut commands = Vec::new();
+    for f in &resources {
+        let doc = yaml(&dir.join(f));
+        let pod = match doc["kind"].as_str().unwrap() {
+            "Deployment" => doc["spec"]["template"]["spec"].clone(),
+            "CronJob" => doc["spec"]["jobTemplate"]["spec"]["template"]["spec"].clone(),
+            _ => continue,
+        };
+        assert_eq!(pod["securityContext"]["runAsUser"], 10001, "{f}");
+        let c = &pod["containers"][0];
+        assert_eq!(c["command"][0], "/usr/local/bin/kaizen-backup", "{f}");
+        let mounts = c["volumeMounts"].as_sequence().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["mountPath"] == "/etc/kaizen-backup"),
+            "{f}: configuration not mounted"
+        );
+        for e in c["env"].as_sequence().unwrap() {
+            let name = e["name"].as_str().unwrap();
+            assert!(known_variable(name), "{f} sets {name}");
+        }
+        let args: Vec<String> = c["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        let out = Command::new(&bin)
+            .args(&args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: kaizen-backup {args:?} is refused: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        commands.push(args[0].clone());
+    }
+    commands.sort();
+    assert_eq!(commands, ["backup", "drill", "wal-receive"]);
+}
