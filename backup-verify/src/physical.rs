@@ -63,6 +63,8 @@ impl Scratch {
     fn new(base: Option<&Path>) -> Result<Self> {
         use std::os::unix::fs::PermissionsExt;
         let base = base.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        std::fs::create_dir_all(&base)
+            .map_err(|e| Error::io(format!("cannot create {}", base.display()), e))?;
         let dir = tempfile::Builder::new()
             .prefix(&backup_core::util::owned_prefix(
                 backup_core::leftovers::RESTORE_PREFIX,

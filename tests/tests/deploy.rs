@@ -398,3 +398,93 @@ fn the_pitr_overlay_validates_and_agrees_with_the_binary() {
     commands.sort();
     assert_eq!(commands, ["backup", "drill", "wal-receive"]);
 }
+
+/// Issue 17: the Docker Compose files run commands the binary accepts, with a configuration
+/// it accepts, and the init script is valid shell.
+#[test]
+fn the_compose_files_agree_with_the_binary() {
+    let dir = root().join("deploy/compose");
+    let compose = yaml(&dir.join("compose.yaml"));
+    let services = compose["services"].as_mapping().unwrap();
+    let bin = kaizen_backup_e2e::env("KAIZEN_BACKUP_BIN");
+    let accepts = |args: &[&str]| {
+        let out = Command::new(&bin)
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kaizen-backup {args:?} is refused: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mut seen = Vec::new();
+    for (name, svc) in services {
+        let name = name.as_str().unwrap();
+        if !svc["image"].as_str().unwrap().starts_with("kaizen-backup") {
+            continue;
+        }
+        let mounts: Vec<&str> = svc["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(
+            mounts.contains(&"./config.toml:/etc/kaizen-backup/config.toml:ro"),
+            "{name}: {mounts:?}"
+        );
+        for (k, _) in svc["environment"].as_mapping().unwrap() {
+            let k = k.as_str().unwrap();
+            assert!(known_variable(k), "{name} sets {k}");
+        }
+        let cmd: Vec<&str> = svc["command"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        if svc["entrypoint"].is_null() {
+            accepts(&cmd);
+            seen.push(cmd[0].to_string());
+        } else {
+            // A shell loop: every kaizen-backup command line in it.
+            for line in cmd[0].lines() {
+                if let Some(rest) = line.split("/usr/local/bin/kaizen-backup ").nth(1) {
+                    let args: Vec<&str> =
+                        rest.split(';').next().unwrap().split_whitespace().collect();
+                    accepts(&args);
+                    seen.push(args[0].to_string());
+                }
+            }
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["backup", "drill", "wal-receive"]);
+    let out = Command::new(&bin)
+        .args([
+            "--config",
+            dir.join("config.toml").to_str().unwrap(),
+            "config",
+            "check",
+        ])
+        .env_remove("BACKUP_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "config check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("sh")
+        .arg("-n")
+        .arg(dir.join("initdb/10-kaizen-backup-role.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

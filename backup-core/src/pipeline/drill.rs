@@ -163,6 +163,8 @@ pub async fn run_physical(
 ) -> Result<DrillOutcome> {
     let started = Instant::now();
     let base = opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base)
+        .map_err(|e| Error::io(format!("cannot create {}", base.display()), e))?;
     let scratch = tempfile::Builder::new()
         .prefix(&crate::util::owned_prefix(crate::leftovers::RESTORE_PREFIX))
         .tempdir_in(&base)
