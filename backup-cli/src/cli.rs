@@ -277,6 +277,10 @@ pub struct RestoreArgs {
     /// Wait this many seconds for another run's lock on the target (default from config).
     #[arg(long, value_name = "SECS")]
     pub lock_timeout: Option<u64>,
+    /// Only create the roles the backup needs that this server lacks (e.g. before
+    /// restoring several databases onto a new server); no database is touched.
+    #[arg(long, conflicts_with_all = ["pgdata", "target_db"])]
+    pub globals_only: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,6 +2,7 @@
 //! `.pgpass` files and the facts read from a server live beside them.
 
 pub(crate) mod pgpass;
+pub mod roles;
 pub mod server;
 pub mod stats;
 pub(crate) mod tls;

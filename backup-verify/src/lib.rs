@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `file` | readable, non-empty, custom-format (or tar) header, size and SHA-256 equal the manifest's |
 //! | `archive` | pg_restore can read the table of contents and it lists every table the manifest recorded |
+//! | `roles` | the roles object beside the backup is whole (and, with the key, reads back) |
 //! | `test_restore` | the archive restores into a temporary database (always dropped afterwards) |
 //! | `tables`, `sequences`, `indexes`, `constraints` | object counts equal the manifest's |
 //! | `row_counts` | every table's exact row count equals the count taken in the dump's snapshot |
@@ -25,6 +26,7 @@ mod archive;
 mod file;
 mod physical;
 mod restore;
+mod roles;
 
 use std::time::Instant;
 
@@ -41,6 +43,7 @@ pub use archive::ArchiveCheck;
 pub use file::{FileCheck, Header};
 pub use physical::PhysicalCheck;
 pub use restore::{TestRestore, VERIFY_DB_PREFIX, drop_stale_databases};
+pub use roles::RolesCheck;
 
 /// How to verify.
 pub struct VerifyOptions {
@@ -110,6 +113,10 @@ pub fn standard_checks(
     let mut checks: Vec<Box<dyn Verifier>> = vec![
         Box::new(FileCheck { header }),
         Box::new(ArchiveCheck { directory }),
+        Box::new(RolesCheck {
+            read: !opts.quick,
+            keys: opts.keys.clone(),
+        }),
     ];
     if !opts.quick {
         checks.push(Box::new(TestRestore {

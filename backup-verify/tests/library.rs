@@ -125,6 +125,7 @@ fn stored(kind: Kind) -> Stored {
         host: None,
         kind: Some(kind),
         physical: None,
+        roles: None,
     };
     let storage = Arc::new(OneObject {
         key: manifest.object.clone(),
@@ -217,7 +218,7 @@ async fn own_checks_run_after_the_standard_ones_and_decode_with_only_the_keys() 
     let mut checks =
         backup_verify::standard_checks(&s.ctx, &options(true, s.keys.clone())).unwrap();
     let names: Vec<&str> = checks.iter().map(|c| c.name()).collect();
-    assert_eq!(names, ["file", "archive"]);
+    assert_eq!(names, ["file", "archive", "roles"]);
     checks.push(Box::new(Decodes {
         keys: s.keys.clone(),
         want: s.plain.clone(),
@@ -261,7 +262,7 @@ async fn the_full_list_ends_with_the_test_restore() {
     let s = stored(Kind::Safety);
     let checks = backup_verify::standard_checks(&s.ctx, &options(false, s.keys.clone())).unwrap();
     let names: Vec<&str> = checks.iter().map(|c| c.name()).collect();
-    assert_eq!(names, ["file", "archive", "test_restore"]);
+    assert_eq!(names, ["file", "archive", "roles", "test_restore"]);
     // Without connection settings the test restore says what it needs.
     let err = backup_verify::run_checks(&s.ctx, &checks, false)
         .await

@@ -441,7 +441,11 @@ fn failing_pg_restore_leaves_target_unchanged() {
     pg.psql("postgres", &format!("DROP ROLE {role}"));
     let target = pg.target_with_content("kb_target");
     let before = pg.fingerprint(&target.name);
-    let out = cli.run(&["restore", "b", &target.name, "--no-safety-backup"]);
+    // restore.roles = none: the missing role is not created for it.
+    let out = cli.run_with(
+        &[("KAIZEN_BACKUP_RESTORE__ROLES", "none")],
+        &["restore", "b", &target.name, "--no-safety-backup"],
+    );
     out.assert_code(1)
         .assert_stderr_contains("pg_restore failed");
     assert_same(&pg.fingerprint(&target.name), &before);
@@ -457,6 +461,16 @@ fn failing_pg_restore_leaves_target_unchanged() {
     let dst = pg.adopt(&unique("kb_noowner"));
     ok.run(&["restore", "b", &dst.name]).assert_code(0);
     assert_eq!(pg.psql(&dst.name, "SELECT count(*) FROM a"), "1000");
+    // By default the role the backup needs is created first, and the restore works.
+    let again = pg.adopt(&unique("kb_roleback"));
+    cli.run(&["restore", "b", &again.name]).assert_code(0);
+    assert_eq!(
+        pg.psql(
+            &again.name,
+            "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'owned'"
+        ),
+        role
+    );
 }
 
 #[test]

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use kaizen_backup_e2e::cli::{signal, wait};
 use kaizen_backup_e2e::{Cli, Pg, unique, wait_until};
 
-const ALL_CHECKS: [&str; 10] = [
+const ALL_CHECKS: [&str; 11] = [
     "file",
     "archive",
+    "roles",
     "test_restore",
     "tables",
     "sequences",
@@ -84,7 +85,7 @@ fn quick_verify_needs_no_database() {
         .iter()
         .map(|c| c["name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(names, ["file", "archive"]);
+    assert_eq!(names, ["file", "archive", "roles"]);
 }
 
 #[test]

@@ -78,6 +78,9 @@ fn entry_json(storage: &dyn Storage, b: &catalog::BackupEntry) -> serde_json::Va
         "pinned": m.pinned,
         "kind": m.kind.unwrap_or_default(),
         "physical": m.physical,
+        // The roles the database needs, stored beside it: how many, and whether their
+        // password hashes are included (only when the backup role could read them).
+        "roles": m.roles.as_ref().map(|r| serde_json::json!({"count": r.count, "passwords": r.passwords})),
         // true: a full verification passed; false: the last verification failed;
         // null: never verified by a test restore.
         "verified": b.verify.as_ref().and_then(|v| if !v.passed { Some(false) } else if v.quick { None } else { Some(true) }),

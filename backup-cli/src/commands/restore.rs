@@ -18,6 +18,9 @@ use crate::events::RestoreSubject;
 use crate::output::interactive;
 
 pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
+    if args.globals_only {
+        return globals_only(ctx, &args).await;
+    }
     let c = ctx.config();
     let target_db = args
         .target_db
@@ -86,6 +89,11 @@ async fn locked_restore(
     // Keys are checked before anything is touched (a missing key refuses at once).
     let decoder = ctx.decoder(resolved.manifest.as_ref())?;
     ctx.check_key(&resolved).await?;
+    let roles = restore::load_roles(
+        &resolved,
+        &crate::codecs::keys_for(c, resolved.manifest.as_ref())?,
+    )
+    .await?;
     let pg = &c.database;
 
     if exists && config::is_production(c) {
@@ -101,6 +109,7 @@ async fn locked_restore(
     }
     opts.allow_replace = true;
     opts.decoder = decoder;
+    opts.roles = roles;
     let bar = crate::progress::Bar::start("restore", ctx.progress);
     opts.progress = bar.callback();
     let result = restore::run(pg, &resolved, opts, ctx.cancel.clone()).await;
@@ -125,6 +134,44 @@ async fn locked_restore(
         outcome.duration.as_secs_f64()
     );
     Ok(outcome)
+}
+
+/// `restore --globals-only BACKUP`: create the roles the backup needs that the server
+/// lacks, and nothing else.
+async fn globals_only(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
+    let c = ctx.config();
+    let resolved = ctx
+        .resolve(args.backup.as_deref().unwrap_or("latest"))
+        .await?;
+    resolved.ensure_logical()?;
+    let keys = crate::codecs::keys_for(c, resolved.manifest.as_ref())?;
+    let Some(set) = restore::load_roles(&resolved, &keys).await? else {
+        return Err(Error::NotFound(format!(
+            "backup {} records no roles (taken by an older kaizen-backup)",
+            resolved.name
+        )));
+    };
+    let mut admin = c.database.connect_to(&c.database.maintenance_db).await?;
+    let missing = backup_core::pg::roles::missing(&admin, &set).await?;
+    backup_core::pg::roles::check_can_create(&admin, &missing).await?;
+    let created = backup_core::pg::roles::create_missing(&mut admin, &set, &missing).await?;
+    success!(
+        "Roles of {}: {} recorded, {} created{}, the others exist already{}",
+        resolved.name,
+        set.roles.len(),
+        created.len(),
+        if created.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", created.join(", "))
+        },
+        if set.passwords {
+            ""
+        } else {
+            "; the backup holds no password hashes, so created roles have no password"
+        }
+    );
+    Ok(())
 }
 
 /// The old script's production prompt, or `--confirm-production DB` without a terminal.

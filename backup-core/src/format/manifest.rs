@@ -261,6 +261,26 @@ pub struct Manifest {
     /// Physical backups: where their WAL starts and ends, and the cluster they belong to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub physical: Option<PhysicalInfo>,
+    /// Logical backups: the roles the database needs from its cluster, stored beside the
+    /// data (see [`crate::pg::roles`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<RolesInfo>,
+}
+
+/// The roles object of a logical backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolesInfo {
+    /// Its key, `NAME.roles.json[.age]` (encrypted like the data).
+    pub object: String,
+    /// SHA-256 (hex) of the stored bytes.
+    pub sha256: String,
+    /// Stored size.
+    pub size_bytes: u64,
+    /// Roles recorded.
+    pub count: usize,
+    /// Whether their password verifiers are included (the backup role could read
+    /// `pg_authid`); without them, created roles have no password.
+    pub passwords: bool,
 }
 
 /// What a physical backup records beside the common fields.

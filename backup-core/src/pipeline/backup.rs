@@ -305,8 +305,17 @@ pub async fn run(
         upload.abort().await;
         return Err(e);
     }
-    let committed = upload.commit_data().await?;
-    let manifest = manifest(pg, &pre, &opts, &plan, started_at, dumped);
+    let roles = match roles_object(&client, &opts).await {
+        Ok(r) => r,
+        Err(e) => {
+            upload.abort().await;
+            return Err(e);
+        }
+    };
+    let mut committed = upload.commit_data().await?;
+    committed.write_side(&roles.0.object, roles.1).await?;
+    let mut manifest = manifest(pg, &pre, &opts, &plan, started_at, dumped);
+    manifest.roles = Some(roles.0);
     let stored = committed.write_manifest(&manifest).await?;
     Ok(BackupOutcome {
         manifest,
@@ -373,6 +382,49 @@ impl Plan {
     }
 }
 
+/// Phase: the roles the database needs (see [`crate::pg::roles`]), encrypted like the
+/// data when encryption is on (they may hold password verifiers).
+async fn roles_object(
+    client: &tokio_postgres::Client,
+    opts: &BackupOptions,
+) -> Result<(manifest::RolesInfo, Bytes)> {
+    let set = crate::pg::roles::capture(client).await?;
+    if !set.passwords {
+        info!(
+            "Roles: {} recorded without password hashes (the backup role may not read pg_authid)",
+            set.roles.len()
+        );
+    }
+    let json = set.to_json()?;
+    let mut chain = crate::codec::encoders(Compression::None, &opts.encryption)?;
+    let mut stored = Vec::new();
+    let mut carry = json;
+    for t in chain.iter_mut() {
+        let mut out = Vec::new();
+        t.push(&carry, &mut out)?;
+        carry = out;
+    }
+    let tail = crate::transform::finish_chain(&mut chain)?;
+    stored.extend_from_slice(&carry);
+    stored.extend_from_slice(&tail);
+    let object = roles_key(&opts.name, opts.encryption.enabled());
+    Ok((
+        manifest::RolesInfo {
+            object,
+            sha256: hex::encode(Sha256::digest(&stored)),
+            size_bytes: stored.len() as u64,
+            count: set.roles.len(),
+            passwords: set.passwords,
+        },
+        Bytes::from(stored),
+    ))
+}
+
+/// Key of the roles object of backup `name`.
+pub fn roles_key(name: &str, encrypted: bool) -> String {
+    format!("{name}.roles.json{}", if encrypted { ".age" } else { "" })
+}
+
 /// Phase: the manifest of the backup that was just committed.
 fn manifest(
     pg: &PgConfig,
@@ -414,6 +466,7 @@ fn manifest(
         host: Some(crate::util::hostname()),
         kind: Some(opts.kind),
         physical: None,
+        roles: None,
     }
 }
 

@@ -105,6 +105,9 @@ pub async fn scan(storage: &dyn Storage) -> Result<Catalog> {
             None
         };
         owned.insert(manifest.object.clone());
+        if let Some(r) = &manifest.roles {
+            owned.insert(r.object.clone());
+        }
         let data = by_key.get(manifest.object.as_str()).map(|m| (*m).clone());
         cat.backups.push(BackupEntry {
             manifest,

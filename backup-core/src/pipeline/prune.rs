@@ -196,10 +196,14 @@ pub async fn run(
     Ok(report)
 }
 
-/// Delete one backup: manifest first (it stops being listed), then the verify record, then data.
+/// Delete one backup: manifest first (it stops being listed), then the verify record,
+/// the roles object, then data.
 pub async fn delete_backup(storage: &dyn Storage, m: &Manifest) -> Result<()> {
     storage.delete(&Manifest::key_for(&m.name)).await?;
     storage.delete(&Manifest::verify_key_for(&m.name)).await?;
+    if let Some(r) = &m.roles {
+        storage.delete(&r.object).await?;
+    }
     storage.delete(&m.object).await
 }
 

@@ -33,7 +33,7 @@ use database::swap_in;
 pub use database::{
     check_target, create_database, database_exists, drop_database, inspect_target, temp_db_name,
 };
-pub use settings::RestoreSettings;
+pub use settings::{RestoreSettings, RolesMode};
 
 pub use crate::codec::Decoder;
 
@@ -50,6 +50,10 @@ pub struct RestoreOptions {
     pub allow_replace: bool,
     /// Told the stored bytes read so far.
     pub progress: Option<crate::util::Progress>,
+    /// The roles the backup needs (see [`load_roles`]); with `settings.roles = missing`
+    /// the ones the server lacks are created first, and the database's role settings are
+    /// applied to the target.
+    pub roles: Option<crate::pg::roles::RoleSet>,
 }
 
 impl std::fmt::Debug for RestoreOptions {
@@ -70,6 +74,7 @@ impl RestoreOptions {
             decoder: None,
             allow_replace: false,
             progress: None,
+            roles: None,
         }
     }
 }
@@ -360,6 +365,62 @@ pub fn check_header(first: &[u8]) -> Result<()> {
     }
 }
 
+/// Read a backup's roles object (checksum checked, decrypted with `keys`); `None` for a
+/// backup that has none (older backups, bare files).
+pub async fn load_roles(
+    resolved: &Resolved,
+    keys: &crate::codec::DecryptKeys,
+) -> Result<Option<crate::pg::roles::RoleSet>> {
+    let Some(m) = &resolved.manifest else {
+        return Ok(None);
+    };
+    let Some(info) = &m.roles else {
+        return Ok(None);
+    };
+    let stored = crate::storage::get_bytes(resolved.storage.as_ref(), &info.object).await?;
+    let (sha, size) = (
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&stored)),
+        stored.len() as u64,
+    );
+    if sha != info.sha256 || size != info.size_bytes {
+        return Err(Error::Corrupt(format!(
+            "checksum mismatch for {}: {size} bytes with SHA-256 {sha}, the manifest says {} bytes with {}",
+            info.object, info.size_bytes, info.sha256
+        )));
+    }
+    let plain: Vec<u8> = match m.encryption {
+        crate::manifest::Encryption::Age => {
+            let stream: ByteStream = Box::pin(futures::stream::once(async move { Ok(stored) }));
+            let mut decoded = crate::codec::age_decode(stream, keys, &m.recipients)?;
+            let mut out = Vec::new();
+            while let Some(chunk) = decoded.next().await {
+                out.extend_from_slice(&chunk?);
+            }
+            out
+        }
+        crate::manifest::Encryption::None => stored.to_vec(),
+    };
+    crate::pg::roles::RoleSet::from_json(&plain).map(Some)
+}
+
+/// Create the roles of `opts.roles` the server lacks (`restore.roles = missing`), after
+/// checking the restoring role may. Returns the created ones.
+pub async fn create_missing_roles(
+    admin: &mut Client,
+    opts: &RestoreOptions,
+) -> Result<Vec<String>> {
+    let Some(set) = opts
+        .roles
+        .as_ref()
+        .filter(|_| opts.settings.roles == RolesMode::Missing)
+    else {
+        return Ok(Vec::new());
+    };
+    let missing = crate::pg::roles::missing(admin, set).await?;
+    crate::pg::roles::check_can_create(admin, &missing).await?;
+    crate::pg::roles::create_missing(admin, set, &missing).await
+}
+
 /// Restore `resolved` into `opts.target_db`, creating it or replacing it atomically.
 pub async fn run(
     pg: &PgConfig,
@@ -370,7 +431,7 @@ pub async fn run(
     resolved.ensure_logical()?;
     let started = Instant::now();
     let target = opts.target_db.clone();
-    let admin = pg.connect_to(&pg.maintenance_db).await?;
+    let mut admin = pg.connect_to(&pg.maintenance_db).await?;
     check_target(&admin, pg, &target).await?;
     if let Err(e) = claim::drop_leftovers(&admin).await {
         warn!("Could not look for databases left by interrupted runs: {e}");
@@ -389,16 +450,33 @@ pub async fn run(
         );
     }
 
+    // Roles first: a role that cannot be created stops the restore before the target
+    // is touched; created ones are dropped again if the restore fails.
+    let created = create_missing_roles(&mut admin, &opts).await?;
+
     // Claimed before it exists, released once it is gone or renamed: a copy whose
     // claim is free was left by a run that died, and the next run drops it.
-    let temp = claim::claim_new_name(&admin, Temporary::Restore, &target).await?;
+    let temp = match claim::claim_new_name(&admin, Temporary::Restore, &target).await {
+        Ok(t) => t,
+        Err(e) => {
+            crate::pg::roles::drop_created(&admin, &created).await;
+            return Err(e);
+        }
+    };
     info!("Restoring {} into temporary database {temp}", resolved.name);
     let result = restore_via(
         pg, &admin, &tool, resolved, &temp, &mut opts, exists, &cancel,
     )
     .await;
     claim::release(&admin, &temp).await;
-    let stats = result?;
+    let stats = match result {
+        Ok(s) => s,
+        Err(e) => {
+            crate::pg::roles::drop_created(&admin, &created).await;
+            return Err(e);
+        }
+    };
+
     Ok(RestoreOutcome {
         target_db: target,
         replaced: exists,
@@ -425,6 +503,21 @@ async fn restore_via(
         Ok(_) if cancel.is_cancelled() => Err(Error::Interrupted("a signal".into())),
         r => r,
     };
+    // The database's own settings (ALTER DATABASE / ALTER ROLE … IN DATABASE … SET) go
+    // with it: set on the copy before the swap (a rename keeps them).
+    if loaded.is_ok()
+        && let Some(set) = &opts.roles
+    {
+        if let Err(e) = crate::pg::roles::apply_database_settings(admin, set, temp).await {
+            warn!("Could not apply the database's settings: {e}");
+        }
+        if let Err(e) =
+            crate::pg::roles::apply_database_properties(admin, set, temp, opts.settings.no_owner)
+                .await
+        {
+            warn!("Could not apply the database's owner, privileges and comment: {e}");
+        }
+    }
     let swapped = match loaded {
         Ok(stats) => swap_in(admin, temp, &opts.target_db, exists)
             .await

@@ -7,6 +7,8 @@
 //! commit_data ──▶ the data object becomes visible on each target
 //!      │ a required target failed: remove the data where it was committed
 //!      ▼
+//! write_side ──▶ small objects beside the data (the roles), same rules
+//!      ▼
 //! write_manifest ──▶ the manifest, last: only now is it a backup
 //!        a required target failed: remove manifest and data everywhere
 //! ```
@@ -123,6 +125,7 @@ impl Upload {
         let committed = Committed {
             targets: committed,
             data_key: self.data_key,
+            side_keys: Vec::new(),
             cleanup: self.cleanup,
             failed_optional: self.failed_optional,
         };
@@ -141,6 +144,8 @@ impl Upload {
 pub(crate) struct Committed {
     targets: Vec<Target>,
     data_key: String,
+    /// Objects written beside the data ([`Committed::write_side`]), removed with it.
+    side_keys: Vec<String>,
     cleanup: Cleanup,
     failed_optional: Vec<(String, String)>,
 }
@@ -155,6 +160,63 @@ pub(crate) struct Stored {
 }
 
 impl Committed {
+    /// Write a small object beside the data on every target that holds it (before the
+    /// manifest, so it is never missing from a listed backup). A required target that
+    /// fails removes everything written; an optional one drops out.
+    pub(crate) async fn write_side(&mut self, key: &str, bytes: Bytes) -> Result<()> {
+        self.side_keys.push(key.to_string());
+        let mut kept = Vec::new();
+        let mut failure = None;
+        let mut pending = std::mem::take(&mut self.targets).into_iter();
+        for t in pending.by_ref() {
+            let written = tokio::select! {
+                r = put_bytes(t.storage.as_ref(), key, bytes.clone()) => r,
+                _ = self.cleanup.signal.cancelled() => Err(Error::Interrupted("a signal".into())),
+            };
+            match written {
+                Ok(_) => kept.push(t),
+                Err(e @ Error::Interrupted(_)) => {
+                    kept.push(t);
+                    failure = Some(e);
+                    break;
+                }
+                Err(e) if t.optional => {
+                    warn!(
+                        "Optional target {} failed writing {key}: {e}",
+                        t.storage.url()
+                    );
+                    let mut keys: Vec<&String> = self.side_keys.iter().collect();
+                    keys.push(&self.data_key);
+                    remove_all(&[&t.storage], &keys, &self.cleanup).await;
+                    self.failed_optional.push((t.storage.url(), e.to_string()));
+                }
+                Err(e) => {
+                    kept.push(t);
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        // Targets after a failure were not tried; they still hold the data.
+        kept.extend(pending);
+        self.targets = kept;
+        if let Some(e) = failure {
+            self.rollback_all().await;
+            return Err(e);
+        }
+        if self.targets.is_empty() {
+            return Err(Error::other("no storage target committed the backup"));
+        }
+        Ok(())
+    }
+
+    /// Remove the side objects and the data from every target.
+    async fn rollback_all(&self) {
+        let mut keys: Vec<&String> = self.side_keys.iter().collect();
+        keys.push(&self.data_key);
+        self.rollback(&keys).await;
+    }
+
     /// Write the manifest to every target that holds the data: the last step, after
     /// which the backup exists. If a required target fails (or a signal came), the
     /// manifest and the data are removed from every target.
@@ -163,7 +225,7 @@ impl Committed {
         let json = match manifest.to_json() {
             Ok(j) => Bytes::from(j),
             Err(e) => {
-                self.rollback(&[&self.data_key]).await;
+                self.rollback_all().await;
                 return Err(e);
             }
         };
@@ -185,7 +247,9 @@ impl Committed {
                         "Optional target {} failed writing the manifest: {e}",
                         t.storage.url()
                     );
-                    remove_all(&[&t.storage], &[&self.data_key], &self.cleanup).await;
+                    let mut keys: Vec<&String> = self.side_keys.iter().collect();
+                    keys.push(&self.data_key);
+                    remove_all(&[&t.storage], &keys, &self.cleanup).await;
                     self.failed_optional.push((t.storage.url(), e.to_string()));
                 }
                 Err(e) => {
@@ -196,7 +260,10 @@ impl Committed {
         }
         if let Some(e) = failure {
             // The manifest first: without it, nothing is visible as a backup.
-            self.rollback(&[&manifest_key, &self.data_key]).await;
+            let mut keys: Vec<&String> = vec![&manifest_key];
+            keys.extend(self.side_keys.iter());
+            keys.push(&self.data_key);
+            self.rollback(&keys).await;
             return Err(e);
         }
         Ok(Stored {

@@ -19,6 +19,20 @@ pub struct RestoreSettings {
     pub role: Option<String>,
     /// Directory for temporary downloads and unpacked archives.
     pub temp_dir: Option<PathBuf>,
+    /// Roles the backup needs that the server lacks: `missing` creates them before the
+    /// restore (never changing an existing role), `none` leaves them out.
+    pub roles: RolesMode,
+}
+
+/// `restore.roles`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RolesMode {
+    /// Create the roles the server lacks.
+    #[default]
+    Missing,
+    /// Create none.
+    None,
 }
 
 impl Default for RestoreSettings {
@@ -29,6 +43,7 @@ impl Default for RestoreSettings {
             no_owner: false,
             role: None,
             temp_dir: None,
+            roles: RolesMode::Missing,
         }
     }
 }

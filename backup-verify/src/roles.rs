@@ -1,0 +1,93 @@
+//! Check `roles`: the roles object beside a logical backup is there, its checksum equals
+//! the manifest's and (with the key) it reads back.
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use backup_core::catalog::Resolved;
+use backup_core::codec::DecryptKeys;
+use backup_core::{CheckResult, Error, Result, Verifier, VerifyContext};
+
+use crate::result;
+
+/// Reads the roles object; skipped (no result) for a backup that records none.
+pub struct RolesCheck {
+    /// Decrypt and parse it too (not in `--quick`, which has no key).
+    pub read: bool,
+    /// Keys for an encrypted backup.
+    pub keys: DecryptKeys,
+}
+
+impl std::fmt::Debug for RolesCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RolesCheck")
+            .field("read", &self.read)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Verifier for RolesCheck {
+    fn name(&self) -> &'static str {
+        "roles"
+    }
+
+    async fn verify(&self, ctx: &VerifyContext) -> Result<Vec<CheckResult>> {
+        let started = Instant::now();
+        let Some(info) = ctx.manifest.as_ref().and_then(|m| m.roles.clone()) else {
+            return Ok(Vec::new());
+        };
+        let passwords = if info.passwords {
+            "password hashes included"
+        } else {
+            "no password hashes (the backup role could not read them): created roles get no password"
+        };
+        let fail = |why: String| Ok(vec![result("roles", false, why, started)]);
+        let stored = match backup_core::storage::get_bytes(ctx.storage.as_ref(), &info.object).await
+        {
+            Ok(b) => b,
+            Err(Error::NotFound(_)) => {
+                return fail(format!("roles object {} is missing", info.object));
+            }
+            Err(e) => return fail(format!("cannot read {}: {e}", info.object)),
+        };
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&stored));
+        if sha != info.sha256 || stored.len() as u64 != info.size_bytes {
+            return fail(format!(
+                "{}: {} bytes with SHA-256 {sha}, the manifest says {} bytes with {}",
+                info.object,
+                stored.len(),
+                info.size_bytes,
+                info.sha256
+            ));
+        }
+        if self.read {
+            let resolved = Resolved {
+                name: ctx.name.clone(),
+                storage: ctx.storage.clone(),
+                data_key: ctx.data_key.clone(),
+                manifest: ctx.manifest.clone(),
+            };
+            match backup_core::restore::load_roles(&resolved, &self.keys).await {
+                Ok(Some(set)) if set.roles.len() == info.count => {}
+                Ok(Some(set)) => {
+                    return fail(format!(
+                        "{} holds {} roles, the manifest says {}",
+                        info.object,
+                        set.roles.len(),
+                        info.count
+                    ));
+                }
+                Ok(None) => {}
+                Err(e @ Error::Refused(_)) => return Err(e),
+                Err(e) => return fail(e.to_string()),
+            }
+        }
+        Ok(vec![result(
+            "roles",
+            true,
+            format!("{} roles recorded, {passwords}", info.count),
+            started,
+        )])
+    }
+}
