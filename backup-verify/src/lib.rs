@@ -10,6 +10,7 @@
 //! | `row_counts` | every table's exact row count equals the count taken in the dump's snapshot |
 //! | `foreign_keys` | no orphan rows for any foreign key in the restored copy |
 //! | `size` | restored database size compared with the source size |
+//! | `locale` | the copy has the source's encoding, collation, ctype and ICU locale |
 //!
 //! A physical backup has its own list: `file`, then `backup_manifest` (pg_verifybackup on
 //! the unpacked files), `recovery` (a temporary server recovers it to its end from the

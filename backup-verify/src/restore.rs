@@ -154,8 +154,56 @@ impl TestRestore {
         checks.push(compare_rows(&client, m).await?);
         checks.push(check_foreign_keys(&client).await?);
         checks.push(compare_size(&client, m).await?);
+        checks.push(compare_locale(&client, m).await?);
         Ok(checks)
     }
+}
+
+/// Check 11: the copy has the source's encoding and locale (a server without that
+/// locale would restore it with its defaults, sorting text differently).
+async fn compare_locale(client: &Client, m: &Manifest) -> Result<CheckResult> {
+    let t = Instant::now();
+    let got = backup_core::stats::server_info(client).await?;
+    let describe =
+        |enc: &str, collate: &str, ctype: &str, provider: Option<&str>, locale: Option<&str>| {
+            let mut s = format!("{enc}, collate {collate}, ctype {ctype}");
+            if let (Some(p), Some(l)) = (provider, locale) {
+                s.push_str(&format!(", {p} locale {l}"));
+            }
+            s
+        };
+    let have = describe(
+        &got.encoding,
+        &got.lc_collate,
+        &got.lc_ctype,
+        got.locale_provider.as_deref(),
+        got.locale.as_deref(),
+    );
+    let (Some(enc), Some(collate), Some(ctype)) = (&m.encoding, &m.lc_collate, &m.lc_ctype) else {
+        return Ok(result(
+            "locale",
+            true,
+            format!("{have} (the manifest records no locale)"),
+            t,
+        ));
+    };
+    let want = describe(
+        enc,
+        collate,
+        ctype,
+        m.locale_provider.as_deref(),
+        m.locale.as_deref(),
+    );
+    Ok(if have == want {
+        result("locale", true, have, t)
+    } else {
+        result(
+            "locale",
+            false,
+            format!("restored with {have}, the source had {want} (this server lacks that locale)"),
+            t,
+        )
+    })
 }
 
 /// Checks 4–7.

@@ -120,6 +120,8 @@ fn stored(kind: Kind) -> Stored {
         encoding: None,
         lc_collate: None,
         lc_ctype: None,
+        locale_provider: None,
+        locale: None,
         tables: Vec::new(),
         counts: ObjectCounts::default(),
         host: None,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use kaizen_backup_e2e::cli::{signal, wait};
 use kaizen_backup_e2e::{Cli, Pg, unique, wait_until};
 
-const ALL_CHECKS: [&str; 11] = [
+const ALL_CHECKS: [&str; 12] = [
     "file",
     "archive",
     "roles",
@@ -19,6 +19,7 @@ const ALL_CHECKS: [&str; 11] = [
     "row_counts",
     "foreign_keys",
     "size",
+    "locale",
 ];
 
 fn edit_manifest(cli: &Cli, name: &str, f: impl FnOnce(&mut serde_json::Value)) {

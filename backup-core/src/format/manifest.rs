@@ -246,6 +246,12 @@ pub struct Manifest {
     /// Database ctype.
     #[serde(default)]
     pub lc_ctype: Option<String>,
+    /// Locale provider when not libc (`icu`, `builtin`), with its locale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale_provider: Option<String>,
+    /// The ICU or builtin locale (with `locale_provider`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
     /// Tables with exact row counts at the dump's snapshot.
     pub tables: Vec<TableCount>,
     /// Object counts at the dump's snapshot.

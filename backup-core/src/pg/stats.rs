@@ -29,6 +29,10 @@ pub struct ServerInfo {
     pub lc_collate: String,
     /// Ctype.
     pub lc_ctype: String,
+    /// Locale provider (`icu`, `builtin`; `None` for libc, the only one before 15).
+    pub locale_provider: Option<String>,
+    /// The ICU (or builtin) locale when that provider is used.
+    pub locale: Option<String>,
 }
 
 /// Read server and database facts.
@@ -44,6 +48,29 @@ pub async fn server_info<C: GenericClient>(c: &C) -> Result<ServerInfo> {
         .await
         .map_err(|e| db_error("reading server information", &e))?;
     let num: i32 = row.get(1);
+    // datlocprovider (15+): c = libc, i = icu, b = builtin (17+); the locale column is
+    // daticulocale in 15 and 16, datlocale from 17.
+    let (locale_provider, locale) = if num >= 150000 {
+        let column = if num >= 170000 {
+            "datlocale"
+        } else {
+            "daticulocale"
+        };
+        let r = c
+            .query_one(
+                &format!(
+                    "SELECT CASE datlocprovider WHEN 'i' THEN 'icu' WHEN 'b' THEN 'builtin' END, {column}::text \
+                     FROM pg_database WHERE datname = current_database()"
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| db_error("reading the database's locale provider", &e))?;
+        let provider: Option<String> = r.get(0);
+        (provider.clone(), provider.and(r.get(1)))
+    } else {
+        (None, None)
+    };
     Ok(ServerInfo {
         version: row.get(0),
         major: (num / 10000) as u32,
@@ -51,6 +78,8 @@ pub async fn server_info<C: GenericClient>(c: &C) -> Result<ServerInfo> {
         encoding: row.get(3),
         lc_collate: row.get(4),
         lc_ctype: row.get(5),
+        locale_provider,
+        locale,
     })
 }
 

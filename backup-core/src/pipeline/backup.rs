@@ -461,6 +461,8 @@ fn manifest(
         encoding: Some(pre.server.encoding.clone()),
         lc_collate: Some(pre.server.lc_collate.clone()),
         lc_ctype: Some(pre.server.lc_ctype.clone()),
+        locale_provider: pre.server.locale_provider.clone(),
+        locale: pre.server.locale.clone(),
         tables: dumped.tables,
         counts: dumped.counts,
         host: Some(crate::util::hostname()),

@@ -233,6 +233,8 @@ pub async fn run_physical(
         encoding: None,
         lc_collate: None,
         lc_ctype: None,
+        locale_provider: None,
+        locale: None,
         tables: Vec::new(),
         counts: Default::default(),
         host: Some(crate::util::hostname()),

@@ -40,6 +40,21 @@ pub async fn create_database(
                 quote_literal(t)
             ));
         }
+        match (m.locale_provider.as_deref(), &m.locale) {
+            (Some("icu"), Some(l)) => {
+                sql.push_str(&format!(
+                    " LOCALE_PROVIDER icu ICU_LOCALE {}",
+                    quote_literal(l)
+                ));
+            }
+            (Some("builtin"), Some(l)) => {
+                sql.push_str(&format!(
+                    " LOCALE_PROVIDER builtin BUILTIN_LOCALE {}",
+                    quote_literal(l)
+                ));
+            }
+            _ => {}
+        }
     }
     match admin.batch_execute(&sql).await {
         Ok(()) => Ok(()),
