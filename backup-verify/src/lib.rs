@@ -11,6 +11,7 @@
 //! | `foreign_keys` | no orphan rows for any foreign key in the restored copy |
 //! | `size` | restored database size compared with the source size |
 //! | `locale` | the copy has the source's encoding, collation, ctype and ICU locale |
+//! | `sequence_values` | every sequence is there; those pg_dump skips (extension members) have their recorded value |
 //!
 //! A physical backup has its own list: `file`, then `backup_manifest` (pg_verifybackup on
 //! the unpacked files), `recovery` (a temporary server recovers it to its end from the

@@ -127,6 +127,7 @@ fn stored(kind: Kind) -> Stored {
         host: None,
         kind: Some(kind),
         physical: None,
+        sequences: Vec::new(),
         roles: None,
     };
     let storage = Arc::new(OneObject {

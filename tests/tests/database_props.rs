@@ -138,3 +138,87 @@ fn restore_over_an_existing_database_keeps_the_backups_grants_settings_comment_a
         at_backup.replace(db.as_str(), "DB")
     );
 }
+
+/// Install a tiny extension whose script creates a sequence (as PostGIS's topology does),
+/// into the test server's share directory. `None` when that directory is not writable.
+fn install_seq_extension() -> Option<()> {
+    let bin = std::path::PathBuf::from(kaizen_backup_e2e::env("KAIZEN_TEST_PG_BIN"));
+    let out = std::process::Command::new(bin.join("pg_config"))
+        .arg("--sharedir")
+        .output()
+        .ok()?;
+    let dir =
+        std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("extension");
+    std::fs::write(
+        dir.join("kaizen_seq_test.control"),
+        "default_version = '1.0'\nrelocatable = false\nschema = kaizen_seq_test\n",
+    )
+    .ok()?;
+    std::fs::write(
+        dir.join("kaizen_seq_test--1.0.sql"),
+        "CREATE SEQUENCE kaizen_seq_test.topology_id_seq;\nCREATE TABLE kaizen_seq_test.topology (id int PRIMARY KEY DEFAULT nextval('kaizen_seq_test.topology_id_seq'), name text);\nSELECT pg_extension_config_dump('kaizen_seq_test.topology', '');\n",
+    )
+    .ok()?;
+    Some(())
+}
+
+#[test]
+fn an_extension_owned_sequence_that_pg_dump_skips_comes_back_at_its_value() {
+    if install_seq_extension().is_none() {
+        eprintln!("skipped: the server's extension directory is not writable");
+        return;
+    }
+    let pg = Pg::get();
+    let src = pg.create_db("kb_extseq");
+    pg.psql(
+        &src.name,
+        "create schema kaizen_seq_test; create extension kaizen_seq_test; \
+         insert into kaizen_seq_test.topology (name) values ('a'), ('b'), ('c')",
+    );
+    let cli = Cli::for_db(&src.name);
+    cli.run(&["backup", "b"]).assert_code(0);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cli.backups().join("b.manifest.json")).unwrap())
+            .unwrap();
+    let seq = m["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "topology_id_seq")
+        .unwrap()
+        .clone();
+    assert_eq!(seq["last_value"], 3, "{seq}");
+    assert_eq!(seq["dumped"], false, "{seq}");
+    assert_eq!(seq["extension"], "kaizen_seq_test");
+
+    // The restore sets it; without that, the next insert would collide with id 1.
+    let copy = pg.adopt(&unique("kb_extseq_copy"));
+    let out = cli.run(&["restore", "b", &copy.name]);
+    out.assert_code(0)
+        .assert_stderr_contains("kaizen_seq_test.topology_id_seq");
+    assert_eq!(
+        pg.psql(
+            &copy.name,
+            "insert into kaizen_seq_test.topology (name) values ('d') returning id"
+        ),
+        "4"
+    );
+    // verify sets it in its test restore and compares every sequence.
+    let out = cli.run(&["verify", "b", "--json"]);
+    out.assert_code(0);
+    let json = out.json();
+    let check = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "sequence_values")
+        .unwrap()
+        .clone();
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1 of them set from the manifest"),
+        "{check}"
+    );
+}

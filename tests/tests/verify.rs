@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use kaizen_backup_e2e::cli::{signal, wait};
 use kaizen_backup_e2e::{Cli, Pg, unique, wait_until};
 
-const ALL_CHECKS: [&str; 12] = [
+const ALL_CHECKS: [&str; 13] = [
     "file",
     "archive",
     "roles",
@@ -20,6 +20,7 @@ const ALL_CHECKS: [&str; 12] = [
     "foreign_keys",
     "size",
     "locale",
+    "sequence_values",
 ];
 
 fn edit_manifest(cli: &Cli, name: &str, f: impl FnOnce(&mut serde_json::Value)) {

@@ -267,10 +267,32 @@ pub struct Manifest {
     /// Physical backups: where their WAL starts and ends, and the cluster they belong to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub physical: Option<PhysicalInfo>,
+    /// Every sequence's value when the dump ran (see [`SequenceValue`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sequences: Vec<SequenceValue>,
     /// Logical backups: the roles the database needs from its cluster, stored beside the
     /// data (see [`crate::pg::roles`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roles: Option<RolesInfo>,
+}
+
+/// A sequence's value when the dump ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequenceValue {
+    /// Schema.
+    pub schema: String,
+    /// Name.
+    pub name: String,
+    /// `last_value`.
+    pub last_value: i64,
+    /// `is_called`.
+    pub is_called: bool,
+    /// The extension that owns it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension: Option<String>,
+    /// Whether pg_dump carries its value (false: an extension member that is not
+    /// extension configuration, which restore sets itself).
+    pub dumped: bool,
 }
 
 /// The roles object of a logical backup.

@@ -247,3 +247,46 @@ mod tests {
         assert!(!s(at(20), at(10)).failing());
     }
 }
+
+/// Every sequence's value (user schemas, and those extensions own), with whether pg_dump
+/// carries it: it skips extension members that are not extension configuration.
+pub async fn sequence_values<C: GenericClient>(
+    c: &C,
+) -> Result<Vec<crate::manifest::SequenceValue>> {
+    let seqs = c
+        .query(
+            "SELECT n.nspname::text, s.relname::text, x.extname::text, \
+                    (x.oid IS NULL OR s.oid = ANY(coalesce(x.extconfig, '{}'::oid[]))) \
+               FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace \
+               LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid AND d.deptype = 'e' \
+               LEFT JOIN pg_extension x ON x.oid = d.refobjid \
+              WHERE s.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp_' \
+              ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| db_error("listing sequences", &e))?;
+    let mut out = Vec::with_capacity(seqs.len());
+    for row in seqs {
+        let (schema, name): (String, String) = (row.get(0), row.get(1));
+        let sql = format!(
+            "SELECT last_value, is_called FROM {}.{}",
+            crate::pg::quote_ident(&schema),
+            crate::pg::quote_ident(&name)
+        );
+        let v = c
+            .query_one(sql.as_str(), &[])
+            .await
+            .map_err(|e| db_error(format!("reading sequence {schema}.{name}"), &e))?;
+        out.push(crate::manifest::SequenceValue {
+            schema,
+            name,
+            last_value: v.get(0),
+            is_called: v.get(1),
+            extension: row.get(2),
+            dumped: row.get(3),
+        });
+    }
+    Ok(out)
+}

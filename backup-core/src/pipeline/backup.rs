@@ -465,6 +465,7 @@ fn manifest(
         locale: pre.server.locale.clone(),
         tables: dumped.tables,
         counts: dumped.counts,
+        sequences: dumped.sequences,
         host: Some(crate::util::hostname()),
         kind: Some(opts.kind),
         physical: None,

@@ -365,6 +365,52 @@ pub fn check_header(first: &[u8]) -> Result<()> {
     }
 }
 
+/// Set the sequences pg_dump does not carry (extension members that are not extension
+/// configuration, e.g. PostGIS's `topology.topology_id_seq`) to the values the manifest
+/// recorded, in the database `client` is connected to. Returns their names.
+pub async fn set_skipped_sequences(
+    client: &Client,
+    manifest: &crate::manifest::Manifest,
+) -> Result<Vec<String>> {
+    let mut set = Vec::new();
+    for s in manifest.sequences.iter().filter(|s| !s.dumped) {
+        let name = format!(
+            "{}.{}",
+            crate::pg::quote_ident(&s.schema),
+            crate::pg::quote_ident(&s.name)
+        );
+        let exists = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .await
+            .map_err(|e| crate::pg::db_error(format!("looking up sequence {name}"), &e))?
+            .get::<_, bool>(0);
+        if !exists {
+            warn!(
+                "Sequence {name} (of extension {}) is not in the restored database: its value {} is not set",
+                s.extension.as_deref().unwrap_or("?"),
+                s.last_value
+            );
+            continue;
+        }
+        client
+            .query_one(
+                "SELECT setval($1::text::regclass, $2, $3)",
+                &[&name, &s.last_value, &s.is_called],
+            )
+            .await
+            .map_err(|e| crate::pg::db_error(format!("setting sequence {name}"), &e))?;
+        set.push(format!("{}.{}", s.schema, s.name));
+    }
+    if !set.is_empty() {
+        info!(
+            "Set {} extension-owned sequence(s) that pg_dump does not carry to their backed-up values: {}",
+            set.len(),
+            set.join(", ")
+        );
+    }
+    Ok(set)
+}
+
 /// Read a backup's roles object (checksum checked, decrypted with `keys`); `None` for a
 /// backup that has none (older backups, bare files).
 pub async fn load_roles(
@@ -502,6 +548,15 @@ async fn restore_via(
     let loaded = match load(pg, tool, resolved, temp, opts, cancel).await {
         Ok(_) if cancel.is_cancelled() => Err(Error::Interrupted("a signal".into())),
         r => r,
+    };
+    let loaded = match (loaded, &resolved.manifest) {
+        (Ok(stats), Some(m)) if m.sequences.iter().any(|s| !s.dumped) => {
+            match pg.connect_to(temp).await {
+                Ok(c) => set_skipped_sequences(&c, m).await.map(|_| stats),
+                Err(e) => Err(e),
+            }
+        }
+        (r, _) => r,
     };
     // The database's own settings (ALTER DATABASE / ALTER ROLE … IN DATABASE … SET) go
     // with it: set on the copy before the swap (a rename keeps them).

@@ -129,6 +129,7 @@ pub(super) struct Dumped {
     pub(super) size: u64,
     pub(super) counts: crate::manifest::ObjectCounts,
     pub(super) tables: Vec<crate::manifest::TableCount>,
+    pub(super) sequences: Vec<crate::manifest::SequenceValue>,
 }
 
 /// Phase: pg_dump's bytes go through the transforms to every upload while the object
@@ -149,10 +150,11 @@ pub(super) async fn stream_and_count(
         } else {
             Vec::new()
         };
-        Ok::<_, Error>((counts, tables))
+        let sequences = crate::stats::sequence_values(client).await?;
+        Ok::<_, Error>((counts, tables, sequences))
     };
     let sink = upload.sink(transforms, opts.progress.clone());
-    let ((sha256, size), (counts, tables)) = tokio::select! {
+    let ((sha256, size), (counts, tables, sequences)) = tokio::select! {
         r = async { tokio::try_join!(dump.stream(sink), counts) } => r?,
         _ = cancel.cancelled() => return Err(Error::Interrupted("a signal".into())),
     };
@@ -161,6 +163,7 @@ pub(super) async fn stream_and_count(
         size,
         counts,
         tables,
+        sequences,
     })
 }
 

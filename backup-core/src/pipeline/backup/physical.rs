@@ -246,6 +246,7 @@ pub async fn run_physical(
             system_identifier: cluster.system_identifier,
             wal_segment_size: cluster.segment_size,
         }),
+        sequences: Vec::new(),
         roles: None,
     };
     let stored = committed.write_manifest(&manifest).await?;
