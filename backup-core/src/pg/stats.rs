@@ -219,35 +219,6 @@ pub async fn archiver_stats<C: GenericClient>(c: &C) -> Result<ArchiverStats> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(secs: i64) -> Option<DateTime<Utc>> {
-        DateTime::from_timestamp(secs, 0)
-    }
-
-    #[test]
-    fn failing_means_the_last_attempt_failed() {
-        let s = |archived: Option<DateTime<Utc>>, failed: Option<DateTime<Utc>>| ArchiverStats {
-            enabled: true,
-            archived_count: 0,
-            last_archived_wal: None,
-            last_archived_time: archived,
-            failed_count: i64::from(failed.is_some()),
-            last_failed_wal: None,
-            last_failed_time: failed,
-            stats_reset: None,
-        };
-        assert!(!s(None, None).failing());
-        assert!(!s(at(10), None).failing());
-        assert!(s(None, at(10)).failing());
-        assert!(s(at(10), at(20)).failing());
-        // Failed, then archived on a retry: no longer failing (the count stays).
-        assert!(!s(at(20), at(10)).failing());
-    }
-}
-
 /// Every sequence's value (user schemas, and those extensions own), with whether pg_dump
 /// carries it: it skips extension members that are not extension configuration.
 pub async fn sequence_values<C: GenericClient>(
@@ -289,4 +260,33 @@ pub async fn sequence_values<C: GenericClient>(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp(secs, 0)
+    }
+
+    #[test]
+    fn failing_means_the_last_attempt_failed() {
+        let s = |archived: Option<DateTime<Utc>>, failed: Option<DateTime<Utc>>| ArchiverStats {
+            enabled: true,
+            archived_count: 0,
+            last_archived_wal: None,
+            last_archived_time: archived,
+            failed_count: i64::from(failed.is_some()),
+            last_failed_wal: None,
+            last_failed_time: failed,
+            stats_reset: None,
+        };
+        assert!(!s(None, None).failing());
+        assert!(!s(at(10), None).failing());
+        assert!(s(None, at(10)).failing());
+        assert!(s(at(10), at(20)).failing());
+        // Failed, then archived on a retry: no longer failing (the count stays).
+        assert!(!s(at(20), at(10)).failing());
+    }
 }
