@@ -214,6 +214,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
             max_wal_age,
         } => status::run(ctx, json, max_age, max_wal_age).await,
         Command::Drill { to_time, json } => drill::run(ctx, to_time, json).await,
+        Command::Report { html } => report::run(ctx, &html).await,
         Command::Verify {
             backup,
             quick,

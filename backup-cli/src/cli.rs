@@ -153,6 +153,16 @@ pub enum Command {
         #[arg(long, value_name = "AGE")]
         max_wal_age: Option<String>,
     },
+    /// Write a self-contained HTML report of every target: newest backups, size and
+    /// duration over time, verification outcomes, retention, the recovery window, drills.
+    #[command(
+        after_help = "Examples:\n  kaizen-backup report --html /var/www/backups/index.html\n  kaizen-backup --storage s3://bucket/backups report --html report.html"
+    )]
+    Report {
+        /// Where to write the page (replaced atomically; inline CSS and SVG, no script).
+        #[arg(long, value_name = "FILE")]
+        html: PathBuf,
+    },
     /// Restore drill: restore to a random point of the recovery window (or --to-time) in a
     /// scratch directory, start it, check it, remove it; records RTO and RPO. Without
     /// physical backups, a test restore of the newest logical one.

@@ -13,6 +13,7 @@ use backup_core::claim::{self, TargetLock};
 use backup_core::lease::Lease;
 use backup_core::lock::{self, LockGuard};
 use backup_core::manifest::Manifest;
+use backup_core::overview::{self, Overview};
 use backup_core::restore::Decoder;
 use backup_core::{Error, Result, Storage};
 use tokio_util::sync::CancellationToken;
@@ -105,6 +106,19 @@ impl Ctx {
             return Err(Error::usage("no storage target configured"));
         }
         Ok(self.wal_targets.get_or_init(|| opened))
+    }
+
+    /// What each target holds (with its WAL archive), one [`Overview`] per target in the
+    /// configured order: what `status` and `report` show.
+    pub async fn overviews(&self) -> Result<Vec<Overview>> {
+        let opts = self.overview_options()?;
+        let wal = self.wal_targets()?;
+        let mut out = Vec::new();
+        for (i, t) in self.targets()?.iter().enumerate() {
+            let archive = wal.get(i).map(|w| &w.storage);
+            out.push(overview::gather(t.storage.as_ref(), archive, &opts).await);
+        }
+        Ok(out)
     }
 
     /// The first target: where `list`, `restore` and `verify` look.

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod catalog;
 pub mod contents;
 pub mod drill;
+pub mod overview;
 pub mod pitr;
 pub mod prune;
 pub mod restore;

@@ -1,7 +1,7 @@
 //! Installing the test tools under `target/test-env`: the Python venv (moto,
 //! gcp-storage-emulator, wsgidav), the Node prefix (Azurite, maildev), s3s-fs for the
-//! bench, and Debian's Pushgateway and promtool. Each install is guarded by a lock file so
-//! concurrent runs sharing one directory install once.
+//! bench, and Debian's Pushgateway, promtool and Chromium. Each install is guarded by a
+//! lock file so concurrent runs sharing one directory install once.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -223,6 +223,37 @@ pub fn ensure_pushgateway(base: &Path) -> Result<PathBuf> {
     )
     .with_context(|| hint.to_string())?;
     find().with_context(|| format!("prometheus-pushgateway still not found after apt-get; {hint}"))
+}
+
+/// Headless Chromium for the report tests (they open the page, dump its DOM and take a
+/// screenshot): the system's, else Debian's `chromium` installed with apt-get (as root).
+pub fn ensure_chromium(base: &Path) -> Result<PathBuf> {
+    let find = || {
+        ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+    };
+    if let Some(p) = find() {
+        return Ok(p);
+    }
+    let _lock = InstallLock::take(base)?;
+    if let Some(p) = find() {
+        return Ok(p);
+    }
+    let hint = "install it with: sudo apt-get install chromium";
+    if !crate::pg::is_root() {
+        bail!("chromium not found; {hint}");
+    }
+    apt_get(
+        "chromium (headless browser for the report tests)",
+        &["install", "-y", "-q", "--no-install-recommends", "chromium"],
+        &[("DEBIAN_FRONTEND", "noninteractive")],
+        None,
+        true,
+    )
+    .with_context(|| hint.to_string())?;
+    find().with_context(|| format!("chromium still not found after apt-get; {hint}"))
 }
 
 /// `promtool` (checks the alert rules and the dashboard's PromQL): the system's, or the

@@ -149,6 +149,15 @@ pub fn start_with(
         );
         s.env.extend(pg.test_env());
         s._pg = Some(pg);
+        // The report tests open the page in a headless browser.
+        match crate::install::ensure_chromium(&base) {
+            Ok(p) => s
+                .env
+                .push(("KAIZEN_TEST_CHROMIUM".into(), p.display().to_string())),
+            Err(e) => eprintln!(
+                "xtask: chromium unavailable ({e:#}); the report tests skip their browser checks"
+            ),
+        }
     }
     let others: Vec<String> = selected.iter().filter(|x| *x != "pg").cloned().collect();
     if !others.is_empty() {

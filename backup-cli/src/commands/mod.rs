@@ -8,6 +8,7 @@ pub mod drill;
 pub mod list;
 pub mod pitr;
 pub mod prune;
+pub mod report;
 pub mod restore;
 pub mod status;
 pub mod verify;

@@ -1,6 +1,5 @@
 //! `kaizen-backup status [--json] [--max-age 24h] [--max-wal-age 5m]`.
 
-use backup_core::catalog;
 use backup_core::util::human_size;
 use backup_core::{Error, Result};
 use chrono::Utc;
@@ -38,26 +37,22 @@ pub async fn run(
         .as_deref()
         .map(|s| parse_duration("--max-wal-age", s))
         .transpose()?;
-    let targets = ctx.targets()?;
-    let wal_targets = ctx.wal_targets()?;
-    let now = Utc::now();
+    let overviews = ctx.overviews().await?;
+    let now = overviews.first().map_or_else(Utc::now, |o| o.now);
     let promised = backup_core::retention::promised_window(&c.retention);
     let mut pitr_in_use = false;
     let mut rows = Vec::new();
     let mut stale = Vec::new();
     let mut wal_stale = Vec::new();
     let mut recovery = Vec::new();
-    for (i, t) in targets.iter().enumerate() {
-        let url = t.storage.url();
-        let wal = match wal_targets.get(i) {
-            Some(w) => pitr::last_archived(w.storage.as_ref()).await,
-            None => Ok(None),
-        };
+    for o in overviews {
+        let url = o.target.clone();
+        let wal = o.last_wal().map(|w| w.cloned());
         pitr_in_use |= matches!(wal, Ok(Some(_)));
         if let Some(reason) = max_wal_age.and_then(|max| pitr::stale_reason(&url, &wal, max, now)) {
             wal_stale.push(reason);
         }
-        let cat = match catalog::scan(t.storage.as_ref()).await {
+        let cat = match &o.catalog {
             Ok(cat) => cat,
             Err(e) => {
                 stale.push(format!("{url}: cannot read: {e}"));
@@ -74,27 +69,22 @@ pub async fn run(
                 continue;
             }
         };
-        let from = pitr::window_start(&cat);
+        let from = o.window_start();
         pitr_in_use |= from.is_some();
         let (wal_json, window_json) = (
             pitr::wal_json(&wal, now),
             pitr::window_json(from, &wal, promised),
         );
-        // The newest logical backup; a setup with physical backups only is judged by its
-        // newest base backup.
-        let newest = cat
-            .latest(Some(&c.database.name))
-            .or_else(|| cat.backups.iter().find(|b| b.manifest.is_physical()));
-        let drill =
-            match backup_core::drill::DrillRecord::load(t.storage.as_ref(), &c.database.name).await
-            {
-                Ok(d) => d,
-                Err(e) => {
-                    warn!("{url}: cannot read the last drill record: {e}");
-                    None
-                }
-            };
-        let drill_json = drill.as_ref().map(|d| {
+        let newest = o.newest(&c.database.name);
+        let drill = match o.drill(&c.database.name).map(|d| &d.record) {
+            Some(Ok(d)) => d.as_ref(),
+            Some(Err(e)) => {
+                warn!("{url}: cannot read the last drill record: {e}");
+                None
+            }
+            None => None,
+        };
+        let drill_json = drill.map(|d| {
             serde_json::json!({
                 "passed": d.passed,
                 "kind": d.kind,
@@ -164,7 +154,7 @@ pub async fn run(
                 None => warn!("{url}: no backup of {}", c.database.name),
             }
             pitr::log_text(&url, &wal, from, promised, now);
-            log_drill(&url, drill.as_ref(), now);
+            log_drill(&url, drill, now);
         }
     }
     if pitr_in_use {

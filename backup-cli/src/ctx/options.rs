@@ -4,6 +4,7 @@
 use backup_core::backup::BackupOptions;
 use backup_core::lock::LockOptions;
 use backup_core::manifest::Manifest;
+use backup_core::overview::OverviewOptions;
 use backup_core::restore::RestoreOptions;
 use backup_core::retention::RetentionPolicy;
 use backup_core::{Error, Result};
@@ -100,6 +101,19 @@ impl Ctx {
     /// `[retention]`.
     pub fn retention(&self) -> &RetentionPolicy {
         &self.config().retention
+    }
+
+    /// What `status` and `report` gather of each target, now: the configured database,
+    /// `[retention]`, the lease expiry of `[lock]` and the keys of `[encryption]`.
+    pub fn overview_options(&self) -> Result<OverviewOptions> {
+        let c = self.config();
+        Ok(OverviewOptions {
+            database: c.database.name.clone(),
+            policy: c.retention.clone(),
+            now: chrono::Utc::now(),
+            lease_stale_after: self.lock_options(None).stale_after,
+            keys: crate::codecs::keys(c)?,
+        })
     }
 
     /// `[lock]`, with `--lock-timeout` (when given) for the wait.

@@ -425,7 +425,11 @@ impl TempServer {
         let client = self.connect(user, "template1").await?;
         let dbs: Vec<String> = client
             .query(
-                "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
+                // Not the temporary databases of our own restores and verifications, which
+                // a point in time may catch half made, nor databases a crash left invalid.
+                "SELECT datname::text FROM pg_database \
+                  WHERE datallowconn AND NOT datistemplate AND datconnlimit <> -2 \
+                    AND datname !~ '^kaizen_(verify|restore|old)_' ORDER BY 1",
                 &[],
             )
             .await

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::manifest::{Format, Kind, MANIFEST_SUFFIX, Manifest, VERIFY_SUFFIX};
 use crate::storage::{ObjectMeta, Storage, get_bytes, list_all};
-use crate::verify::VerifyRecord;
+use serde::Serialize;
+
+use crate::verify::{CheckResult, VerifyRecord};
 
 /// One complete backup.
 #[derive(Debug, Clone)]
@@ -22,7 +24,68 @@ pub struct BackupEntry {
     pub data: Option<ObjectMeta>,
 }
 
+/// What a backup is worth, as `list`, `status` and `report` say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupState {
+    /// A full verification (test restore) passed.
+    Verified,
+    /// Only the quick checks (checksum, archive) ran, and passed.
+    VerifiedQuick,
+    /// The last verification failed.
+    Failed,
+    /// Never verified.
+    Unverified,
+    /// Its manifest names a data object the storage does not hold.
+    Incomplete,
+}
+
+impl BackupState {
+    /// The word shown to people: `verified`, `verified (quick)`, `FAILED`, `unverified`,
+    /// `incomplete`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Verified => "verified",
+            Self::VerifiedQuick => "verified (quick)",
+            Self::Failed => "FAILED",
+            Self::Unverified => "unverified",
+            Self::Incomplete => "incomplete",
+        }
+    }
+}
+
+impl std::fmt::Display for BackupState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl BackupEntry {
+    /// Its state: the data is missing (incomplete), else what its last verification said.
+    pub fn state(&self) -> BackupState {
+        if self.data.is_none() {
+            return BackupState::Incomplete;
+        }
+        match &self.verify {
+            Some(v) if v.passed && v.quick => BackupState::VerifiedQuick,
+            Some(v) if v.passed => BackupState::Verified,
+            Some(_) => BackupState::Failed,
+            None => BackupState::Unverified,
+        }
+    }
+
+    /// The first check that failed in its last verification.
+    pub fn failed_check(&self) -> Option<&CheckResult> {
+        self.verify
+            .as_ref()
+            .and_then(|v| v.checks.iter().find(|c| !c.passed))
+    }
+
+    /// How long the backup took (from the dump's start to the data object's commit).
+    pub fn duration(&self) -> chrono::Duration {
+        (self.manifest.finished_at - self.manifest.started_at).max(chrono::Duration::zero())
+    }
+
     /// `verified`, `FAILED`, or `unverified`.
     pub fn verify_state(&self) -> &'static str {
         match &self.verify {

@@ -122,7 +122,7 @@ fn base_of(e: &BackupEntry) -> Option<BaseBackup> {
 }
 
 /// Read a timeline's history from the archive (empty for timeline 1).
-async fn history(
+pub(crate) async fn history(
     wal_store: &Arc<dyn Storage>,
     timeline: u32,
     keys: &DecryptKeys,

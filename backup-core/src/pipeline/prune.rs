@@ -4,16 +4,16 @@
 //! A removed backup loses its manifest first, then its verify record, then its data,
 //! so an interrupted prune never leaves something listed as a valid backup.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::catalog;
+use crate::catalog::{self, BackupEntry, Catalog};
 use crate::error::Result;
-use crate::lease;
+use crate::lease::{self, Leases};
 use crate::manifest::Manifest;
 use crate::retention::{Candidate, KeepReason, RetentionPolicy, decide, decide_physical};
 use crate::storage::Storage;
@@ -102,71 +102,30 @@ pub async fn run(
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    // Retention applies per database and per kind: physical backups never count
-    // towards (or push out) logical ones.
-    let mut by_db: BTreeMap<(String, bool), Vec<&catalog::BackupEntry>> = BTreeMap::new();
-    for b in &cat.backups {
-        if opts
-            .database
-            .as_deref()
-            .is_none_or(|d| d == b.manifest.database)
+    for (entry, b) in plan(&cat, &leases, policy, opts.database.as_deref(), opts.now) {
+        if entry.keep.contains(&KeepReason::InUse)
+            && let Some(h) = leases.holders(&entry.name).next()
         {
-            by_db
-                .entry((b.manifest.database.clone(), b.manifest.physical.is_some()))
-                .or_default()
-                .push(b);
+            info!(
+                "Keeping {} although retention would delete it: it is being read ({})",
+                entry.name,
+                h.describe()
+            );
         }
-    }
-    for ((db, physical), entries) in by_db {
-        let candidates: Vec<Candidate> = entries
-            .iter()
-            .map(|b| Candidate {
-                name: b.manifest.name.clone(),
-                time: b.manifest.finished_at,
-                pinned: b.manifest.pinned,
-                verified: b.verify.as_ref().map(|v| v.passed && !v.quick),
-                in_progress: false,
-            })
-            .collect();
-        let decisions = if physical {
-            decide_physical(policy, &candidates, opts.now)
-        } else {
-            decide(policy, &candidates, opts.now)
-        };
-        for d in decisions {
-            let Some(entry) = entries.iter().find(|b| b.manifest.name == d.name) else {
+        if entry.removed && !opts.dry_run {
+            if let Err(e) = delete_backup(storage, &b.manifest).await {
+                warn!("Could not delete {}: {e}", entry.name);
+                report.errors.push(format!("{}: {e}", entry.name));
                 continue;
-            };
-            let mut removed = d.remove();
-            let mut keep = d.keep;
-            if removed && let Some(h) = leases.holders(&d.name).next() {
-                info!(
-                    "Keeping {} although retention would delete it: it is being read ({})",
-                    d.name,
-                    h.describe()
-                );
-                removed = false;
-                keep.push(KeepReason::InUse);
             }
-            if removed && !opts.dry_run {
-                if let Err(e) = delete_backup(storage, &entry.manifest).await {
-                    warn!("Could not delete {}: {e}", d.name);
-                    report.errors.push(format!("{}: {e}", d.name));
-                    continue;
-                }
-                info!("Deleted backup {} ({db})", d.name);
-            }
-            if !removed && let Some(p) = &entry.manifest.physical {
-                report.retained_physical.push(p.clone());
-            }
-            report.backups.push(PruneEntry {
-                name: d.name,
-                database: db.clone(),
-                created_at: entry.manifest.finished_at,
-                removed,
-                keep,
-            });
+            info!("Deleted backup {} ({})", entry.name, entry.database);
         }
+        if !entry.removed
+            && let Some(p) = &b.manifest.physical
+        {
+            report.retained_physical.push(p.clone());
+        }
+        report.backups.push(entry);
     }
     for key in &leases.expired {
         if opts.dry_run {
@@ -194,6 +153,74 @@ pub async fn run(
         report.incomplete_removed.push(o.key.clone());
     }
     Ok(report)
+}
+
+/// What retention decides for each backup of `cat` (of `database` only, when given):
+/// newest first per database and kind, each with the backup it is about. Retention applies
+/// per database and per kind (physical backups never count towards, or push out, logical
+/// ones); a backup that retention would remove but that is being read (a live lease in
+/// `leases`) is kept as [`KeepReason::InUse`]. What `prune` deletes, and what a report
+/// shows it would.
+pub fn plan<'a>(
+    cat: &'a Catalog,
+    leases: &Leases,
+    policy: &RetentionPolicy,
+    database: Option<&str>,
+    now: DateTime<Utc>,
+) -> Vec<(PruneEntry, &'a BackupEntry)> {
+    let mut by_db: BTreeMap<(&str, bool), Vec<&BackupEntry>> = BTreeMap::new();
+    for b in &cat.backups {
+        if database.is_none_or(|d| d == b.manifest.database) {
+            by_db
+                .entry((b.manifest.database.as_str(), b.manifest.physical.is_some()))
+                .or_default()
+                .push(b);
+        }
+    }
+    let mut out = Vec::new();
+    for ((db, physical), entries) in by_db {
+        let candidates: Vec<Candidate> = entries
+            .iter()
+            .map(|b| Candidate {
+                name: b.manifest.name.clone(),
+                time: b.manifest.finished_at,
+                pinned: b.manifest.pinned,
+                verified: b.verify.as_ref().map(|v| v.passed && !v.quick),
+                in_progress: false,
+            })
+            .collect();
+        let by_name: HashMap<&str, &BackupEntry> = entries
+            .iter()
+            .map(|b| (b.manifest.name.as_str(), *b))
+            .collect();
+        let decisions = if physical {
+            decide_physical(policy, &candidates, now)
+        } else {
+            decide(policy, &candidates, now)
+        };
+        for d in decisions {
+            let Some(entry) = by_name.get(d.name.as_str()).copied() else {
+                continue;
+            };
+            let mut removed = d.remove();
+            let mut keep = d.keep;
+            if removed && leases.holders(&d.name).next().is_some() {
+                removed = false;
+                keep.push(KeepReason::InUse);
+            }
+            out.push((
+                PruneEntry {
+                    name: d.name,
+                    database: db.to_string(),
+                    created_at: entry.manifest.finished_at,
+                    removed,
+                    keep,
+                },
+                entry,
+            ));
+        }
+    }
+    out
 }
 
 /// Delete one backup: manifest first (it stops being listed), then the verify record,

@@ -1,60 +1,12 @@
 //! What `status` tells about point-in-time recovery, per target: the last archived WAL
 //! file (from the target's `wal/` location) and the recovery window, from the end of the
-//! oldest physical backup to the last archived WAL file.
+//! oldest physical backup to the last archived WAL file (both read by
+//! [`backup_core::overview`]).
 
-use backup_core::catalog::Catalog;
-use backup_core::manifest::Kind;
-use backup_core::walarchive::{self, ArchivedFile};
-use backup_core::{Result, Storage};
+use backup_core::Result;
+use backup_core::overview::LastWal;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-
-/// The last archived WAL file of a target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LastWal {
-    /// The name PostgreSQL gave it.
-    pub name: String,
-    /// When it was stored (the object's last-modified time; None when the storage reports
-    /// no times, and the file is then the newest by name).
-    pub time: Option<DateTime<Utc>>,
-}
-
-/// The newest file by last-modified time (ties: the greater name); when the storage
-/// reports no times, the newest by name.
-pub fn last_of(files: &[ArchivedFile]) -> Option<LastWal> {
-    let timed = files
-        .iter()
-        .filter_map(|f| f.object.last_modified.map(|t| (t, f)))
-        .max_by(|(ta, a), (tb, b)| ta.cmp(tb).then_with(|| a.name.cmp(&b.name)))
-        .map(|(t, f)| LastWal {
-            name: f.name.clone(),
-            time: Some(t),
-        });
-    timed.or_else(|| {
-        files
-            .iter()
-            .max_by(|a, b| a.name.cmp(&b.name))
-            .map(|f| LastWal {
-                name: f.name.clone(),
-                time: None,
-            })
-    })
-}
-
-/// The last archived WAL file of the archive in `store`.
-pub async fn last_archived(store: &dyn Storage) -> Result<Option<LastWal>> {
-    Ok(last_of(&walarchive::list(store).await?))
-}
-
-/// Where the window starts: the end of the oldest physical backup (the catalog lists the
-/// newest first).
-pub fn window_start(cat: &Catalog) -> Option<DateTime<Utc>> {
-    cat.backups
-        .iter()
-        .rev()
-        .find(|b| b.manifest.kind == Some(Kind::Physical))
-        .map(|b| b.manifest.finished_at)
-}
 
 fn age_of(t: DateTime<Utc>, now: DateTime<Utc>) -> std::time::Duration {
     std::time::Duration::from_secs((now - t).num_seconds().max(0) as u64)
@@ -175,43 +127,6 @@ pub fn log_text(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backup_core::ObjectMeta;
-
-    fn file(name: &str, secs: Option<i64>) -> ArchivedFile {
-        let key = format!("{name}-{}.zst", "a".repeat(64));
-        ArchivedFile::from_object(ObjectMeta {
-            key,
-            size: 1,
-            last_modified: secs.and_then(|s| DateTime::from_timestamp(s, 0)),
-        })
-        .unwrap_or_else(|| panic!("{name}"))
-    }
-
-    #[test]
-    fn last_is_newest_by_time_else_by_name() {
-        let files = [
-            file("000000010000000000000001", Some(30)),
-            file("000000010000000000000002", Some(20)),
-            file("00000002.history", Some(10)),
-        ];
-        assert_eq!(
-            last_of(&files).map(|w| w.name),
-            Some("000000010000000000000001".to_string())
-        );
-        let untimed = [
-            file("000000010000000000000002", None),
-            file("000000010000000000000003", None),
-        ];
-        assert_eq!(
-            last_of(&untimed),
-            Some(LastWal {
-                name: "000000010000000000000003".into(),
-                time: None
-            })
-        );
-        assert_eq!(last_of(&[]), None);
-    }
-
     #[test]
     fn stale_when_old_missing_or_untimed() {
         let now = Utc::now();
