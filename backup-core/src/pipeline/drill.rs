@@ -306,6 +306,7 @@ mod tests {
             to_lsn: Lsn(0),
             gap: None,
             timeline: 1,
+            partial: false,
         }
     }
 
