@@ -12,3 +12,4 @@ pub mod restore;
 pub mod status;
 pub mod verify;
 pub mod wal;
+pub mod wal_receive;
