@@ -204,6 +204,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), Error> {
         Command::Restore(args) => restore::run(ctx, args).await,
         Command::WalPush { path } => wal::push(ctx, &path).await,
         Command::WalFetch { name, dest } => wal::fetch(ctx, &name, &dest).await,
+        Command::WalReceive(args) => wal_receive::run(ctx, args).await,
         Command::List { json } => list::run(ctx, json).await,
         Command::Contents { backup, json } => contents::run(ctx, &backup, json).await,
         Command::Config(ConfigCommand::Show { json }) => config_cmd::show(ctx, json),

@@ -111,6 +111,14 @@ pub enum Command {
         /// Where to write it (%p).
         dest: std::path::PathBuf,
     },
+    /// Stream WAL through a physical replication slot into the archive (pg_receivewal),
+    /// storing the segment in progress every wal.flush_interval; runs until SIGTERM,
+    /// which stores what was received and exits 0.
+    #[command(
+        name = "wal-receive",
+        after_help = "Examples:\n  kaizen-backup wal-receive --create-slot --metrics-listen 0.0.0.0:9187\n  KAIZEN_BACKUP_WAL__FLUSH_INTERVAL=5s kaizen-backup wal-receive --slot kaizen_backup"
+    )]
+    WalReceive(WalReceiveArgs),
     /// Apply the retention policy.
     #[command(after_help = "Example:\n  kaizen-backup prune --dry-run")]
     Prune {
@@ -229,6 +237,21 @@ pub struct BackupArgs {
     /// recovery, instead of a logical dump of one database.
     #[arg(long)]
     pub physical: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WalReceiveArgs {
+    /// Create the replication slot if it does not exist (and again if the server
+    /// invalidated it).
+    #[arg(long)]
+    pub create_slot: bool,
+    /// The physical replication slot (default: wal.slot, `kaizen_backup`).
+    #[arg(long, value_name = "NAME")]
+    pub slot: Option<String>,
+    /// Serve Prometheus metrics on /metrics and a health check on /healthz at this
+    /// address (e.g. 0.0.0.0:9187).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]

@@ -122,6 +122,26 @@ impl Reporter {
         self.send(&ev).await;
     }
 
+    /// `wal-receive` found WAL the archive will never hold.
+    pub async fn wal_gap(
+        &self,
+        database: &str,
+        slot: &str,
+        targets: Vec<String>,
+        gap: &backup_core::walreceive::Gap,
+    ) {
+        let mut ev = Event::new(EventKind::WalGap, database);
+        ev.targets = targets;
+        ev.error = Some(gap.to_string());
+        ev.details = serde_json::json!({
+            "slot": slot,
+            "first_missing": gap.first_missing,
+            "last_missing": gap.last_missing,
+            "reason": gap.reason,
+        });
+        self.send(&ev).await;
+    }
+
     /// `status` ran: each target's last archived WAL, recovery window and the server's
     /// archiver statistics (`targets`, the rows the metrics sink records).
     pub async fn status_checked(&self, database: &str, targets: Vec<serde_json::Value>) {

@@ -13,7 +13,7 @@
 //! |---|---|
 //! | `storage.rs`, `notify.rs`, `verify.rs`, `transform.rs` | the plugin traits and their contracts |
 //! | `error.rs`, `secret.rs`, `audit.rs`, `util.rs` | the vocabulary every part shares |
-//! | `pipeline/` | what a command runs: backup (logical and physical), restore, point-in-time restore, the WAL archive, catalog, retention and prune, contents, the overview `status` and `report` show |
+//! | `pipeline/` | what a command runs: backup (logical and physical), restore, point-in-time restore, the WAL archive and WAL streaming, catalog, retention and prune, contents, the overview `status` and `report` show |
 //! | `coord/` | runs that must not collide: locks, leases, claims, what killed runs left |
 //! | `pg/` | PostgreSQL plumbing: connection settings and TLS, `.pgpass`, server facts |
 //! | `format/` | what is stored: the manifest, codecs (zstd, age), tar, names, pg_dump's table of contents, WAL names |
@@ -45,6 +45,7 @@ pub(crate) use pg::{pgpass, tls};
 pub use pipeline::pitr::{recovery, window};
 pub use pipeline::{
     backup, catalog, contents, drill, overview, pitr, prune, restore, retention, walarchive,
+    walreceive,
 };
 
 pub use error::{Error, Result};

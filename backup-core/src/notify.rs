@@ -48,6 +48,10 @@ pub enum EventKind {
     /// nothing is archived: point-in-time recovery would lose more than that.
     #[serde(rename = "wal.stale")]
     WalStale,
+    /// `wal-receive` found WAL the archive will never hold (a lost replication slot or
+    /// spool): point-in-time recovery cannot cross it (`details`: the missing segments).
+    #[serde(rename = "wal.gap")]
+    WalGap,
     /// `status` ran; `details.targets` lists each target's last archived WAL, recovery
     /// window (with the length retention promises) and the server's archiver statistics
     /// (what the metrics sink records). Sent to notifiers only when their `on` names it.
@@ -79,6 +83,7 @@ impl EventKind {
         Self::RestoreFailed,
         Self::RestoreRefused,
         Self::WalStale,
+        Self::WalGap,
         Self::StatusChecked,
         Self::DrillSucceeded,
         Self::DrillFailed,
@@ -99,6 +104,7 @@ impl EventKind {
             Self::RestoreFailed => "restore.failed",
             Self::RestoreRefused => "restore.refused",
             Self::WalStale => "wal.stale",
+            Self::WalGap => "wal.gap",
             Self::StatusChecked => "status.checked",
             Self::DrillSucceeded => "drill.succeeded",
             Self::DrillFailed => "drill.failed",
@@ -115,6 +121,7 @@ impl EventKind {
                 | Self::BackupStale
                 | Self::RestoreFailed
                 | Self::WalStale
+                | Self::WalGap
                 | Self::DrillFailed
         )
     }
@@ -197,6 +204,7 @@ impl Event {
             EventKind::RestoreFailed => ("FAILED", "restore"),
             EventKind::RestoreRefused => ("REFUSED", "restore"),
             EventKind::WalStale => ("STALE", "WAL archive"),
+            EventKind::WalGap => ("GAP in", "WAL archive"),
             EventKind::StatusChecked => ("CHECKED", "status"),
             EventKind::DrillSucceeded => ("SUCCEEDED", "restore drill"),
             EventKind::DrillFailed => ("FAILED", "restore drill"),

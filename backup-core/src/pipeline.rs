@@ -11,3 +11,4 @@ pub mod prune;
 pub mod restore;
 pub mod retention;
 pub mod walarchive;
+pub mod walreceive;

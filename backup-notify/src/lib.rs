@@ -68,11 +68,11 @@ pub struct Common {
     pub name: Option<String>,
     /// Events to send, by name: `backup.succeeded`, `backup.failed`, `verify.succeeded`,
     /// `verify.failed`, `prune.completed`, `backup.stale`, `restore.started`,
-    /// `restore.completed`, `restore.failed`, `restore.refused`, `wal.stale`,
-    /// `status.checked`, `audit`.
+    /// `restore.completed`, `restore.failed`, `restore.refused`, `wal.stale`, `wal.gap`,
+    /// `status.checked`, `drill.succeeded`, `drill.failed`, `audit`.
     ///
     /// Unset: every failure (`backup.failed`, `verify.failed`, `backup.stale`,
-    /// `restore.failed`, `wal.stale`) plus
+    /// `restore.failed`, `wal.stale`, `wal.gap`, `drill.failed`) plus
     /// `backup.succeeded` and `verify.succeeded`, which is what the old scripts announced
     /// ("backup success with size and duration ... verification results"). Set, it is the
     /// exact list, e.g. `on = ["backup.failed", "verify.failed", "backup.stale"]` for a

@@ -12,6 +12,7 @@ pub mod http;
 pub mod pg;
 pub mod pitr_site;
 pub mod proxy;
+pub mod receiver;
 pub mod services;
 
 pub use cli::{Cli, Output};

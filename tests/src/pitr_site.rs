@@ -44,23 +44,47 @@ impl Site {
 
     /// Archive and backups at `target` (a URL), or in the local `archive` directory.
     pub fn with_target(target: Option<&str>, extra_config: &str) -> Self {
+        Self::build(target, extra_config, true, "")
+    }
+
+    /// A cluster that does not archive: `kaizen-backup wal-receive` streams its WAL into
+    /// the local `archive` directory (spool in `ROOT/spool`). `extra_config` follows a
+    /// `[wal]` section (flush_interval 1s unless it sets one); `server_conf` goes to
+    /// postgresql.conf.
+    pub fn streaming(extra_config: &str, server_conf: &str) -> Self {
+        let wal = if extra_config.contains("flush_interval") {
+            String::new()
+        } else {
+            "flush_interval = \"1s\"\n".to_string()
+        };
+        let config = format!("\n[wal]\nspool_dir = \"SPOOL\"\n{wal}{extra_config}");
+        Self::build(None, &config, false, server_conf)
+    }
+
+    fn build(target: Option<&str>, extra_config: &str, archive_command: bool, conf: &str) -> Self {
         let root = postgres_tempdir("kb-pitr-");
         let archive = root.path().join("archive");
         std::fs::create_dir(&archive).unwrap();
         let mut cluster = Cluster::init("kb-pitr-cluster-", "");
         let local = archive.display().to_string();
+        let spool = root.path().join("spool").display().to_string();
         let config = write_config(
             root.path(),
             cluster.port,
             target.unwrap_or(&local),
-            extra_config,
+            &extra_config.replace("SPOOL", &spool),
         );
         give_to_postgres(root.path());
-        cluster.append_conf(&format!(
-            "wal_level = replica\narchive_mode = on\narchive_command = '{} --config {} wal-push %p'\n",
-            env("KAIZEN_BACKUP_BIN"),
-            config.display()
-        ));
+        if archive_command {
+            cluster.append_conf(&format!(
+                "wal_level = replica\narchive_mode = on\narchive_command = '{} --config {} wal-push %p'\n",
+                env("KAIZEN_BACKUP_BIN"),
+                config.display()
+            ));
+        } else {
+            cluster.append_conf("wal_level = replica\nmax_wal_senders = 10\n");
+        }
+        cluster.append_conf(conf);
         cluster.start();
         cluster.psql(
             "postgres",
@@ -120,6 +144,38 @@ impl Site {
             "segment {seg} was not archived; log:\n{}",
             self.cluster.log()
         );
+    }
+
+    /// Switch to a new segment and wait until `wal-receive` has stored the completed one.
+    pub fn received_now(&self) -> String {
+        let seg = self
+            .cluster
+            .psql("postgres", "select pg_walfile_name(pg_switch_wal())");
+        let prefix = format!("{seg}-");
+        let done = wait_until(Duration::from_secs(90), Duration::from_millis(50), || {
+            names(&self.archive.join("wal"))
+                .iter()
+                .any(|n| n.starts_with(&prefix))
+        });
+        assert!(done, "segment {seg} was not stored by wal-receive");
+        seg
+    }
+
+    /// Wait until the receiver's slot says everything up to the server's current position
+    /// was received (pg_receivewal --synchronous reports what it has flushed to its spool).
+    pub fn wait_received_locally(&self, slot: &str) {
+        let lsn = self
+            .cluster
+            .psql("postgres", "select pg_current_wal_flush_lsn()");
+        let sql = format!(
+            "select coalesce(restart_lsn >= '{lsn}', false) from pg_replication_slots where slot_name = '{slot}'"
+        );
+        let done = wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
+            self.cluster
+                .try_psql("postgres", &sql)
+                .is_ok_and(|s| s == "t")
+        });
+        assert!(done, "WAL up to {lsn} was not received through slot {slot}");
     }
 
     pub fn failed_count(&self) -> i64 {

@@ -13,3 +13,4 @@ pub mod restore;
 pub mod status;
 pub mod verify;
 pub mod wal;
+pub mod wal_receive;

@@ -4,8 +4,7 @@
 use std::path::Path;
 
 use backup_core::Result;
-use backup_core::backup::Compression;
-use backup_core::walarchive::{self, PushOptions, Pushed};
+use backup_core::walarchive::{self, Pushed};
 use tracing::{debug, info, warn};
 
 use crate::ctx::Ctx;
@@ -13,16 +12,7 @@ use crate::ctx::Ctx;
 /// Archive one WAL file on every target: required ones first (an error there is an
 /// error, and PostgreSQL calls again), then the optional ones (a failure is a warning).
 pub async fn push(ctx: &Ctx, path: &Path) -> Result<()> {
-    let c = ctx.config();
-    let opts = PushOptions {
-        // WAL compresses well with zstd whatever pg_dump's own compression is.
-        zstd_level: match c.backup.settings.compression()? {
-            Compression::None => None,
-            Compression::Zstd(level) => Some(level),
-            Compression::Gzip(_) => Some(3),
-        },
-        encryption: c.encryption.clone(),
-    };
+    let opts = ctx.wal_push_options()?;
     let targets = ctx.wal_targets()?;
     let (required, optional): (Vec<_>, Vec<_>) = targets.iter().partition(|t| !t.optional);
     let stores = |ts: &[&backup_core::backup::Target]| {

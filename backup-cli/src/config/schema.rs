@@ -39,6 +39,8 @@ pub struct Config {
     pub encryption: backup_core::codec::EncryptionConfig,
     pub audit: backup_core::audit::AuditConfig,
     pub drill: DrillSection,
+    /// `[wal]`: WAL streaming (`wal-receive`).
+    pub wal: backup_core::walreceive::ReceiveSettings,
 }
 
 /// `[drill]`: what `kaizen-backup drill` checks in the restored copy.

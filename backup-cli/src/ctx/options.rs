@@ -1,12 +1,13 @@
 //! The options of each pipeline, from the configuration: what a command adds is only
 //! what its flags say.
 
-use backup_core::backup::BackupOptions;
+use backup_core::backup::{BackupOptions, Compression};
 use backup_core::lock::LockOptions;
 use backup_core::manifest::Manifest;
 use backup_core::overview::OverviewOptions;
 use backup_core::restore::RestoreOptions;
 use backup_core::retention::RetentionPolicy;
+use backup_core::walarchive::PushOptions;
 use backup_core::{Error, Result};
 use backup_verify::VerifyOptions;
 
@@ -21,6 +22,21 @@ impl Ctx {
         opts.cleanup_timeout = c.storage.options.timeouts.cleanup();
         opts.encryption = c.encryption.clone();
         Ok(opts)
+    }
+
+    /// How WAL files are stored (by `wal-push` and `wal-receive` alike): zstd at
+    /// `[backup]`'s level (WAL compresses well with zstd whatever pg_dump's own
+    /// compression is), and `[encryption]`.
+    pub fn wal_push_options(&self) -> Result<PushOptions> {
+        let c = self.config();
+        Ok(PushOptions {
+            zstd_level: match c.backup.settings.compression()? {
+                Compression::None => None,
+                Compression::Zstd(level) => Some(level),
+                Compression::Gzip(_) => Some(3),
+            },
+            encryption: c.encryption.clone(),
+        })
     }
 
     /// A restore into `target_db` as `[restore]` configures it.

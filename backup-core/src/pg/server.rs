@@ -252,7 +252,7 @@ impl TempServer {
         if let Some((uid, gid)) = spec.account {
             cmd.uid(uid).gid(gid);
         }
-        die_with_parent(&mut cmd);
+        die_with_parent(&mut cmd, Signal::SIGQUIT);
         let child = cmd
             .spawn()
             .map_err(|e| Error::Tool(format!("cannot start {}: {e}", spec.postgres.display())))?;
@@ -488,24 +488,23 @@ impl TempServer {
     }
 }
 
-/// Have the kernel send the server SIGQUIT (immediate shutdown) when this process
-/// dies, so a verify killed with SIGKILL does not leave a server running. The signal
-/// goes when the spawning thread ends: spawn from a runtime worker, not a blocking task.
+/// Have the kernel send a child `signal` when this process dies (a server: SIGQUIT,
+/// immediate shutdown), so a run killed with SIGKILL does not leave it running. The
+/// signal goes when the spawning thread ends: spawn from a runtime worker, not a
+/// blocking task.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command, signal: Signal) {
     // SAFETY: the closure runs in the child between fork and exec and only calls
     // prctl(2), which is async-signal-safe; it runs after the uid change, which would
     // otherwise clear the setting.
     unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGQUIT).map_err(std::io::Error::from)
-        });
+        cmd.pre_exec(move || nix::sys::prctl::set_pdeathsig(signal).map_err(std::io::Error::from));
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn die_with_parent(_cmd: &mut Command) {}
+pub(crate) fn die_with_parent(_cmd: &mut Command, _signal: Signal) {}
 
 /// Stop a server a killed run left in `pgdata` (its `postmaster.pid` names a live
 /// process working in that directory). Returns whether one was stopped.

@@ -308,6 +308,7 @@ mod tests {
             to_lsn: Lsn(0),
             gap: None,
             timeline: 1,
+            partial: false,
         }
     }
 

@@ -72,6 +72,9 @@ pub struct Window {
     pub gap: Option<String>,
     /// The timeline recovery follows.
     pub timeline: u32,
+    /// The window ends in a partial segment (stored by `wal-receive` while it was being
+    /// written).
+    pub partial: bool,
 }
 
 impl std::fmt::Display for Window {
@@ -88,6 +91,9 @@ impl std::fmt::Display for Window {
             self.to_lsn,
             self.timeline
         )?;
+        if self.partial {
+            write!(f, ", the end in a partial segment")?;
+        }
         if let Some(g) = &self.gap {
             write!(
                 f,
@@ -159,6 +165,9 @@ async fn scan(
             all.last_xact_lsn = one.last_xact_lsn;
         }
         all.restore_points.extend(one.restore_points);
+        if one.last_record_lsn.is_some() {
+            all.last_record_lsn = one.last_record_lsn;
+        }
     }
     Ok(all)
 }
@@ -241,6 +250,7 @@ pub async fn plan(
                         to_lsn: oldest.end_lsn,
                         gap: None,
                         timeline,
+                        partial: false,
                     };
                     return Err(Error::Refused(format!(
                         "{} is before the earliest point this archive can restore: {w}",
@@ -260,6 +270,7 @@ pub async fn plan(
         to_lsn,
         gap: cov.gap.clone(),
         timeline,
+        partial: cov.partial,
     };
     let names_of = |from: u64, to: u64| -> Vec<String> {
         (from..=to)
@@ -278,12 +289,22 @@ pub async fn plan(
         opts.target,
         RecoveryTarget::Time(_) | RecoveryTarget::Latest
     );
-    if needs_time && let Some(last) = last_seg {
+    if (needs_time || cov.partial)
+        && let Some(last) = last_seg
+    {
         // The last transaction: the newest segments hold it (a quiet archive may end with
-        // segments that hold none, so look back a few).
+        // segments that hold none, so look back a few). A partial last segment (served
+        // under the segment's name) reaches as far as its last record.
         let from = last.saturating_sub(3).max(first_seg);
         let s = scan(wal_store, &names_of(from, last), opts, scratch.path()).await?;
         w.to_time = s.last_xact_time;
+        if cov.partial {
+            let in_partial = s
+                .last_record_lsn
+                .filter(|l| l.segment(segment_size) == last)
+                .unwrap_or(Lsn(last * segment_size));
+            w.to_lsn = in_partial.max(base.end_lsn);
+        }
     }
     let refuse =
         |why: &str, w: &Window| Err(Error::Refused(format!("{} is {why}: {w}", opts.target)));

@@ -16,6 +16,15 @@
 //! anything, and lets a fetch prove that what it hands PostgreSQL is what was pushed.
 //! The archive of a storage target lives in its `wal` sub-location (see
 //! [`wal_location`]), apart from the backups.
+//!
+//! Partial segments (`NAME.partial`) are the one exception to "one content per name":
+//! `wal-receive` stores the segment it is still receiving as `NAME.partial-SHA256…`
+//! every flush interval ([`push_partial`] replaces the previous version once the new one
+//! is stored), and removes it once the complete segment is stored. A partial never
+//! shadows a segment: it has its own name, and [`fetch`] serves it under the segment's
+//! name only when no target holds the complete segment. PostgreSQL asks for plain
+//! segment names; a partial segment is full-sized (zeros after the last record), so
+//! recovery reads it to its last record and ends there, as with Barman's partial WAL.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -205,14 +214,8 @@ pub async fn push(
     path: &Path,
     opts: &PushOptions,
 ) -> Result<Vec<Pushed>> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| Error::usage(format!("{} is not a WAL file path", path.display())))?
-        .to_string();
-    // Any segment size: the name's shape is what matters here.
-    WalFile::parse(&name, crate::wal::DEFAULT_SEGMENT_SIZE)
-        .or_else(|_| WalFile::parse(&name, 1 << 30))?;
+    let name = file_name(path)?;
+    parse_name(&name)?;
     let (sha, _size) = hash_file(path).await?;
 
     let mut outcome = vec![Pushed::Stored; stores.len()];
@@ -290,6 +293,103 @@ pub async fn push(
     }
 }
 
+/// The file name of a WAL file path.
+fn file_name(path: &Path) -> Result<String> {
+    Ok(path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::usage(format!("{} is not a WAL file path", path.display())))?
+        .to_string())
+}
+
+/// Store the partial segment at `path` (named `NAME.partial`) as the current version of
+/// that partial on every store, then delete the versions it replaces (a failed delete
+/// is only logged: [`fetch`] serves the newest version, and the next push deletes it).
+/// The caller must not push a version holding less WAL than the stored one.
+pub async fn push_partial(
+    stores: &[Arc<dyn Storage>],
+    path: &Path,
+    opts: &PushOptions,
+) -> Result<Vec<Pushed>> {
+    let (sha, _size) = hash_file(path).await?;
+    push_partial_hashed(stores, path, &sha, opts).await
+}
+
+/// [`push_partial`] of a file whose SHA-256 is known (a private copy hashed as it was
+/// made): one read less. The content is checked against `sha` as it is stored.
+pub(crate) async fn push_partial_hashed(
+    stores: &[Arc<dyn Storage>],
+    path: &Path,
+    sha: &str,
+    opts: &PushOptions,
+) -> Result<Vec<Pushed>> {
+    let name = file_name(path)?;
+    if !matches!(parse_name(&name)?, WalFile::Partial { .. }) {
+        return Err(Error::usage(format!(
+            "{name} is not a partial segment (NAME{PARTIAL_SUFFIX})"
+        )));
+    }
+    let sha = sha.to_string();
+    let key = key_for(&name, &sha, opts);
+    let mut outcome = Vec::with_capacity(stores.len());
+    for store in stores {
+        let copies = find(store.as_ref(), &name).await?;
+        let done = if copies.iter().any(|c| c.sha256 == sha) {
+            Pushed::AlreadyStored
+        } else {
+            write_one(store.as_ref(), path, &key, &sha, opts).await?
+        };
+        for old in copies.iter().filter(|c| c.sha256 != sha) {
+            if let Err(e) = store.delete(&old.object.key).await {
+                tracing::warn!(
+                    "{}: could not delete the replaced partial segment {}: {e}",
+                    store.url(),
+                    old.object.key
+                );
+            }
+        }
+        outcome.push(done);
+    }
+    Ok(outcome)
+}
+
+/// Write one object from the file at `path`.
+async fn write_one(
+    store: &dyn Storage,
+    path: &Path,
+    key: &str,
+    sha: &str,
+    opts: &PushOptions,
+) -> Result<Pushed> {
+    let mut writers = match store.put(key).await {
+        Ok(w) => vec![w],
+        Err(Error::AlreadyExists(_)) => return Ok(Pushed::AlreadyStored),
+        Err(e) => return Err(e),
+    };
+    if let Err(e) = encode_into(path, opts, &mut writers, sha).await {
+        abort_all(writers).await;
+        return Err(e);
+    }
+    let Some(w) = writers.pop() else {
+        return Ok(Pushed::Stored);
+    };
+    match w.finish().await {
+        Ok(_) => Ok(Pushed::Stored),
+        Err(Error::AlreadyExists(_)) => Ok(Pushed::AlreadyStored),
+        Err(e) => Err(e),
+    }
+}
+
+/// Delete every version of segment `segment`'s partial from `store`, once the complete
+/// segment is stored there (it holds all the partial did). Returns how many went.
+pub async fn drop_partials(store: &dyn Storage, segment: &str) -> Result<usize> {
+    let copies = find(store, &format!("{segment}{PARTIAL_SUFFIX}")).await?;
+    for c in &copies {
+        store.delete(&c.object.key).await?;
+    }
+    Ok(copies.len())
+}
+
 async fn abort_all(writers: Vec<Box<dyn ObjectWriter>>) {
     for w in writers {
         let _ = w.abort().await;
@@ -356,27 +456,86 @@ pub struct Fetched {
     pub from: String,
     /// Bytes written.
     pub size: u64,
+    /// A segment served from its partial segment (the complete one is not archived).
+    pub partial: bool,
 }
 
 /// Fetch `name` into `dest` (written to a temporary name beside it, checked, synced and
 /// renamed: `dest` never holds a partial file). Stores are tried in order; a copy whose
 /// checksum does not match is reported and the next store is tried. Returns
 /// [`Error::NotFound`] when no store has the file.
+///
+/// A segment that no store holds is served from its partial segment (`NAME.partial`,
+/// the newest version) when one is stored: the end of the archive as `wal-receive`
+/// left it (`Fetched::partial` says so).
 pub async fn fetch(
     stores: &[Arc<dyn Storage>],
     name: &str,
     dest: &Path,
     keys: &DecryptKeys,
 ) -> Result<Fetched> {
+    let file = parse_name(name)?;
+    match fetch_named(stores, name, dest, keys).await {
+        Err(Error::NotFound(why)) if matches!(file, WalFile::Segment { .. }) => {
+            let partial = format!("{name}{PARTIAL_SUFFIX}");
+            match fetch_named(stores, &partial, dest, keys).await {
+                Ok(f) => {
+                    tracing::info!(
+                        "WAL segment {name} is not archived complete: serving its partial segment \
+                         (the end of the archive) from {}",
+                        f.from
+                    );
+                    Ok(Fetched { partial: true, ..f })
+                }
+                Err(Error::NotFound(_)) => Err(Error::NotFound(why)),
+                Err(e) => Err(e),
+            }
+        }
+        other => other,
+    }
+}
+
+/// Any segment size: the name's shape is what matters here.
+fn parse_name(name: &str) -> Result<WalFile> {
     WalFile::parse(name, crate::wal::DEFAULT_SEGMENT_SIZE)
-        .or_else(|_| WalFile::parse(name, 1 << 30))?;
+        .or_else(|_| WalFile::parse(name, 1 << 30))
+}
+
+/// The suffix PostgreSQL and `pg_receivewal` give a segment that is not complete.
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+/// The copy of a partial segment to serve among several versions (a receiver killed
+/// between storing a new version and deleting the old one leaves two): the newest, and
+/// of equal times the larger (more WAL).
+fn newest_version(copies: &[ArchivedFile]) -> Option<&ArchivedFile> {
+    copies.iter().max_by(|a, b| {
+        a.object
+            .last_modified
+            .cmp(&b.object.last_modified)
+            .then(a.object.size.cmp(&b.object.size))
+            .then(a.object.key.cmp(&b.object.key))
+    })
+}
+
+async fn fetch_named(
+    stores: &[Arc<dyn Storage>],
+    name: &str,
+    dest: &Path,
+    keys: &DecryptKeys,
+) -> Result<Fetched> {
+    let is_partial = name.ends_with(PARTIAL_SUFFIX);
     let mut failures: Vec<String> = Vec::new();
     let mut found_any = false;
     for store in stores {
         let copies = find(store.as_ref(), name).await?;
-        let Some(copy) = copies.first() else { continue };
+        let copy = if is_partial {
+            newest_version(&copies)
+        } else {
+            copies.first()
+        };
+        let Some(copy) = copy else { continue };
         found_any = true;
-        if copies.iter().any(|c| c.sha256 != copy.sha256) {
+        if !is_partial && copies.iter().any(|c| c.sha256 != copy.sha256) {
             failures.push(format!(
                 "{}: holds {} copies of {name} with different content",
                 store.url(),
@@ -389,6 +548,7 @@ pub async fn fetch(
                 return Ok(Fetched {
                     from: store.url(),
                     size,
+                    partial: false,
                 });
             }
             Err(e @ (Error::Refused(_) | Error::Config { .. })) => return Err(e),
@@ -555,6 +715,61 @@ mod tests {
             ]
         );
         assert!(names(&[info("0/1000028")]).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_partial_is_replaced_by_newer_versions_and_served_only_without_its_segment() {
+        let mem = crate::testing::MemoryStorage::new("wal");
+        let stores: Vec<Arc<dyn Storage>> = vec![Arc::new(mem.clone())];
+        let dir = tempfile::tempdir().unwrap();
+        let seg = "000000010000000000000003";
+        let partial = dir.path().join(format!("{seg}{PARTIAL_SUFFIX}"));
+        let opts = PushOptions {
+            zstd_level: Some(3),
+            ..Default::default()
+        };
+        let keys = DecryptKeys::default();
+        let dest = dir.path().join("RECOVERYXLOG");
+
+        std::fs::write(&partial, [1u8, 0, 0, 0]).unwrap();
+        push_partial(&stores, &partial, &opts).await.unwrap();
+        std::fs::write(&partial, [1u8, 2, 0, 0]).unwrap();
+        push_partial(&stores, &partial, &opts).await.unwrap();
+        let copies = find(&mem, &format!("{seg}{PARTIAL_SUFFIX}")).await.unwrap();
+        assert_eq!(copies.len(), 1, "the older version is deleted");
+        assert_eq!(
+            push_partial(&stores, &partial, &opts).await.unwrap(),
+            [Pushed::AlreadyStored]
+        );
+        // No complete segment: the segment's name is served from the partial.
+        let f = fetch(&stores, seg, &dest, &keys).await.unwrap();
+        assert!(f.partial);
+        assert_eq!(std::fs::read(&dest).unwrap(), [1u8, 2, 0, 0]);
+
+        // Two versions (a receiver killed between storing and deleting): the newest.
+        let old_key = format!("{seg}{PARTIAL_SUFFIX}-{}.zst", "0".repeat(64));
+        let mut w = mem.put(&old_key).await.unwrap();
+        w.write(Bytes::from_static(b"stale")).await.unwrap();
+        w.finish().await.unwrap();
+        mem.set_last_modified(&old_key, chrono::Utc::now() - chrono::Duration::hours(1));
+        let f = fetch(&stores, seg, &dest, &keys).await.unwrap();
+        assert!(f.partial);
+        assert_eq!(std::fs::read(&dest).unwrap(), [1u8, 2, 0, 0]);
+
+        // The complete segment wins; its partial copies can go.
+        let full = dir.path().join(seg);
+        std::fs::write(&full, [1u8, 2, 3, 4]).unwrap();
+        push(&stores, &full, &opts).await.unwrap();
+        let f = fetch(&stores, seg, &dest, &keys).await.unwrap();
+        assert!(!f.partial);
+        assert_eq!(std::fs::read(&dest).unwrap(), [1u8, 2, 3, 4]);
+        assert_eq!(drop_partials(&mem, seg).await.unwrap(), 2);
+        assert!(matches!(
+            fetch(&stores, "000000010000000000000004", &dest, &keys).await,
+            Err(Error::NotFound(_))
+        ));
+        // Not a partial name: refused.
+        assert!(push_partial(&stores, &full, &opts).await.is_err());
     }
 
     #[test]

@@ -74,8 +74,12 @@ pub fn on_path(history: &[TimelineSwitch], target: u32, b: &BaseBackup) -> bool 
 pub struct Coverage {
     /// The last segment readable without a gap: `(timeline, segno)`, if any.
     pub last: Option<(u32, u64)>,
-    /// The end of that segment (recovery can reach no further).
+    /// The end of that segment (recovery can reach no further); for a partial segment,
+    /// its start (how far into it WAL reaches, only reading it tells).
     pub end_lsn: Option<Lsn>,
+    /// The last segment is a partial one (`NAME.partial`, stored by `wal-receive` while
+    /// the segment was being written): recovery reads it to its last record.
+    pub partial: bool,
     /// The first missing segment, when the archive holds later segments on the path
     /// (a gap in the middle, not merely the end of the archive).
     pub gap: Option<String>,
@@ -96,6 +100,13 @@ pub fn coverage(
             _ => None,
         })
         .collect();
+    let partials: HashSet<(u32, u64)> = files
+        .iter()
+        .filter_map(|f| match WalFile::parse(&f.name, segment_size) {
+            Ok(WalFile::Partial { timeline, segno }) => Some((timeline, segno)),
+            _ => None,
+        })
+        .collect();
     let want = |segno: u64| {
         (
             timeline_of_segment(history, target, segno, segment_size),
@@ -108,8 +119,15 @@ pub fn coverage(
         last = Some(want(seg));
         seg += 1;
     }
+    // The segment after the last complete one may be stored partially: the end of the
+    // archive (wal-fetch serves it under the segment's name).
+    let partial = partials.contains(&want(seg));
+    if partial {
+        last = Some(want(seg));
+    }
     let gap = present
         .iter()
+        .chain(&partials)
         .any(|&(t, s)| s > seg && want(s) == (t, s))
         .then(|| {
             let (t, s) = want(seg);
@@ -117,7 +135,8 @@ pub fn coverage(
         });
     Coverage {
         last,
-        end_lsn: last.map(|(_, s)| Lsn((s + 1) * segment_size)),
+        end_lsn: last.map(|(_, s)| Lsn((s + u64::from(!partial)) * segment_size)),
+        partial,
         gap,
     }
 }
@@ -131,6 +150,8 @@ pub struct WalScan {
     pub last_xact_lsn: Option<Lsn>,
     /// Restore points (`pg_create_restore_point`) with their positions.
     pub restore_points: Vec<(String, Lsn)>,
+    /// Where the last record starts (a recovery target up to here is reachable).
+    pub last_record_lsn: Option<Lsn>,
 }
 
 /// Read `pg_waldump` output (run with `TZ=UTC`). The tool ends with an error at the end
@@ -145,6 +166,9 @@ pub fn parse_waldump(out: &str) -> WalScan {
             .split_once("lsn: ")
             .and_then(|(_, r)| r.split(',').next())
             .and_then(|l| l.trim().parse::<Lsn>().ok());
+        if lsn.is_some() {
+            scan.last_record_lsn = lsn;
+        }
         if let Some(rest) = desc
             .strip_prefix("COMMIT ")
             .or_else(|| desc.strip_prefix("ABORT "))
@@ -228,6 +252,7 @@ mod tests {
             s.restore_points,
             vec![("my point".to_string(), lsn("0/3055B98"))]
         );
+        assert_eq!(s.last_record_lsn, Some(lsn("0/3055D00")));
         assert_eq!(parse_waldump(""), WalScan::default());
     }
 
@@ -251,6 +276,56 @@ mod tests {
         // Nothing archived from the start: no coverage, and no gap either.
         let c = coverage(&f, &[], 1, lsn("0/9000000"), SEG);
         assert_eq!((c.last, c.gap), (None, None));
+    }
+
+    #[test]
+    fn a_partial_segment_ends_the_archive_and_never_bridges_a_gap() {
+        let f = files(&[
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000010000000000000004.partial",
+        ]);
+        let c = coverage(&f, &[], 1, lsn("0/2000028"), SEG);
+        assert_eq!(c.last, Some((1, 4)));
+        assert!(c.partial);
+        assert_eq!(c.end_lsn, Some(lsn("0/4000000")), "its start, until read");
+        assert_eq!(c.gap, None);
+
+        // Complete and partial copies of the same segment: the complete one counts.
+        let f = files(&[
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000010000000000000003.partial",
+        ]);
+        let c = coverage(&f, &[], 1, lsn("0/2000028"), SEG);
+        assert_eq!((c.last, c.partial), (Some((1, 3)), false));
+
+        // A partial after a missing segment is not reached.
+        let f = files(&[
+            "000000010000000000000002",
+            "000000010000000000000004.partial",
+        ]);
+        let c = coverage(&f, &[], 1, lsn("0/2000028"), SEG);
+        assert_eq!((c.last, c.partial), (Some((1, 2)), false));
+        assert_eq!(c.gap.as_deref(), Some("000000010000000000000003"));
+
+        // The old timeline's partial (left at a switch) is not on the new timeline's path.
+        let history = parse_history("1\t0/5000100\tno recovery target specified\n").unwrap();
+        let f = files(&[
+            "000000010000000000000004",
+            "000000010000000000000005.partial",
+            "00000002.history",
+        ]);
+        let c = coverage(&f, &history, 2, lsn("0/4000028"), SEG);
+        assert_eq!((c.last, c.partial), (Some((1, 4)), false));
+        let f = files(&[
+            "000000010000000000000004",
+            "000000010000000000000005.partial",
+            "00000002.history",
+            "000000020000000000000005.partial",
+        ]);
+        let c = coverage(&f, &history, 2, lsn("0/4000028"), SEG);
+        assert_eq!((c.last, c.partial), (Some((2, 5)), true));
     }
 
     #[test]
