@@ -12,6 +12,7 @@
 //! | `size` | restored database size compared with the source size |
 //! | `locale` | the copy has the source's encoding, collation, ctype and ICU locale |
 //! | `sequence_values` | every sequence is there; those pg_dump skips (extension members) have their recorded value |
+//! | `database_properties` | the database's owner, privileges, comment, limit and settings apply and read back as recorded |
 //!
 //! A physical backup has its own list: `file`, then `backup_manifest` (pg_verifybackup on
 //! the unpacked files), `recovery` (a temporary server recovers it to its end from the

@@ -159,6 +159,12 @@ impl TestRestore {
         checks.push(compare_size(&client, m).await?);
         checks.push(compare_locale(&client, m).await?);
         checks.push(compare_sequences(&client, m).await?);
+        if m.roles.is_some() {
+            checks.push(
+                self.compare_properties(pg, &resolved, db, superuser)
+                    .await?,
+            );
+        }
         Ok(checks)
     }
 }
@@ -208,6 +214,145 @@ async fn compare_locale(client: &Client, m: &Manifest) -> Result<CheckResult> {
             t,
         )
     })
+}
+
+impl TestRestore {
+    /// Check 13: the database's own properties recorded with the roles (owner, privileges,
+    /// comment, connection limit, database and role-in-database settings) apply to the
+    /// copy as a restore applies them, and read back as recorded.
+    async fn compare_properties(
+        &self,
+        pg: &PgConfig,
+        resolved: &Resolved,
+        db: &str,
+        superuser: bool,
+    ) -> Result<CheckResult> {
+        let t = Instant::now();
+        let fail = |why: String| Ok(result("database_properties", false, why, t));
+        let mut set = match restore::load_roles(resolved, &self.keys).await {
+            Ok(Some(set)) => set,
+            Ok(None) => return fail("the roles object could not be read".into()),
+            Err(e @ Error::Refused(_)) => return Err(e),
+            Err(e) => return fail(e.to_string()),
+        };
+        let Some(want) = &set.database else {
+            return Ok(result(
+                "database_properties",
+                true,
+                "the backup records no database properties",
+                t,
+            ));
+        };
+        // Settings of other roles need CREATEROLE or superuser: a verifying role without
+        // them checks the database's own settings only.
+        let skipped = if superuser {
+            0
+        } else {
+            let before = set.database_settings.len();
+            set.database_settings.retain(|s| s.role.is_none());
+            before - set.database_settings.len()
+        };
+        let admin = pg.connect_to(&pg.maintenance_db).await?;
+        if let Err(e) = backup_core::pg::roles::apply_database_settings(&admin, &set, db).await {
+            return fail(format!("the database's settings do not apply: {e}"));
+        }
+        if let Err(e) =
+            backup_core::pg::roles::apply_database_properties(&admin, &set, db, !superuser).await
+        {
+            return fail(format!("the database's properties do not apply: {e}"));
+        }
+        let row = admin
+            .query_one(
+                "SELECT pg_get_userbyid(datdba)::text, shobj_description(oid, 'pg_database'), datconnlimit, \
+                        ARRAY(SELECT coalesce(pg_get_userbyid(nullif(a.grantee, 0))::text, 'PUBLIC') || ':' || \
+                                     a.privilege_type || ':' || a.is_grantable::text \
+                                FROM aclexplode(datacl) a ORDER BY 1), \
+                        ARRAY(SELECT coalesce(r.rolname::text, '*') || ':' || c \
+                                FROM pg_db_role_setting s LEFT JOIN pg_roles r ON r.oid = s.setrole, \
+                                     unnest(s.setconfig) c \
+                               WHERE s.setdatabase = d.oid ORDER BY 1) \
+                   FROM pg_database d WHERE datname = $1",
+                &[&db],
+            )
+            .await
+            .map_err(|e| backup_core::pg::db_error("reading the copy's properties", &e))?;
+        let (owner, comment, limit, grants, settings): (
+            String,
+            Option<String>,
+            i32,
+            Vec<String>,
+            Vec<String>,
+        ) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let mut problems = Vec::new();
+        if superuser && owner != want.owner {
+            problems.push(format!("owner {owner}, recorded {}", want.owner));
+        }
+        if comment != want.comment {
+            problems.push(format!("comment {comment:?}, recorded {:?}", want.comment));
+        }
+        if limit != want.connection_limit {
+            problems.push(format!(
+                "connection limit {limit}, recorded {}",
+                want.connection_limit
+            ));
+        }
+        if let Some(recorded) = &want.grants {
+            let mut expect: Vec<String> = recorded
+                .iter()
+                .map(|g| {
+                    format!(
+                        "{}:{}:{}",
+                        g.grantee.as_deref().unwrap_or("PUBLIC"),
+                        g.privilege,
+                        g.grantable
+                    )
+                })
+                .collect();
+            expect.sort();
+            // The owner's own privileges follow the owner (who may differ with no_owner).
+            let strip = |v: &[String], who: &str| -> Vec<String> {
+                v.iter()
+                    .filter(|x| !x.starts_with(&format!("{who}:")))
+                    .cloned()
+                    .collect()
+            };
+            if strip(&grants, &owner) != strip(&expect, &want.owner) {
+                problems.push(format!("privileges {grants:?}, recorded {expect:?}"));
+            }
+        }
+        let mut expect_settings: Vec<String> = set
+            .database_settings
+            .iter()
+            .map(|s| format!("{}:{}", s.role.as_deref().unwrap_or("*"), s.setting))
+            .collect();
+        expect_settings.sort();
+        if settings != expect_settings {
+            problems.push(format!(
+                "settings {settings:?}, recorded {expect_settings:?}"
+            ));
+        }
+        Ok(if problems.is_empty() {
+            result(
+                "database_properties",
+                true,
+                format!(
+                    "owner, {} privileges, comment, connection limit and {} settings as recorded{}",
+                    want.grants.as_ref().map_or(0, Vec::len),
+                    settings.len(),
+                    if skipped > 0 {
+                        format!(
+                            " ({skipped} settings of other roles not checked: the verifying role is not superuser)"
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+                t,
+            )
+        } else {
+            result("database_properties", false, problems.join("; "), t)
+        })
+    }
 }
 
 /// Checks 4–7.

@@ -179,6 +179,34 @@ fn a_backup_restores_onto_an_empty_server_with_roles_grants_and_policies_intact(
         before_boss,
         "an existing role is never changed"
     );
+    // verify applies the recorded properties to its copy and reads them back: a roles
+    // object that disagrees with what the database had (edited, checksum made to match)
+    // fails there.
+    let path = backups.path().join("full.roles.json");
+    let mut set: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    set["database"]["connection_limit"] = (-7).into();
+    let bytes = serde_json::to_vec_pretty(&set).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    let mpath = backups.path().join("full.manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m["roles"]["sha256"] = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&bytes)).into()
+    };
+    m["roles"]["size_bytes"] = bytes.len().into();
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let out = cli.run(&["verify", "full", "--json"]);
+    out.assert_code(1);
+    let failed = out.json()["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["passed"] == false)
+        .unwrap()
+        .clone();
+    assert_eq!(failed["name"], "database_properties", "{failed}");
+
     // The restored role logs in with its own password, and RLS works for it.
     assert_eq!(
         dst.psql(

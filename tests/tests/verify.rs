@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use kaizen_backup_e2e::cli::{signal, wait};
 use kaizen_backup_e2e::{Cli, Pg, unique, wait_until};
 
-const ALL_CHECKS: [&str; 13] = [
+const ALL_CHECKS: [&str; 14] = [
     "file",
     "archive",
     "roles",
@@ -21,6 +21,7 @@ const ALL_CHECKS: [&str; 13] = [
     "size",
     "locale",
     "sequence_values",
+    "database_properties",
 ];
 
 fn edit_manifest(cli: &Cli, name: &str, f: impl FnOnce(&mut serde_json::Value)) {
