@@ -4,7 +4,11 @@
 //! Each case runs several times, alternating ours and the baseline; medians are
 //! reported. Peak RSS and CPU come from `wait4` on our process alone (pg_dump and the
 //! server are separate processes). `--quick` is a smoke run on a small database (CI runs
-//! it so the harness cannot rot); only a full run enforces the ratio goal.
+//! it so the harness cannot rot); only a full run enforces the ratio goal. The
+//! point-in-time recovery cases live in [`pitr`], on a cluster of their own;
+//! `--pitr-only` runs just those and writes `target/bench/BENCHMARKS.pitr.md`.
+
+mod pitr;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -147,6 +151,27 @@ fn restore_pair(
     Ok((o, b))
 }
 
+/// Fill `db` with the bench database: pgbench at `scale` plus an incompressible table,
+/// vacuumed and analysed. `pgbench` is connected to the server; `psql` runs SQL in `db`.
+fn generate(
+    pgbench: &mut Command,
+    db: &str,
+    psql: &dyn Fn(&str) -> Result<()>,
+    scale: u32,
+) -> Result<()> {
+    let st = pgbench
+        .args(["-i", "-q", "-s", &scale.to_string(), db])
+        .output()?;
+    if !st.status.success() {
+        bail!("pgbench -i: {}", String::from_utf8_lossy(&st.stderr));
+    }
+    psql(&format!(
+        "CREATE TABLE noise AS SELECT g, md5(g::text) || md5((g * 7)::text) AS h FROM generate_series(1, {}) g",
+        scale * 50_000
+    ))?;
+    psql("VACUUM ANALYZE")
+}
+
 const SIZE_SQL: &str = "SELECT pg_size_pretty(pg_database_size('bench'))";
 
 /// Samples of each case: (ours, baseline), one pair per run.
@@ -168,6 +193,7 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     let scale = value("--scale").unwrap_or(if quick { 2 } else { 60 });
     let runs = value("--runs").unwrap_or(3).max(1) as usize;
+    let pitr_only = args.iter().any(|a| a == "--pitr-only");
     // A quick run measures the debug build (it only proves the harness works).
     let bin = if quick {
         build_binary(false, &[])?
@@ -182,12 +208,18 @@ pub fn run(args: &[String]) -> Result<()> {
     // small next to pg_dump's. moto (Python) costs about as much CPU as the dump it
     // receives, which on 2 cores says more about moto than about us; the quick smoke
     // run keeps moto, which the tests install anyway.
-    let selected: Vec<String> = if quick {
-        vec!["pg".into(), "s3".into()]
-    } else {
-        vec!["pg".into()]
-    };
-    let services = crate::test::start_with(&selected, Some(&bin), Some(&cluster_dir))?;
+    let mut selected: Vec<String> = Vec::new();
+    if !pitr_only {
+        selected.push("pg".into());
+    }
+    if quick {
+        selected.push("s3".into());
+    }
+    let services = crate::test::start_with(
+        &selected,
+        Some(&bin),
+        (!pitr_only).then_some(cluster_dir.as_path()),
+    )?;
     let get = |k: &str| {
         services
             .env
@@ -196,6 +228,7 @@ pub fn run(args: &[String]) -> Result<()> {
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
     };
+    pitr::remove_stale(&target_dir().join("bench"));
     let work = target_dir()
         .join("bench")
         .join(format!("run-{}", std::process::id()));
@@ -209,6 +242,37 @@ pub fn run(args: &[String]) -> Result<()> {
         (url, Some(proc))
     };
     let bucket = crate::services::BUCKET;
+    let bench_bin = PathBuf::from(get("KAIZEN_BACKUP_BIN"));
+    let pitr = pitr::Options {
+        quick,
+        scale,
+        runs,
+        bin: &bench_bin,
+        work: &work,
+        s3: pitr::S3 {
+            endpoint: &s3,
+            bucket,
+            access: "bench",
+            secret: "benchsecret",
+            server: if quick { "moto" } else { "s3s-fs" },
+        },
+    };
+    if pitr_only {
+        let mut md = format!(
+            "# Benchmarks: point-in-time recovery only\n\nNumbers from `cargo xtask bench{} --pitr-only` (scale {scale}).\n\n- Machine: {}\n- Binary: {} build\n",
+            if quick { " --quick" } else { "" },
+            machine(),
+            if quick { "debug" } else { "release" }
+        );
+        md.push_str(&pitr::run(&pitr)?);
+        let out = target_dir().join("bench").join("BENCHMARKS.pitr.md");
+        std::fs::write(&out, &md)?;
+        println!("{md}");
+        println!("written to {}", out.display());
+        drop(services);
+        let _ = std::fs::remove_dir_all(&work);
+        return Ok(());
+    }
     let case2: &str = if quick {
         "2. backup, S3 (moto)"
     } else {
@@ -257,15 +321,12 @@ pub fn run(args: &[String]) -> Result<()> {
         );
         env.psql("postgres", "DROP DATABASE IF EXISTS bench_seed")?;
         env.psql("postgres", "CREATE DATABASE bench_seed")?;
-        let st = env
-            .tool("pgbench")
-            .args(["-i", "-q", "-s", &scale.to_string(), "bench_seed"])
-            .output()?;
-        if !st.status.success() {
-            bail!("pgbench -i: {}", String::from_utf8_lossy(&st.stderr));
-        }
-        env.psql("bench_seed", &format!("CREATE TABLE noise AS SELECT g, md5(g::text) || md5((g * 7)::text) AS h FROM generate_series(1, {}) g", scale * 50_000))?;
-        env.psql("bench_seed", "VACUUM ANALYZE")?;
+        generate(
+            &mut env.tool("pgbench"),
+            "bench_seed",
+            &|sql| env.psql("bench_seed", sql),
+            scale,
+        )?;
         std::fs::write(&seed_ready, "")?;
     }
     // Each run works on a fresh copy (case 3 grows it).
@@ -468,6 +529,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let big = measure(&mut env.ours(&["backup", &big_name, "-q"]))?;
     let db_size_big = env.query("bench", SIZE_SQL)?;
 
+    let pitr_md = pitr::run(&pitr)?;
+
     // Report.
     let mut md = String::new();
     let machine = machine();
@@ -552,6 +615,7 @@ pub fn run(args: &[String]) -> Result<()> {
          staged on local disk by pg_dump's workers and streamed to storage as one tar archive, each table's file as \
          soon as it is complete; its restore unpacks the archive to local disk before `pg_restore -j`.\n",
     ));
+    md.push_str(&pitr_md);
     md.push_str(&format!(
         "\nReproduce: `cargo xtask bench{}{}`{}\n",
         if quick { " --quick" } else { "" },

@@ -1,7 +1,8 @@
 //! Installing the test tools under `target/test-env`: the Python venv (moto,
 //! gcp-storage-emulator, wsgidav), the Node prefix (Azurite, maildev), s3s-fs for the
-//! bench, and Debian's Pushgateway, promtool and Chromium. Each install is guarded by a
-//! lock file so concurrent runs sharing one directory install once.
+//! bench, and Debian's Pushgateway, promtool, Chromium and pgBackRest (the bench's PITR
+//! baseline). Each install is guarded by a lock file so concurrent runs sharing one
+//! directory install once.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -254,6 +255,43 @@ pub fn ensure_chromium(base: &Path) -> Result<PathBuf> {
     )
     .with_context(|| hint.to_string())?;
     find().with_context(|| format!("chromium still not found after apt-get; {hint}"))
+}
+
+/// pgBackRest, the PITR bench's baseline: the system's, or installed from Debian when
+/// missing (as root). Its package installs no service.
+pub fn ensure_pgbackrest(base: &Path) -> Result<PathBuf> {
+    let find = || {
+        ["/usr/bin/pgbackrest", "/usr/local/bin/pgbackrest"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+    };
+    if let Some(p) = find() {
+        return Ok(p);
+    }
+    let hint = "install it with: sudo apt-get install pgbackrest";
+    if !crate::pg::is_root() {
+        bail!("pgbackrest not found; {hint}");
+    }
+    let _lock = InstallLock::take(base)?;
+    if let Some(p) = find() {
+        return Ok(p);
+    }
+    apt_get(
+        "pgbackrest",
+        &[
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "pgbackrest",
+        ],
+        &[("DEBIAN_FRONTEND", "noninteractive")],
+        None,
+        true,
+    )
+    .with_context(|| hint.to_string())?;
+    find().with_context(|| format!("pgbackrest still not found after apt-get; {hint}"))
 }
 
 /// `promtool` (checks the alert rules and the dashboard's PromQL): the system's, or the

@@ -26,10 +26,12 @@ commands:
   dist [SET...]        build release binaries for feature sets (local, default, all; default:
                        all three) into target/dist-SET and print their sizes
   man [DIR]            write man pages (default target/man)
-  bench [--quick] [--scale N] [--runs N] [--pg-dump-zstd PROGRAM]
-                       measure backup, restore and verify against pg_dump/pg_restore in the same
+  bench [--quick] [--scale N] [--runs N] [--pg-dump-zstd PROGRAM] [--pitr-only]
+                       measure backup, restore and verify against pg_dump/pg_restore, and
+                       point-in-time recovery against pg_basebackup and pgBackRest, in the same
                        run and write BENCHMARKS.md (--quick: small smoke run; PROGRAM: a
-                       pg_dump 16+ (or a script running one) to compare its own zstd)";
+                       pg_dump 16+ (or a script running one) to compare its own zstd;
+                       --pitr-only: just the PITR cases, into target/bench/BENCHMARKS.pitr.md)";
 
 fn main() {
     if let Err(e) = run() {

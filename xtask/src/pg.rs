@@ -6,6 +6,30 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+/// How a cluster's server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Profile {
+    /// The shared test and bench cluster: durability traded for speed.
+    Fast,
+    /// A cluster whose WAL the bench archives: PostgreSQL's defaults (full page writes on,
+    /// so the WAL stream is a production one) but fsync on a shared disk, and an
+    /// environment of PATH alone, so the archiver's `archive_command` reads only the
+    /// configuration file it names (not BACKUP_DIR or PG* of whoever ran the bench).
+    Archiving,
+}
+
+impl Profile {
+    fn settings(self) -> &'static str {
+        match self {
+            Profile::Fast => {
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+                 -c max_connections=300 -c shared_buffers=128MB"
+            }
+            Profile::Archiving => "-c fsync=off",
+        }
+    }
+}
+
 /// A running cluster; stopped and removed on drop.
 pub struct Cluster {
     pub bin: PathBuf,
@@ -65,21 +89,28 @@ fn nix_uid() -> u32 {
         .unwrap_or(1)
 }
 
-/// Run a server binary, as the `postgres` OS user when we are root (initdb refuses root).
-fn run_as_pg(bin: &Path, args: &[&str]) -> Result<std::process::Output> {
-    let mut cmd = if is_root() {
+/// A command that runs `bin` as the `postgres` OS user when we are root (initdb and the
+/// server refuse root).
+pub fn as_pg(bin: &Path) -> Command {
+    if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(bin);
         c
     } else {
         Command::new(bin)
-    };
+    }
+}
+
+/// Run a server binary, as the `postgres` OS user when we are root.
+pub fn run_as_pg(bin: &Path, args: &[&str]) -> Result<std::process::Output> {
+    let mut cmd = as_pg(bin);
     cmd.args(args);
     cmd.output()
         .with_context(|| format!("running {}", bin.display()))
 }
 
-fn chown_pg(path: &Path) -> Result<()> {
+/// Give `path` (recursively) to the `postgres` OS user when we are root.
+pub fn chown_pg(path: &Path) -> Result<()> {
     if is_root() {
         let st = Command::new("chown")
             .args(["-R", "postgres:postgres"])
@@ -99,7 +130,19 @@ impl Cluster {
     /// initdb + start under `root` (a fresh directory), on a free port.
     pub fn start(root: &Path) -> Result<Self> {
         let password = Self::init(root)?;
-        Self::launch(root, password, false)
+        Self::launch(root, password, false, Profile::Fast)
+    }
+
+    /// initdb + start under `root` (a fresh directory) with `conf` appended to
+    /// postgresql.conf (e.g. `archive_mode = on`), on a free port; PostgreSQL's own
+    /// durability settings but fsync.
+    pub fn start_archiving(root: &Path, conf: &str) -> Result<Self> {
+        let password = Self::init(root)?;
+        let file = root.join("data").join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&file)?;
+        text.push_str(&format!("\n{conf}\n"));
+        std::fs::write(&file, text)?;
+        Self::launch(root, password, false, Profile::Archiving)
     }
 
     /// A cluster kept under `root` between runs (the benchmark's generated database):
@@ -120,7 +163,7 @@ impl Cluster {
             std::fs::write(&pwpath, &password)?;
             password
         };
-        Self::launch(root, password, true)
+        Self::launch(root, password, true, Profile::Fast)
     }
 
     /// initdb into `root/data`; returns the superuser's password.
@@ -158,7 +201,7 @@ impl Cluster {
     }
 
     /// Start the server of `root/data` on a free port.
-    fn launch(root: &Path, password: String, keep: bool) -> Result<Self> {
+    fn launch(root: &Path, password: String, keep: bool, profile: Profile) -> Result<Self> {
         let bin = server_bin()?;
         let dir = root.to_path_buf();
         let data = dir.join("data");
@@ -167,25 +210,21 @@ impl Cluster {
         for _ in 0..5 {
             let port = free_port()?;
             let opts = format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-                 -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB",
-                path_str(&sock)?
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 {}",
+                path_str(&sock)?,
+                profile.settings()
             );
-            let out = run_as_pg(
-                &bin.join("pg_ctl"),
-                &[
-                    "-D",
-                    path_str(&data)?,
-                    "-o",
-                    &opts,
-                    "-l",
-                    path_str(&dir.join("server.log"))?,
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
-            )?;
+            let mut cmd = as_pg(&bin.join("pg_ctl"));
+            if profile == Profile::Archiving {
+                cmd.env_clear()
+                    .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+            }
+            let out = cmd
+                .args(["-D", path_str(&data)?, "-o", &opts, "-l"])
+                .arg(dir.join("server.log"))
+                .args(["-w", "-t", "60", "start"])
+                .output()
+                .context("running pg_ctl")?;
             if out.status.success() {
                 return Ok(Self {
                     bin,
@@ -198,6 +237,11 @@ impl Cluster {
             last_err = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
         }
         bail!("PostgreSQL did not start:\n{last_err}")
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
     }
 
     /// Unix socket directory (trust authentication).
@@ -306,11 +350,15 @@ fn random_password() -> String {
 
 /// Stop a cluster left running by a killed run (best effort).
 pub fn stop_dir(dir: &Path) {
-    let data = dir.join("data");
+    stop_data(&dir.join("data"));
+}
+
+/// Stop the server running on data directory `data`, if any (best effort).
+pub fn stop_data(data: &Path) {
     if !data.join("postmaster.pid").is_file() {
         return;
     }
-    if let (Ok(bin), Ok(d)) = (server_bin(), path_str(&data)) {
+    if let (Ok(bin), Ok(d)) = (server_bin(), path_str(data)) {
         let _ = run_as_pg(
             &bin.join("pg_ctl"),
             &["-D", d, "-m", "immediate", "-w", "stop"],
@@ -318,7 +366,8 @@ pub fn stop_dir(dir: &Path) {
     }
 }
 
-fn path_str(p: &Path) -> Result<&str> {
+/// `p` as UTF-8 (the server's command lines need text).
+pub fn path_str(p: &Path) -> Result<&str> {
     p.to_str()
         .with_context(|| format!("path is not UTF-8: {}", p.display()))
 }
