@@ -8,62 +8,19 @@
 //! point-in-time recovery cases live in [`pitr`], on a cluster of their own;
 //! `--pitr-only` runs just those and writes `target/bench/BENCHMARKS.pitr.md`.
 
+mod measure;
 mod pitr;
+mod report;
+
+use measure::{Sample, machine, measure, median};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
 use crate::{build_binary, root, target_dir};
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Sample {
-    wall: f64,
-    cpu: f64,
-    rss_mib: f64,
-}
-
-/// Run `cmd` to completion; wall time, user+sys CPU and peak RSS of that process.
-#[allow(unsafe_code)]
-fn measure(cmd: &mut Command) -> Result<Sample> {
-    let start = Instant::now();
-    let child = cmd
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {cmd:?}"))?;
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain data written by the kernel; pid is our own child.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    let wall = start.elapsed().as_secs_f64();
-    if r < 0 {
-        bail!("wait4 failed for {cmd:?}");
-    }
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
-    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("{cmd:?} failed:\n{stderr}");
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Ok(Sample {
-        wall,
-        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
-        rss_mib: ru.ru_maxrss as f64 / 1024.0,
-    })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
-}
 
 struct Env {
     bin: PathBuf,
@@ -531,112 +488,21 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let pitr_md = pitr::run(&pitr)?;
 
-    // Report.
-    let mut md = String::new();
-    let machine = machine();
-    md.push_str("# Benchmarks\n\nNumbers from `cargo xtask bench");
-    if quick {
-        md.push_str(" --quick");
-    }
-    md.push_str(&format!(
-        "` (scale {scale}, {runs} alternating runs per case, medians).\n\n"
-    ));
-    md.push_str(&format!("- Machine: {machine}\n- Database: {db_size} (pgbench scale {scale} plus an incompressible table)\n"));
-    md.push_str(&format!(
-        "- Binary: {} build\n\n",
-        if quick {
-            "debug (quick smoke run)"
-        } else {
-            "release"
-        }
-    ));
-    md.push_str("| case | ours (s) | baseline (s) | ratio | CPU (s) | peak RSS (MiB) |\n|---|---:|---:|---:|---:|---:|\n");
-    let mut ratio1 = 0.0;
-    for (label, (o, b)) in &results {
-        let ow = median(o.iter().map(|s| s.wall).collect());
-        let bw = median(b.iter().map(|s| s.wall).collect());
-        let ratio = if bw > 0.0 { ow / bw } else { 0.0 };
-        if label.starts_with("1.") {
-            ratio1 = ratio;
-        }
-        md.push_str(&format!(
-            "| {label} | {ow:.2} | {bw:.2} | {ratio:.2} | {:.2} | {:.1} |\n",
-            median(o.iter().map(|s| s.cpu).collect()),
-            median(o.iter().map(|s| s.rss_mib).collect())
-        ));
-    }
-    if let (Some((o2, _)), Some((_, b1))) = (results.get(case2), results.get("1. backup, local")) {
-        let o = median(o2.iter().map(|s| s.wall).collect());
-        let b = median(b1.iter().map(|s| s.wall).collect());
-        if b > 0.0 {
-            md.push_str(&format!(
-                "\nCase 2 against the dump alone (baseline of 1): {o:.2} s / {b:.2} s = {:.2}.\n",
-                o / b
-            ));
-        }
-    }
-    md.push_str("\nCPU and peak RSS are those `wait4` reports for our process, which include the pg_dump/pg_restore it ran and waited for.\n");
-    md.push_str("\nBaselines: 1, 1b `pg_dump -Fc -Z6 -f FILE` (1b is our backup without the exact row counts, which run beside pg_dump in its snapshot: on 2 cores they compete with pg_dump and the server for CPU); 2 the same, then `curl -T FILE` (SigV4-signed) to the same S3 server (s3s-fs in a full run, moto in a quick one); 4 `pg_restore [-j2] -d DB FILE`; 5 create database, `pg_restore`, `count(*)` of every table, drop; 6a `pg_dump -Fd -j2 -Z6 -f DIR` (a directory, not yet one file anywhere); 6b `pg_restore -j2 -d DB DIR`.\n\n");
-    md.push_str(&format!(
-        "3. Peak RSS of our process: {rss_small:.1} MiB at {db_size}, {:.1} MiB at {db_size_big} (goal: flat, at most 64 MiB).\n\n",
-        big.rss_mib
-    ));
-    md.push_str(&format!(
-        "| compression ({runs} rounds, medians) | backup (s) | stored size |\n|---|---:|---:|\n"
-    ));
-    for (label, s, size) in &modes {
-        md.push_str(&format!(
-            "| {label} | {:.2} | {:.1} MiB |\n",
-            s.wall,
-            *size as f64 / 1048576.0
-        ));
-    }
-    let theirs = modes.iter().find(|m| m.0.contains("pg_dump's own"));
-    let ours_zstd = modes.iter().find(|m| m.0.starts_with("zstd-3 (in-process"));
-    let zstd_choice = match (theirs, ours_zstd) {
-        (Some(t), Some(o)) => format!(
-            "PostgreSQL 16+'s own `pg_dump --compress=zstd` (given with `--pg-dump-zstd`) took {:.2} s against our \
-             {:.2} s: {}",
-            t.1.wall,
-            o.1.wall,
-            if o.1.wall <= t.1.wall {
-                "kaizen-backup keeps compressing zstd itself, whatever pg_dump's version."
-            } else {
-                "pg_dump's own zstd was faster in this run."
-            }
-        ),
-        _ => "PostgreSQL 16+'s own `pg_dump --compress=zstd` is measured only when such a pg_dump is given with \
-              `--pg-dump-zstd`."
-            .to_string(),
-    };
-    md.push_str(&format!(
-        "\nGoals (issue 8): 1 at most 1.03; 2 at most 1.10 x the dump alone; 3 flat and at most 64 MiB; 4 at most 1.05. \
-         zstd is compressed in-process on all cores while pg_dump runs uncompressed. {zstd_choice} A parallel dump (`--jobs`) is \
-         staged on local disk by pg_dump's workers and streamed to storage as one tar archive, each table's file as \
-         soon as it is complete; its restore unpacks the archive to local disk before `pg_restore -j`.\n",
-    ));
-    md.push_str(&pitr_md);
-    md.push_str(&format!(
-        "\nReproduce: `cargo xtask bench{}{}`{}\n",
-        if quick { " --quick" } else { "" },
-        if external.is_some() {
-            " --pg-dump-zstd PROGRAM"
-        } else {
-            ""
-        },
-        if quick {
-            ""
-        } else {
-            " (default scale 60, about 1 GB)"
-        }
-    ));
-    if external.is_some() {
-        md.push_str(
-            "\nPROGRAM was the pg_dump named in the compression table; on Debian 12, whose own is PostgreSQL 15, \
-             one way is `debootstrap --variant=minbase --include=postgresql-client-17 trixie DIR` and a script \
-             running `chroot DIR /usr/lib/postgresql/17/bin/pg_dump \"$@\"`.\n",
-        );
-    }
+    let md = report::markdown(&report::Logical {
+        quick,
+        scale,
+        runs,
+        db_size: &db_size,
+        db_size_big: &db_size_big,
+        results: &results,
+        case2,
+        rss_small,
+        rss_big: big.rss_mib,
+        modes: &modes,
+        pitr_md: &pitr_md,
+        external: external.is_some(),
+    });
+    let ratio1 = report::ratio(&results, "1.");
     let out = if quick {
         target_dir().join("bench").join("BENCHMARKS.quick.md")
     } else {
@@ -653,36 +519,4 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("regression: backup to local storage takes {ratio1:.2}x pg_dump's time (limit 1.10)");
     }
     Ok(())
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines().next().map(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|k| k.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-                    / 1048576.0
-            })
-        })
-        .unwrap_or(0.0);
-    let pg = Command::new("pg_dump")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    format!("{cpu}, {cores} cores, {mem:.0} GiB; {pg}")
 }
