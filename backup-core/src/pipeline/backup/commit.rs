@@ -160,26 +160,25 @@ pub(crate) struct Stored {
 }
 
 impl Committed {
-    /// Write a small object beside the data on every target that holds it (before the
-    /// manifest, so it is never missing from a listed backup). A required target that
-    /// fails removes everything written; an optional one drops out.
-    pub(crate) async fn write_side(&mut self, key: &str, bytes: Bytes) -> Result<()> {
-        self.side_keys.push(key.to_string());
-        let mut kept = Vec::new();
-        let mut failure = None;
-        let mut pending = std::mem::take(&mut self.targets).into_iter();
-        for t in pending.by_ref() {
+    /// Put `key` on every target that holds the data; returns where it was stored. An
+    /// optional target that fails drops out (the data and side objects it got are
+    /// removed); a required one, or a signal, stops with the error and leaves the
+    /// rollback to the caller (every target still listed holds the data).
+    async fn put_everywhere(&mut self, key: &str, bytes: Bytes) -> Result<Vec<String>> {
+        let mut stored = Vec::new();
+        let mut i = 0;
+        while i < self.targets.len() {
+            let t = self.targets[i].clone();
             let written = tokio::select! {
                 r = put_bytes(t.storage.as_ref(), key, bytes.clone()) => r,
                 _ = self.cleanup.signal.cancelled() => Err(Error::Interrupted("a signal".into())),
             };
             match written {
-                Ok(_) => kept.push(t),
-                Err(e @ Error::Interrupted(_)) => {
-                    kept.push(t);
-                    failure = Some(e);
-                    break;
+                Ok(_) => {
+                    stored.push(t.storage.url());
+                    i += 1;
                 }
+                Err(e @ Error::Interrupted(_)) => return Err(e),
                 Err(e) if t.optional => {
                     warn!(
                         "Optional target {} failed writing {key}: {e}",
@@ -189,18 +188,20 @@ impl Committed {
                     keys.push(&self.data_key);
                     remove_all(&[&t.storage], &keys, &self.cleanup).await;
                     self.failed_optional.push((t.storage.url(), e.to_string()));
+                    self.targets.remove(i);
                 }
-                Err(e) => {
-                    kept.push(t);
-                    failure = Some(e);
-                    break;
-                }
+                Err(e) => return Err(e),
             }
         }
-        // Targets after a failure were not tried; they still hold the data.
-        kept.extend(pending);
-        self.targets = kept;
-        if let Some(e) = failure {
+        Ok(stored)
+    }
+
+    /// Write a small object beside the data on every target that holds it (before the
+    /// manifest, so it is never missing from a listed backup). A required target that
+    /// fails removes everything written; an optional one drops out.
+    pub(crate) async fn write_side(&mut self, key: &str, bytes: Bytes) -> Result<()> {
+        self.side_keys.push(key.to_string());
+        if let Err(e) = self.put_everywhere(key, bytes).await {
             self.rollback_all().await;
             return Err(e);
         }
@@ -229,47 +230,20 @@ impl Committed {
                 return Err(e);
             }
         };
-        let mut stored = Vec::new();
-        let mut failure = None;
-        for t in &self.targets {
-            let written = tokio::select! {
-                r = put_bytes(t.storage.as_ref(), &manifest_key, json.clone()) => r,
-                _ = self.cleanup.signal.cancelled() => Err(Error::Interrupted("a signal".into())),
-            };
-            match written {
-                Ok(_) => stored.push(t.storage.url()),
-                Err(e @ Error::Interrupted(_)) => {
-                    failure = Some(e);
-                    break;
-                }
-                Err(e) if t.optional => {
-                    warn!(
-                        "Optional target {} failed writing the manifest: {e}",
-                        t.storage.url()
-                    );
-                    let mut keys: Vec<&String> = self.side_keys.iter().collect();
-                    keys.push(&self.data_key);
-                    remove_all(&[&t.storage], &keys, &self.cleanup).await;
-                    self.failed_optional.push((t.storage.url(), e.to_string()));
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
+        match self.put_everywhere(&manifest_key, json).await {
+            Ok(committed) => Ok(Stored {
+                committed,
+                failed_optional: self.failed_optional,
+            }),
+            Err(e) => {
+                // The manifest first: without it, nothing is visible as a backup.
+                let mut keys: Vec<&String> = vec![&manifest_key];
+                keys.extend(self.side_keys.iter());
+                keys.push(&self.data_key);
+                self.rollback(&keys).await;
+                Err(e)
             }
         }
-        if let Some(e) = failure {
-            // The manifest first: without it, nothing is visible as a backup.
-            let mut keys: Vec<&String> = vec![&manifest_key];
-            keys.extend(self.side_keys.iter());
-            keys.push(&self.data_key);
-            self.rollback(&keys).await;
-            return Err(e);
-        }
-        Ok(Stored {
-            committed: stored,
-            failed_optional: self.failed_optional,
-        })
     }
 
     /// Remove `keys`, in that order, from every target that committed the data.
@@ -300,6 +274,16 @@ mod tests {
     /// What `run` does once pg_dump streams: send `data`, commit it, write the manifest,
     /// aborting the uploads if the stream fails.
     async fn store(targets: &[Target], data: &[u8], cancel: &CancellationToken) -> Result<Stored> {
+        store_with(targets, data, None, cancel).await
+    }
+
+    /// [`store`], with a side object (the roles) written between the data and the manifest.
+    async fn store_with(
+        targets: &[Target],
+        data: &[u8],
+        side: Option<&str>,
+        cancel: &CancellationToken,
+    ) -> Result<Stored> {
         let m = sample();
         let mut upload = Upload::start(
             targets,
@@ -323,7 +307,74 @@ mod tests {
         };
         assert_eq!(sha256, hex::encode(Sha256::digest(data)));
         assert_eq!(size, data.len() as u64);
-        upload.commit_data().await?.write_manifest(&m).await
+        let mut committed = upload.commit_data().await?;
+        if let Some(key) = side {
+            committed
+                .write_side(key, Bytes::from_static(b"roles"))
+                .await?;
+        }
+        committed.write_manifest(&m).await
+    }
+
+    #[tokio::test]
+    async fn a_side_object_goes_before_the_manifest_and_with_the_data() {
+        let (a, b, c) = (
+            MemoryStorage::new("a"),
+            MemoryStorage::new("b"),
+            MemoryStorage::new("c"),
+        );
+        let cancel = CancellationToken::new();
+        // Optional `b` fails the side object: it drops out, with nothing left on it.
+        b.fail(Op::Finish, ".roles.json");
+        let stored = store_with(
+            &[target(&a, false), target(&b, true), target(&c, false)],
+            b"dump bytes",
+            Some("b1.roles.json"),
+            &cancel,
+        )
+        .await
+        .unwrap();
+        assert_eq!(stored.committed, ["memory://a", "memory://c"]);
+        assert_eq!(stored.failed_optional.len(), 1);
+        for s in [&a, &c] {
+            assert_eq!(
+                s.history(),
+                [
+                    created("b1.dump"),
+                    created("b1.roles.json"),
+                    created("b1.manifest.json")
+                ]
+            );
+        }
+        assert!(b.keys().is_empty(), "{:?}", b.keys());
+
+        // A required target that fails it: no backup anywhere, data and side object removed.
+        let (a, b) = (MemoryStorage::new("a"), MemoryStorage::new("b"));
+        b.fail(Op::Finish, ".roles.json");
+        let err = store_with(
+            &[target(&a, false), target(&b, false)],
+            b"dump bytes",
+            Some("b1.roles.json"),
+            &cancel,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("injected failure"), "{err}");
+        assert!(a.keys().is_empty() && b.keys().is_empty());
+        assert!(a.history().contains(&deleted("b1.roles.json")));
+
+        // A manifest that fails on a required target takes the side object with it.
+        let a = MemoryStorage::new("a");
+        a.fail(Op::Finish, ".manifest.json");
+        store_with(
+            &[target(&a, false)],
+            b"dump bytes",
+            Some("b1.roles.json"),
+            &cancel,
+        )
+        .await
+        .unwrap_err();
+        assert!(a.keys().is_empty(), "{:?}", a.keys());
     }
 
     fn created(key: &str) -> Change {
