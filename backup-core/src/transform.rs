@@ -31,3 +31,15 @@ pub fn finish_chain(chain: &mut [Box<dyn Transform>]) -> Result<Vec<u8>> {
     }
     Ok(carry)
 }
+
+/// Run a whole buffer through a chain and finish it: what the chain stores for `input`.
+pub fn encode_all(chain: &mut [Box<dyn Transform>], input: &[u8]) -> Result<Vec<u8>> {
+    let mut carry = input.to_vec();
+    for t in chain.iter_mut() {
+        let mut out = Vec::new();
+        t.push(&carry, &mut out)?;
+        carry = out;
+    }
+    carry.extend(finish_chain(chain)?);
+    Ok(carry)
+}

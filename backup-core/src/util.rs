@@ -74,6 +74,12 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// SHA-256 (hex) and length of a buffer.
+pub fn digest_bytes(data: &[u8]) -> (String, u64) {
+    use sha2::Digest;
+    (hex::encode(sha2::Sha256::digest(data)), data.len() as u64)
+}
+
 /// `PREFIX-<host tag>-<pid>-` for a temporary name made by this run
 /// (see [`crate::leftovers`]).
 pub fn owned_prefix(prefix: &str) -> String {

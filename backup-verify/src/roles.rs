@@ -43,34 +43,25 @@ impl Verifier for RolesCheck {
             "no password hashes (the backup role could not read them): created roles get no password"
         };
         let fail = |why: String| Ok(vec![result("roles", false, why, started)]);
-        let stored = match backup_core::storage::get_bytes(ctx.storage.as_ref(), &info.object).await
-        {
-            Ok(b) => b,
+        let resolved = Resolved {
+            name: ctx.name.clone(),
+            storage: ctx.storage.clone(),
+            data_key: ctx.data_key.clone(),
+            manifest: ctx.manifest.clone(),
+        };
+        // Read once: the checksum always, the content with the key.
+        let stored = match backup_core::restore::read_roles_object(&resolved).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(Vec::new()),
             Err(Error::NotFound(_)) => {
                 return fail(format!("roles object {} is missing", info.object));
             }
-            Err(e) => return fail(format!("cannot read {}: {e}", info.object)),
+            Err(e) => return fail(e.to_string()),
         };
-        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&stored));
-        if sha != info.sha256 || stored.len() as u64 != info.size_bytes {
-            return fail(format!(
-                "{}: {} bytes with SHA-256 {sha}, the manifest says {} bytes with {}",
-                info.object,
-                stored.len(),
-                info.size_bytes,
-                info.sha256
-            ));
-        }
         if self.read {
-            let resolved = Resolved {
-                name: ctx.name.clone(),
-                storage: ctx.storage.clone(),
-                data_key: ctx.data_key.clone(),
-                manifest: ctx.manifest.clone(),
-            };
-            match backup_core::restore::load_roles(&resolved, &self.keys).await {
-                Ok(Some(set)) if set.roles.len() == info.count => {}
-                Ok(Some(set)) => {
+            match backup_core::restore::decode_roles(&resolved, stored, &self.keys).await {
+                Ok(set) if set.roles.len() == info.count => {}
+                Ok(set) => {
                     return fail(format!(
                         "{} holds {} roles, the manifest says {}",
                         info.object,
@@ -78,7 +69,6 @@ impl Verifier for RolesCheck {
                         info.count
                     ));
                 }
-                Ok(None) => {}
                 Err(e @ Error::Refused(_)) => return Err(e),
                 Err(e) => return fail(e.to_string()),
             }

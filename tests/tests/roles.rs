@@ -338,4 +338,47 @@ fn a_restoring_role_without_createrole_is_refused_before_anything_is_touched() {
         ),
         roles_before
     );
+
+    // A damaged roles object: verify names it (without a key or a database), and a
+    // restore refuses before anything is created.
+    let path = backups.path().join("b.roles.json");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+    let cli = cli_for(&dst, "app", backups.path());
+    let out = cli.run(&["verify", "b", "--quick", "--json"]);
+    out.assert_code(1);
+    let failed = out.json()["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["passed"] == false)
+        .unwrap()
+        .clone();
+    assert_eq!(failed["name"], "roles", "{failed}");
+    assert!(
+        failed["detail"]
+            .as_str()
+            .unwrap()
+            .contains("checksum mismatch for b.roles.json"),
+        "{failed}"
+    );
+    let out = cli.run(&["restore", "b"]);
+    out.assert_code(1)
+        .assert_stderr_contains("checksum mismatch for b.roles.json");
+    assert_eq!(
+        dst.psql(
+            "postgres",
+            "select count(*) from pg_database where datname = 'app'"
+        ),
+        "0"
+    );
+    assert_eq!(
+        dst.psql(
+            "postgres",
+            "select string_agg(rolname, ',' order by rolname) from pg_roles"
+        ),
+        roles_before
+    );
 }

@@ -397,16 +397,7 @@ async fn roles_object(
     }
     let json = set.to_json()?;
     let mut chain = crate::codec::encoders(Compression::None, &opts.encryption)?;
-    let mut stored = Vec::new();
-    let mut carry = json;
-    for t in chain.iter_mut() {
-        let mut out = Vec::new();
-        t.push(&carry, &mut out)?;
-        carry = out;
-    }
-    let tail = crate::transform::finish_chain(&mut chain)?;
-    stored.extend_from_slice(&carry);
-    stored.extend_from_slice(&tail);
+    let stored = crate::transform::encode_all(&mut chain, &json)?;
     let object = roles_key(&opts.name, opts.encryption.enabled());
     Ok((
         manifest::RolesInfo {

@@ -412,28 +412,46 @@ pub async fn set_skipped_sequences(
 }
 
 /// Read a backup's roles object (checksum checked, decrypted with `keys`); `None` for a
-/// backup that has none (older backups, bare files).
-pub async fn load_roles(
-    resolved: &Resolved,
-    keys: &crate::codec::DecryptKeys,
-) -> Result<Option<crate::pg::roles::RoleSet>> {
-    let Some(m) = &resolved.manifest else {
-        return Ok(None);
-    };
-    let Some(info) = &m.roles else {
+/// Read a backup's roles object and check it against the manifest's checksum; `None`
+/// for a backup that has none (older backups, bare files).
+pub async fn read_roles_object(resolved: &Resolved) -> Result<Option<Bytes>> {
+    let Some(info) = resolved.manifest.as_ref().and_then(|m| m.roles.as_ref()) else {
         return Ok(None);
     };
     let stored = crate::storage::get_bytes(resolved.storage.as_ref(), &info.object).await?;
-    let (sha, size) = (
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&stored)),
-        stored.len() as u64,
-    );
+    let (sha, size) = crate::util::digest_bytes(&stored);
     if sha != info.sha256 || size != info.size_bytes {
         return Err(Error::Corrupt(format!(
             "checksum mismatch for {}: {size} bytes with SHA-256 {sha}, the manifest says {} bytes with {}",
             info.object, info.size_bytes, info.sha256
         )));
     }
+    Ok(Some(stored))
+}
+
+/// Read a backup's roles object (checksum checked, decrypted with `keys`); `None` for a
+/// backup that has none (older backups, bare files).
+pub async fn load_roles(
+    resolved: &Resolved,
+    keys: &crate::codec::DecryptKeys,
+) -> Result<Option<crate::pg::roles::RoleSet>> {
+    match read_roles_object(resolved).await? {
+        Some(stored) => decode_roles(resolved, stored, keys).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Decrypt (with `keys`) and parse a roles object [`read_roles_object`] returned.
+pub async fn decode_roles(
+    resolved: &Resolved,
+    stored: Bytes,
+    keys: &crate::codec::DecryptKeys,
+) -> Result<crate::pg::roles::RoleSet> {
+    let Some(m) = &resolved.manifest else {
+        return Err(Error::usage(
+            "a roles object is read through its backup's manifest",
+        ));
+    };
     let plain: Vec<u8> = match m.encryption {
         crate::manifest::Encryption::Age => {
             let stream: ByteStream = Box::pin(futures::stream::once(async move { Ok(stored) }));
@@ -446,7 +464,7 @@ pub async fn load_roles(
         }
         crate::manifest::Encryption::None => stored.to_vec(),
     };
-    crate::pg::roles::RoleSet::from_json(&plain).map(Some)
+    crate::pg::roles::RoleSet::from_json(&plain)
 }
 
 /// Create the roles of `opts.roles` the server lacks (`restore.roles = missing`), after
