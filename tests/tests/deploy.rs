@@ -279,7 +279,6 @@ fn image_binary_path_and_user_match_the_other_files() {
     }
     // The crontab's commands are ones the binary accepts.
     let cron = std::fs::read_to_string(d.join("cron/crontab.example")).unwrap();
-    let bin = kaizen_backup_e2e::env("KAIZEN_BACKUP_BIN");
     for line in cron
         .lines()
         .filter(|l| !l.starts_with('#') && l.contains("kaizen-backup "))
@@ -292,8 +291,7 @@ fn image_binary_path_and_user_match_the_other_files() {
             .next()
             .unwrap();
         let sub = cmd.split_whitespace().next().unwrap();
-        let out = Command::new(&bin).args([sub, "--help"]).output().unwrap();
-        assert!(out.status.success(), "crontab uses unknown command {sub}");
+        assert_accepted(&[sub], "crontab");
     }
     for f in ["kaizen-backup.timer", "kaizen-backup-verify.timer"] {
         assert!(
@@ -341,17 +339,7 @@ fn the_pitr_overlay_validates_and_agrees_with_the_binary() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("config.toml");
     std::fs::write(&path, toml).unwrap();
-    let bin = kaizen_backup_e2e::env("KAIZEN_BACKUP_BIN");
-    let out = Command::new(&bin)
-        .args(["--config", path.to_str().unwrap(), "config", "check"])
-        .env_remove("BACKUP_DIR")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "config check: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_config_valid(&path);
 
     // Every container runs a command line the binary accepts, as uid 10001, with the
     // configuration mounted where the binary reads it by default.
@@ -383,16 +371,7 @@ fn the_pitr_overlay_validates_and_agrees_with_the_binary() {
             .iter()
             .map(|a| a.as_str().unwrap().to_string())
             .collect();
-        let out = Command::new(&bin)
-            .args(&args)
-            .arg("--help")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{f}: kaizen-backup {args:?} is refused: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_accepted(&args, f);
         commands.push(args[0].clone());
     }
     commands.sort();
@@ -406,19 +385,6 @@ fn the_compose_files_agree_with_the_binary() {
     let dir = root().join("deploy/compose");
     let compose = yaml(&dir.join("compose.yaml"));
     let services = compose["services"].as_mapping().unwrap();
-    let bin = kaizen_backup_e2e::env("KAIZEN_BACKUP_BIN");
-    let accepts = |args: &[&str]| {
-        let out = Command::new(&bin)
-            .args(args)
-            .arg("--help")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kaizen-backup {args:?} is refused: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let mut seen = Vec::new();
     for (name, svc) in services {
         let name = name.as_str().unwrap();
@@ -446,7 +412,7 @@ fn the_compose_files_agree_with_the_binary() {
             .map(|v| v.as_str().unwrap())
             .collect();
         if svc["entrypoint"].is_null() {
-            accepts(&cmd);
+            assert_accepted(&cmd, name);
             seen.push(cmd[0].to_string());
         } else {
             // A shell loop: every kaizen-backup command line in it.
@@ -454,7 +420,7 @@ fn the_compose_files_agree_with_the_binary() {
                 if let Some(rest) = line.split("/usr/local/bin/kaizen-backup ").nth(1) {
                     let args: Vec<&str> =
                         rest.split(';').next().unwrap().split_whitespace().collect();
-                    accepts(&args);
+                    assert_accepted(&args, name);
                     seen.push(args[0].to_string());
                 }
             }
@@ -462,21 +428,7 @@ fn the_compose_files_agree_with_the_binary() {
     }
     seen.sort();
     assert_eq!(seen, ["backup", "drill", "wal-receive"]);
-    let out = Command::new(&bin)
-        .args([
-            "--config",
-            dir.join("config.toml").to_str().unwrap(),
-            "config",
-            "check",
-        ])
-        .env_remove("BACKUP_DIR")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "config check: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_config_valid(&dir.join("config.toml"));
     let out = Command::new("sh")
         .arg("-n")
         .arg(dir.join("initdb/10-kaizen-backup-role.sh"))
@@ -485,6 +437,37 @@ fn the_compose_files_agree_with_the_binary() {
     assert!(
         out.status.success(),
         "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The binary accepts this command line (asked with `--help`, so nothing runs).
+fn assert_accepted<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S], what: &str) {
+    let bin = kaizen_backup_e2e::env("KAIZEN_BACKUP_BIN");
+    let out = Command::new(&bin)
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: kaizen-backup {args:?} is refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `config check` accepts the configuration file at `path`.
+fn assert_config_valid(path: &Path) {
+    let bin = kaizen_backup_e2e::env("KAIZEN_BACKUP_BIN");
+    let out = Command::new(&bin)
+        .args(["--config", path.to_str().unwrap(), "config", "check"])
+        .env_remove("BACKUP_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "config check of {}: {}",
+        path.display(),
         String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -187,111 +187,92 @@ pub fn ensure_s3s_fs(base: &Path) -> Result<PathBuf> {
 
 /// The Prometheus Pushgateway binary, installed from Debian when missing.
 pub fn ensure_pushgateway(base: &Path) -> Result<PathBuf> {
-    let find = || {
-        [
-            "/usr/bin/prometheus-pushgateway",
-            "/usr/local/bin/pushgateway",
-        ]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-    };
-    if let Some(p) = find() {
-        return Ok(p);
-    }
-    let _lock = InstallLock::take(base)?;
-    if let Some(p) = find() {
-        return Ok(p);
-    }
-    let hint = "install it with: sudo apt-get install prometheus-pushgateway (or leave it out: --services without pushgateway)";
-    if !crate::pg::is_root() {
-        bail!("prometheus-pushgateway not found; {hint}");
-    }
-    // Do not let the package start a system service on port 9091.
-    let env = [("DEBIAN_FRONTEND", "noninteractive"), ("RUNLEVEL", "1")];
-    apt_get(
-        "prometheus-pushgateway",
-        &[
-            "install",
-            "-y",
-            "-q",
-            "--no-install-recommends",
-            "prometheus-pushgateway",
-        ],
-        &env,
-        None,
-        true,
+    ensure_debian_binary(
+        base,
+        DebianBinary {
+            candidates: &[
+                "/usr/bin/prometheus-pushgateway",
+                "/usr/local/bin/pushgateway",
+            ],
+            package: "prometheus-pushgateway",
+            what: "prometheus-pushgateway",
+            hint_tail: " (or leave it out: --services without pushgateway)",
+            // Do not let the package start a system service on port 9091.
+            env: &[("DEBIAN_FRONTEND", "noninteractive"), ("RUNLEVEL", "1")],
+        },
     )
-    .with_context(|| hint.to_string())?;
-    find().with_context(|| format!("prometheus-pushgateway still not found after apt-get; {hint}"))
 }
 
 /// Headless Chromium for the report tests (they open the page, dump its DOM and take a
 /// screenshot): the system's, else Debian's `chromium` installed with apt-get (as root).
 pub fn ensure_chromium(base: &Path) -> Result<PathBuf> {
-    let find = || {
-        ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-    };
-    if let Some(p) = find() {
-        return Ok(p);
-    }
-    let _lock = InstallLock::take(base)?;
-    if let Some(p) = find() {
-        return Ok(p);
-    }
-    let hint = "install it with: sudo apt-get install chromium";
-    if !crate::pg::is_root() {
-        bail!("chromium not found; {hint}");
-    }
-    apt_get(
-        "chromium (headless browser for the report tests)",
-        &["install", "-y", "-q", "--no-install-recommends", "chromium"],
-        &[("DEBIAN_FRONTEND", "noninteractive")],
-        None,
-        true,
+    ensure_debian_binary(
+        base,
+        DebianBinary {
+            candidates: &["/usr/bin/chromium", "/usr/bin/chromium-browser"],
+            package: "chromium",
+            what: "chromium (headless browser for the report tests)",
+            hint_tail: "",
+            env: &[("DEBIAN_FRONTEND", "noninteractive")],
+        },
     )
-    .with_context(|| hint.to_string())?;
-    find().with_context(|| format!("chromium still not found after apt-get; {hint}"))
 }
 
 /// pgBackRest, the PITR bench's baseline: the system's, or installed from Debian when
 /// missing (as root). Its package installs no service.
 pub fn ensure_pgbackrest(base: &Path) -> Result<PathBuf> {
-    let find = || {
-        ["/usr/bin/pgbackrest", "/usr/local/bin/pgbackrest"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-    };
+    ensure_debian_binary(
+        base,
+        DebianBinary {
+            candidates: &["/usr/bin/pgbackrest", "/usr/local/bin/pgbackrest"],
+            package: "pgbackrest",
+            what: "pgbackrest",
+            hint_tail: "",
+            env: &[("DEBIAN_FRONTEND", "noninteractive")],
+        },
+    )
+}
+
+/// A program that comes from one Debian package.
+struct DebianBinary<'a> {
+    /// Where it may already be, first found wins.
+    candidates: &'a [&'a str],
+    package: &'a str,
+    /// Named in progress and errors.
+    what: &'a str,
+    /// Appended to the "install it with" hint.
+    hint_tail: &'a str,
+    /// apt-get's environment.
+    env: &'a [(&'a str, &'a str)],
+}
+
+/// The first of `b.candidates` that exists; else, as root, `apt-get install b.package`
+/// (one installer at a time under `base`'s lock) and look again.
+fn ensure_debian_binary(base: &Path, b: DebianBinary<'_>) -> Result<PathBuf> {
+    let find = || b.candidates.iter().map(PathBuf::from).find(|p| p.is_file());
     if let Some(p) = find() {
         return Ok(p);
     }
-    let hint = "install it with: sudo apt-get install pgbackrest";
+    let hint = format!(
+        "install it with: sudo apt-get install {}{}",
+        b.package, b.hint_tail
+    );
     if !crate::pg::is_root() {
-        bail!("pgbackrest not found; {hint}");
+        bail!("{} not found; {hint}", b.package);
     }
     let _lock = InstallLock::take(base)?;
     if let Some(p) = find() {
         return Ok(p);
     }
     apt_get(
-        "pgbackrest",
-        &[
-            "install",
-            "-y",
-            "-q",
-            "--no-install-recommends",
-            "pgbackrest",
-        ],
-        &[("DEBIAN_FRONTEND", "noninteractive")],
+        b.what,
+        &["install", "-y", "-q", "--no-install-recommends", b.package],
+        b.env,
         None,
         true,
     )
-    .with_context(|| hint.to_string())?;
-    find().with_context(|| format!("pgbackrest still not found after apt-get; {hint}"))
+    .with_context(|| hint.clone())?;
+    find().with_context(|| format!("{} still not found after apt-get; {hint}", b.package))
 }
 
 /// `promtool` (checks the alert rules and the dashboard's PromQL): the system's, or the

@@ -115,18 +115,6 @@ pub struct PitrOutcome {
     pub files: u64,
 }
 
-fn base_of(e: &BackupEntry) -> Option<BaseBackup> {
-    let p = e.manifest.physical.as_ref()?;
-    Some(BaseBackup {
-        name: e.manifest.name.clone(),
-        timeline: p.timeline,
-        start_lsn: p.start_lsn,
-        end_lsn: p.end_lsn,
-        stop_time: e.manifest.finished_at,
-        segment_size: p.wal_segment_size,
-    })
-}
-
 /// Read a timeline's history from the archive (empty for timeline 1).
 pub(crate) async fn history(
     wal_store: &Arc<dyn Storage>,
@@ -213,7 +201,7 @@ pub async fn plan(
     let hist = history(wal_store, timeline, &opts.keys, scratch.path()).await?;
     let on_path: Vec<(&BackupEntry, BaseBackup)> = physical
         .iter()
-        .filter_map(|e| base_of(e).map(|b| (*e, b)))
+        .filter_map(|e| BaseBackup::of(e).map(|b| (*e, b)))
         .filter(|(_, b)| window::on_path(&hist, timeline, b))
         .collect();
     let Some(oldest) = on_path.last().map(|(_, b)| b.clone()) else {

@@ -119,18 +119,6 @@ pub struct WalOverview {
     pub note: Option<String>,
 }
 
-fn base_of(e: &BackupEntry) -> Option<BaseBackup> {
-    let p = e.manifest.physical.as_ref()?;
-    Some(BaseBackup {
-        name: e.manifest.name.clone(),
-        timeline: p.timeline,
-        start_lsn: p.start_lsn,
-        end_lsn: p.end_lsn,
-        stop_time: e.manifest.finished_at,
-        segment_size: p.wal_segment_size,
-    })
-}
-
 /// Read the archive `store` against the physical backups `physical` (newest first).
 pub(super) async fn gather(
     store: &Arc<dyn Storage>,
@@ -249,7 +237,7 @@ fn analyse(
     let mut stretches: Vec<RecoveryStretch> = Vec::new();
     let mut bases: Vec<BaseBackup> = physical
         .iter()
-        .filter_map(|b| base_of(b))
+        .filter_map(|b| BaseBackup::of(b))
         .filter(|b| history.is_none() || window::on_path(hist, timeline, b))
         .collect();
     bases.sort_by_key(|b| b.stop_time);

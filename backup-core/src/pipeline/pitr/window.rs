@@ -35,6 +35,21 @@ pub struct BaseBackup {
     pub segment_size: u64,
 }
 
+impl BaseBackup {
+    /// The window's view of a listed backup; `None` for a logical one.
+    pub fn of(e: &crate::catalog::BackupEntry) -> Option<Self> {
+        let p = e.manifest.physical.as_ref()?;
+        Some(Self {
+            name: e.manifest.name.clone(),
+            timeline: p.timeline,
+            start_lsn: p.start_lsn,
+            end_lsn: p.end_lsn,
+            stop_time: e.manifest.finished_at,
+            segment_size: p.wal_segment_size,
+        })
+    }
+}
+
 /// The newest timeline the archive knows (from history files and segments); 1 when the
 /// archive is empty.
 pub fn latest_timeline(files: &[ArchivedFile], segment_size: u64) -> u32 {
