@@ -175,6 +175,114 @@ fn a_receiver_killed_with_sigkill_resumes_from_its_slot_with_no_gap() {
 }
 
 #[test]
+fn a_primary_restarted_under_the_receiver_loses_nothing_and_leaves_no_gap() {
+    let site = Site::streaming("", "");
+    let rx = Receiver::start(&site, 1, &[]);
+    rx.wait_streaming(&site);
+    site.run(&["backup", "--physical", "base"]).assert_code(0);
+    for i in 1..=3 {
+        site.mark(i);
+    }
+    site.wait_received_locally(&rx.slot);
+    let mut site = site;
+    // A crash: pg_receivewal loses its connection, the receiver starts it again once
+    // the server accepts connections, and it continues from its slot.
+    site.cluster.stop("immediate");
+    site.cluster.start();
+    for i in 4..=6 {
+        site.mark(i);
+    }
+    rx.wait_streaming(&site);
+    site.received_now();
+    rx.wait_archived(&site);
+    assert_eq!(rx.metric("kaizen_backup_wal_receive_gaps_total"), Some(0.0));
+    let (_c, got) = site.restore_markers("after_restart", &[]);
+    assert_eq!(got, upto(6));
+}
+
+/// A failover: the primary dies, its streaming standby is promoted (timeline 2) and takes
+/// over the primary's address. The receiver, restarting pg_receivewal against that
+/// address, creates its slot there, finishes timeline 1 up to the switch, stores the
+/// timeline history and goes on along timeline 2; a restore follows it.
+#[test]
+fn a_promoted_standby_is_followed_onto_its_new_timeline() {
+    use kaizen_backup_e2e::cluster::{Cluster, as_postgres};
+    let site = Site::streaming("", "hot_standby = on\n");
+    let rx = Receiver::start(&site, 1, &[]);
+    rx.wait_streaming(&site);
+    site.run(&["backup", "--physical", "base"]).assert_code(0);
+    for i in 1..=3 {
+        site.mark(i);
+    }
+    site.received_now();
+    // The standby, streaming from the primary.
+    let standby_data = site.root.path().join("standby");
+    let out = as_postgres(&site.cluster.bin.join("pg_basebackup"))
+        .args(["-h", "127.0.0.1", "-p", &site.cluster.port.to_string()])
+        .args(["-U", "postgres", "-c", "fast", "-X", "stream", "-R", "-D"])
+        .arg(&standby_data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut standby = Cluster::adopt(&standby_data, site.root.path());
+    standby.start();
+    for i in 4..=5 {
+        site.mark(i);
+    }
+    site.wait_received_locally(&rx.slot);
+    let caught_up = wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
+        standby
+            .try_psql("postgres", "select count(*) from marker")
+            .is_ok_and(|n| n == "5")
+    });
+    assert!(
+        caught_up,
+        "the standby did not replay marker 5:\n{}",
+        standby.log()
+    );
+
+    // Failover.
+    let mut site = site;
+    let address = site.cluster.port;
+    site.cluster.stop("immediate");
+    standby.psql("postgres", "select pg_promote()");
+    standby.wait_promoted();
+    standby.stop("fast");
+    standby.port = address;
+    standby.start();
+    let old = std::mem::replace(&mut site.cluster, standby);
+    drop(old);
+
+    for i in 6..=8 {
+        site.mark(i);
+    }
+    rx.wait_streaming(&site);
+    site.received_now();
+    rx.wait_archived(&site);
+    let files = archived(&site);
+    assert!(
+        files.iter().any(|n| n.starts_with("00000002.history")),
+        "{files:?}"
+    );
+    assert!(
+        segments(&site).iter().any(|s| s.starts_with("00000002")),
+        "{files:?}"
+    );
+    assert_eq!(
+        rx.metric("kaizen_backup_wal_receive_gaps_total"),
+        Some(0.0),
+        "{}",
+        rx.log()
+    );
+    let (_c, got) = site.restore_markers("after_failover", &[]);
+    assert_eq!(got, upto(8));
+}
+
+#[test]
 fn sigterm_stores_the_partial_segment_and_exits_0() {
     // An hour between partial stores: only the SIGTERM can store marker 3.
     let site = Site::streaming("flush_interval = \"1h\"\n", "");
