@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use backup_notify::metrics::METRICS;
+use backup_notify::metrics::{METRICS, RECEIVER_METRICS};
 use serde_norway::Value;
 
 fn monitoring_dir() -> PathBuf {
@@ -81,8 +81,11 @@ fn every_alert_is_complete_and_uses_only_metrics_the_sink_writes() {
         }
         for m in kaizen_metrics(expr) {
             assert!(
-                METRICS.iter().any(|(n, _, _)| *n == m),
-                "{alert} uses {m}, which backup_notify::metrics never writes"
+                METRICS
+                    .iter()
+                    .chain(RECEIVER_METRICS)
+                    .any(|(n, _, _)| *n == m),
+                "{alert} uses {m}, which neither the metrics sink nor wal-receive serves"
             );
             used.insert(m);
         }
@@ -96,6 +99,9 @@ fn every_alert_is_complete_and_uses_only_metrics_the_sink_writes() {
         "KaizenBackupWalArchivingStalled",
         "KaizenBackupWalArchivingFailing",
         "KaizenBackupRecoveryWindowShort",
+        "KaizenBackupWalReceiverUnhealthy",
+        "KaizenBackupWalReceiveLagging",
+        "KaizenBackupWalGap",
     ] {
         assert!(alerts.contains(want), "{want} missing");
     }
@@ -123,6 +129,9 @@ fn every_alert_is_complete_and_uses_only_metrics_the_sink_writes() {
         "kaizen_backup_wal_last_archived_timestamp_seconds",
         "kaizen_backup_wal_archive_failing",
         "kaizen_backup_recovery_window_promised_seconds",
+        "kaizen_backup_wal_receive_healthy",
+        "kaizen_backup_wal_receive_lag_seconds",
+        "kaizen_backup_wal_receive_gaps_total",
     ] {
         assert!(used.contains(m), "no alert on {m}");
     }
@@ -269,9 +278,11 @@ fn the_grafana_dashboard_imports_and_queries_only_metrics_we_write() {
         assert!(!targets.is_empty(), "panel {id} queries nothing");
         for t in targets {
             let expr = t["expr"].as_str().unwrap();
-            // Every panel follows the variables.
+            // Every panel follows the variables (the receiver's metrics have no target).
+            let receiver = expr.contains("kaizen_backup_wal_receive_");
             assert!(
-                expr.contains("database=~\"$database\"") && expr.contains("target=~\"$target\""),
+                expr.contains("database=~\"$database\"")
+                    && (receiver || expr.contains("target=~\"$target\"")),
                 "panel {id} ignores the variables: {expr}"
             );
         }
@@ -282,8 +293,11 @@ fn the_grafana_dashboard_imports_and_queries_only_metrics_we_write() {
         assert!(!names.is_empty(), "a query on no kaizen-backup metric: {q}");
         for m in names {
             assert!(
-                METRICS.iter().any(|(n, _, _)| *n == m),
-                "the dashboard queries {m}, which backup_notify::metrics never writes"
+                METRICS
+                    .iter()
+                    .chain(RECEIVER_METRICS)
+                    .any(|(n, _, _)| *n == m),
+                "the dashboard queries {m}, which neither the metrics sink nor wal-receive serves"
             );
             used.insert(m);
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use backup_core::walreceive::{ReceiverStatus, SharedStatus};
 use backup_core::{Error, Result};
+use backup_notify::metrics::RECEIVER_METRICS;
 use chrono::{DateTime, Utc};
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -124,74 +125,34 @@ pub fn render(
     now: DateTime<Utc>,
 ) -> String {
     let ts = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_millis() as f64 / 1000.0);
-    let samples: [(&str, &str, &str, Option<f64>); 9] = [
-        (
-            "kaizen_backup_wal_receive_streaming",
-            "gauge",
-            "1 while pg_receivewal streams from the server, 0 while it is being restarted.",
-            Some(if s.streaming { 1.0 } else { 0.0 }),
-        ),
-        (
-            "kaizen_backup_wal_receive_lag_bytes",
-            "gauge",
-            "Bytes of WAL the server has flushed that the archive does not hold yet.",
-            s.lag_bytes().map(|b| b as f64),
-        ),
-        (
-            "kaizen_backup_wal_receive_lag_seconds",
-            "gauge",
-            "Seconds since the archive last held all WAL received (at most the flush interval while healthy).",
-            s.lag_seconds(now),
-        ),
-        (
-            "kaizen_backup_wal_receive_archived_lsn",
-            "gauge",
-            "The WAL position (LSN as a number) up to which the archive holds WAL.",
-            s.archived_lsn.map(|l| l.0 as f64),
-        ),
-        (
-            "kaizen_backup_wal_receive_last_segment_timestamp_seconds",
-            "gauge",
-            "Unix time the last complete WAL segment was stored.",
-            ts(s.last_segment.as_ref().map(|(_, t)| *t)),
-        ),
-        (
-            "kaizen_backup_wal_receive_last_upload_timestamp_seconds",
-            "gauge",
-            "Unix time anything (segment, partial segment, history file) was last stored.",
-            ts(s.last_upload),
-        ),
-        (
-            "kaizen_backup_wal_receive_errors_total",
-            "counter",
-            "Errors since the receiver started: failed stores, pg_receivewal exits, failed server checks.",
-            Some(s.errors_total as f64),
-        ),
-        (
-            "kaizen_backup_wal_receive_gaps_total",
-            "counter",
-            "Gaps found since the receiver started: WAL the archive will never hold.",
-            Some(s.gaps_total as f64),
-        ),
-        (
-            "kaizen_backup_wal_receive_healthy",
-            "gauge",
-            "1 when /healthz answers 200 (streaming and storing).",
-            Some(if s.health(now, allowed).is_ok() {
+    let value = |name: &str| -> Option<f64> {
+        match name {
+            "kaizen_backup_wal_receive_streaming" => Some(if s.streaming { 1.0 } else { 0.0 }),
+            "kaizen_backup_wal_receive_lag_bytes" => s.lag_bytes().map(|b| b as f64),
+            "kaizen_backup_wal_receive_lag_seconds" => s.lag_seconds(now),
+            "kaizen_backup_wal_receive_archived_lsn" => s.archived_lsn.map(|l| l.0 as f64),
+            "kaizen_backup_wal_receive_last_segment_timestamp_seconds" => {
+                ts(s.last_segment.as_ref().map(|(_, t)| *t))
+            }
+            "kaizen_backup_wal_receive_last_upload_timestamp_seconds" => ts(s.last_upload),
+            "kaizen_backup_wal_receive_errors_total" => Some(s.errors_total as f64),
+            "kaizen_backup_wal_receive_gaps_total" => Some(s.gaps_total as f64),
+            "kaizen_backup_wal_receive_healthy" => Some(if s.health(now, allowed).is_ok() {
                 1.0
             } else {
                 0.0
             }),
-        ),
-    ];
+            _ => None,
+        }
+    };
     let label = format!(
         "{{database=\"{}\",slot=\"{}\"}}",
         esc(&labels.database),
         esc(&labels.slot)
     );
     let mut out = String::new();
-    for (name, kind, help, value) in samples {
-        if let Some(v) = value {
+    for (name, kind, help) in RECEIVER_METRICS {
+        if let Some(v) = value(name) {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{label} {v}\n"
             ));
@@ -248,5 +209,30 @@ mod tests {
         let post = Request::post("/metrics").body(()).unwrap();
         let r = answer(&post, &s, &labels, allowed, now);
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[test]
+    fn every_listed_metric_is_served_once_everything_is_known() {
+        let now = Utc::now();
+        let labels = Labels {
+            database: "postgres".into(),
+            slot: "kaizen_backup".into(),
+        };
+        let s = ReceiverStatus {
+            streaming: true,
+            archived_lsn: Some(Lsn(0x300_0000)),
+            server_lsn: Some(Lsn(0x300_0100)),
+            synced_at: Some(now),
+            last_segment: Some(("000000010000000000000002".into(), now)),
+            last_upload: Some(now),
+            ..Default::default()
+        };
+        let text = render(&s, &labels, Duration::from_secs(30), now);
+        for (name, _, _) in RECEIVER_METRICS {
+            assert!(
+                text.contains(&format!("\n{name}{{database=")),
+                "{name} missing:\n{text}"
+            );
+        }
     }
 }
