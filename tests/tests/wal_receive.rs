@@ -179,7 +179,10 @@ fn a_primary_restarted_under_the_receiver_loses_nothing_and_leaves_no_gap() {
     let site = Site::streaming("", "");
     let rx = Receiver::start(&site, 1, &[]);
     rx.wait_streaming(&site);
-    site.run(&["backup", "--physical", "base"]).assert_code(0);
+    let out = site.run(&["backup", "--physical", "base"]);
+    out.assert_code(0);
+    // archive_mode is off, but the receiver streams: nothing to warn about.
+    assert!(!out.all().contains("archive_mode is off"), "{}", out.all());
     for i in 1..=3 {
         site.mark(i);
     }
@@ -305,6 +308,21 @@ fn sigterm_stores_the_partial_segment_and_exits_0() {
     assert!(partials(&site).contains(&seg), "{:?}", archived(&site));
     let (_c, got) = site.restore_markers("after_term", &[]);
     assert_eq!(got, upto(3));
+    // No receiver and no archive_command: a base backup warns that it reaches only its end.
+    let gone = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
+        site.cluster
+            .try_psql("postgres", "select count(*) from pg_stat_replication")
+            .is_ok_and(|n| n == "0")
+    });
+    assert!(gone, "the receiver's connection is still there");
+    let out = site.run(&["backup", "--physical", "unprotected"]);
+    out.assert_code(0);
+    assert!(
+        out.all()
+            .contains("archive_mode is off and no kaizen-backup wal-receive streams"),
+        "{}",
+        out.all()
+    );
 }
 
 #[test]

@@ -27,6 +27,10 @@ mod status;
 pub use receiver::run;
 pub use status::{ReceiverStatus, SharedStatus};
 
+/// The `application_name` of the receiver's replication connection, as the server shows it
+/// in `pg_stat_replication` (a physical backup checks it to know the WAL is streamed).
+pub const APPLICATION_NAME: &str = "kaizen-backup-wal-receive";
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -43,8 +43,9 @@ async fn preflight_physical(pg: &PgConfig) -> Result<Cluster> {
                     (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), \
                     ARRAY(SELECT spcname::text FROM pg_tablespace \
                           WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY 1), \
-                    current_setting('archive_mode')",
-            &[],
+                    current_setting('archive_mode'), \
+                    EXISTS (SELECT 1 FROM pg_stat_replication WHERE application_name = $1)",
+            &[&crate::walreceive::APPLICATION_NAME],
         )
         .await
         .map_err(|e| db_error("reading the cluster's settings", &e))?;
@@ -53,6 +54,7 @@ async fn preflight_physical(pg: &PgConfig) -> Result<Cluster> {
     let replication: Option<bool> = row.get(2);
     let tablespaces: Vec<String> = row.get(3);
     let archive_mode: String = row.get(4);
+    let receiver_streams: bool = row.get(5);
     if !valid_segment_size(segment_size) {
         return Err(Error::other(format!(
             "the server reports wal_segment_size = {segment_size}, which is not a valid segment size"
@@ -71,9 +73,9 @@ async fn preflight_physical(pg: &PgConfig) -> Result<Cluster> {
             tablespaces.join(", ")
         )));
     }
-    if archive_mode == "off" {
+    if archive_mode == "off" && !receiver_streams {
         warn!(
-            "archive_mode is off: this base backup restores only to its own end; set archive_command = 'kaizen-backup wal-push %p' for point-in-time recovery"
+            "archive_mode is off and no kaizen-backup wal-receive streams from this server: this base backup restores only to its own end; set archive_command = 'kaizen-backup wal-push %p' or run kaizen-backup wal-receive for point-in-time recovery"
         );
     }
     Ok(Cluster {

@@ -334,6 +334,7 @@ impl Receiver<'_> {
             .arg(self.spool.stream())
             .args(["--slot", &self.opts.settings.slot])
             .args(["--synchronous", "--no-loop", "--no-password", "--verbose"])
+            .env("PGAPPNAME", super::APPLICATION_NAME)
             .env("LC_ALL", "C")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
