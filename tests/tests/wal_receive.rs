@@ -426,4 +426,27 @@ fn a_lost_slot_is_a_gap_reported_by_log_metric_and_event_and_ends_the_window() {
     out.assert_code(1);
     assert!(out.all().contains("gap"), "{}", out.all());
     assert!(!pgdata.exists());
+    // status claims no window past the gap either: it ends before the first missing
+    // segment (which it names), earlier than the last archived WAL.
+    let out = site.run(&["status", "--json"]);
+    let row = &out.json()[0];
+    let window = &row["recovery_window"];
+    let missing = window["ends_before"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        ev["error"].as_str().unwrap().contains(&missing) && !missing.is_empty(),
+        "{window} / {ev}"
+    );
+    let at =
+        |v: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    assert!(at(&window["to"]) < at(&row["wal"]["time"]), "{row}");
+    let text = site.run(&["status"]).all();
+    assert!(
+        text.contains(&format!(
+            "WAL segment {missing} is missing from the archive"
+        )),
+        "{text}"
+    );
 }

@@ -69,11 +69,11 @@ pub async fn run(
                 continue;
             }
         };
-        let from = o.window_start();
-        pitr_in_use |= from.is_some();
+        let window = o.recovery_window();
+        pitr_in_use |= window.is_some();
         let (wal_json, window_json) = (
             pitr::wal_json(&wal, now),
-            pitr::window_json(from, &wal, promised),
+            pitr::window_json(window.as_ref(), promised),
         );
         let newest = o.newest(&c.database.name);
         let drill = match o.drill(&c.database.name).map(|d| &d.record) {
@@ -153,7 +153,7 @@ pub async fn run(
                 ),
                 None => warn!("{url}: no backup of {}", c.database.name),
             }
-            pitr::log_text(&url, &wal, from, promised, now);
+            pitr::log_text(&url, &wal, window.as_ref(), promised, now);
             log_drill(&url, drill, now);
         }
     }

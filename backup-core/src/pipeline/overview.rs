@@ -57,6 +57,19 @@ pub struct DrillEntry {
     pub record: Result<Option<DrillRecord>>,
 }
 
+/// What [`Overview::recovery_window`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryWindow {
+    /// The earliest point a restore can reach.
+    pub from: DateTime<Utc>,
+    /// The latest (None while nothing with a time is archived).
+    pub to: Option<DateTime<Utc>>,
+    /// A gap before `from`: older points need an older base backup and stop at that gap.
+    pub starts_after_gap: bool,
+    /// The first missing segment after `to` when archived WAL follows it.
+    pub ends_before: Option<String>,
+}
+
 /// Everything about one storage target.
 #[derive(Debug)]
 pub struct Overview {
@@ -199,6 +212,42 @@ impl Overview {
                 .rev()
                 .find(|b| b.manifest.kind == Some(Kind::Physical))
                 .map(|b| b.manifest.finished_at)
+        })
+    }
+
+    /// The recovery window as `status` reports it: from the end of the oldest physical
+    /// backup to the last archived WAL file, unless a gap in the archive cuts it. Then it
+    /// is the newest gap-free stretch: from the first base backup after the last gap that
+    /// a base backup bridges, to the last WAL before a gap no base backup bridges. None
+    /// without a physical backup.
+    pub fn recovery_window(&self) -> Option<RecoveryWindow> {
+        let oldest = self.window_start()?;
+        let last_wal = self.last_wal().ok().flatten().and_then(|w| w.time);
+        let stretches = match &self.wal {
+            Some(Ok(w)) => w.recoverable.as_slice(),
+            _ => &[],
+        };
+        // Nothing archived yet: the window is the oldest backup's end, with no end yet.
+        let Some(last) = stretches.last().filter(|_| last_wal.is_some()) else {
+            return Some(RecoveryWindow {
+                from: oldest,
+                to: last_wal,
+                starts_after_gap: false,
+                ends_before: None,
+            });
+        };
+        Some(RecoveryWindow {
+            from: if stretches.len() > 1 {
+                last.from
+            } else {
+                oldest
+            },
+            to: match &last.ends_before {
+                None => last_wal,
+                Some(_) => Some(last.to),
+            },
+            starts_after_gap: stretches.len() > 1,
+            ends_before: last.ends_before.clone(),
         })
     }
 

@@ -4,7 +4,7 @@
 //! [`backup_core::overview`]).
 
 use backup_core::Result;
-use backup_core::overview::LastWal;
+use backup_core::overview::{LastWal, RecoveryWindow};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
@@ -26,26 +26,18 @@ pub fn wal_json(wal: &Result<Option<LastWal>>, now: DateTime<Utc>) -> Value {
     }
 }
 
-fn window_end(wal: &Result<Option<LastWal>>) -> Option<DateTime<Utc>> {
-    wal.as_ref()
-        .ok()
-        .and_then(|w| w.as_ref())
-        .and_then(|w| w.time)
-}
-
-/// The `recovery_window` value: `{from, to, promised_seconds}`, null without a physical
-/// backup (`to` is null while nothing with a time is archived; `promised_seconds`, how
-/// long the retention rules promise it is, null when they promise no time).
-pub fn window_json(
-    from: Option<DateTime<Utc>>,
-    wal: &Result<Option<LastWal>>,
-    promised: Option<chrono::Duration>,
-) -> Value {
-    match from {
-        Some(from) => json!({
-            "from": from,
-            "to": window_end(wal),
+/// The `recovery_window` value: `{from, to, promised_seconds, starts_after_gap,
+/// ends_before}`, null without a physical backup (`to` is null while nothing with a time
+/// is archived; `promised_seconds`, how long the retention rules promise it is, null when
+/// they promise no time; `ends_before`, the first missing segment when a gap cuts it).
+pub fn window_json(window: Option<&RecoveryWindow>, promised: Option<chrono::Duration>) -> Value {
+    match window {
+        Some(w) => json!({
+            "from": w.from,
+            "to": w.to,
             "promised_seconds": promised.map(|p| p.num_seconds()),
+            "starts_after_gap": w.starts_after_gap,
+            "ends_before": w.ends_before,
         }),
         None => Value::Null,
     }
@@ -81,12 +73,12 @@ pub fn stale_reason(
 pub fn log_text(
     url: &str,
     wal: &Result<Option<LastWal>>,
-    from: Option<DateTime<Utc>>,
+    window: Option<&RecoveryWindow>,
     promised: Option<chrono::Duration>,
     now: DateTime<Utc>,
 ) {
     let last = wal.as_ref().ok().and_then(|w| w.as_ref());
-    if last.is_none() && from.is_none() && wal.is_ok() {
+    if last.is_none() && window.is_none() && wal.is_ok() {
         return;
     }
     match wal {
@@ -105,7 +97,19 @@ pub fn log_text(
         Err(e) => tracing::warn!("{url}: cannot read the WAL archive: {e}"),
     }
     let fmt = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
-    match (from, last.and_then(|w| w.time)) {
+    if let Some(w) = window {
+        if let Some(seg) = &w.ends_before {
+            tracing::warn!(
+                "{url}: WAL segment {seg} is missing from the archive: the recovery window ends before it, and the WAL archived after it cannot be used until the next base backup (kaizen-backup backup --physical)"
+            );
+        }
+        if w.starts_after_gap {
+            tracing::warn!(
+                "{url}: a gap in the archived WAL: the recovery window starts at the first base backup after it; older points reach only up to the gap"
+            );
+        }
+    }
+    match (window.map(|w| w.from), window.and_then(|w| w.to)) {
         (Some(from), Some(to)) => {
             tracing::info!("{url}: recovery window {} to {}", fmt(from), fmt(to));
             if let Some(p) = promised.filter(|p| to - from < *p) {

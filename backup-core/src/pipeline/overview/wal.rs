@@ -96,6 +96,9 @@ pub struct RecoveryStretch {
     pub to: DateTime<Utc>,
     /// The base backup it starts from.
     pub backup: String,
+    /// The first segment missing after it when archived WAL follows the gap (that WAL
+    /// cannot be used until a newer base backup); None when it reaches the archive's end.
+    pub ends_before: Option<String>,
 }
 
 /// The WAL archive of a target.
@@ -241,6 +244,7 @@ fn analyse(
         .filter(|b| history.is_none() || window::on_path(hist, timeline, b))
         .collect();
     bases.sort_by_key(|b| b.stop_time);
+    let newest_segment = on_path.keys().next_back().copied();
     for b in bases {
         let mut s = b.start_lsn.segment(segment_size);
         let mut end = None;
@@ -248,6 +252,9 @@ fn analyse(
             end = *t;
             s += 1;
         }
+        let ends_before = newest_segment
+            .filter(|n| s < *n)
+            .map(|_| segment_name(want(s), s, segment_size));
         // The WAL to the backup's consistent end ships inside the base backup (-X fetch).
         let covered = s > b.end_lsn.segment(segment_size);
         let to = match end {
@@ -255,11 +262,17 @@ fn analyse(
             _ => b.stop_time,
         };
         match stretches.last_mut() {
-            Some(last) if b.stop_time <= last.to => last.to = last.to.max(to),
+            Some(last) if b.stop_time <= last.to => {
+                if to >= last.to {
+                    last.to = to;
+                    last.ends_before = ends_before;
+                }
+            }
             _ => stretches.push(RecoveryStretch {
                 from: b.stop_time,
                 to,
                 backup: b.name.clone(),
+                ends_before,
             }),
         }
     }
@@ -367,21 +380,33 @@ mod tests {
                 RecoveryStretch {
                     from: t(150),
                     to: t(400),
-                    backup: "b1".into()
+                    backup: "b1".into(),
+                    ends_before: Some("000000010000000000000005".into()),
                 },
                 RecoveryStretch {
                     from: t(750),
                     to: t(900),
-                    backup: "b2".into()
+                    backup: "b2".into(),
+                    ends_before: None,
                 }
             ]
         );
         assert_eq!(o.files, 7);
 
+        // Only the older backup: WAL after the gap is unusable, the stretch says where.
+        let o = analyse(&files, Some(&[]), 1, SEG, &[&b1]);
+        assert_eq!(o.recoverable.len(), 1);
+        assert_eq!(o.recoverable[0].to, t(400));
+        assert_eq!(
+            o.recoverable[0].ends_before.as_deref(),
+            Some("000000010000000000000005")
+        );
+
         // Without archived WAL a backup still reaches its own end.
         let o = analyse(&[], Some(&[]), 1, SEG, &[&b1]);
         assert!(o.runs.is_empty() && o.gaps.is_empty());
         assert_eq!(o.recoverable[0].to, t(150));
+        assert_eq!(o.recoverable[0].ends_before, None);
     }
 
     #[test]
