@@ -208,6 +208,16 @@ pub struct Tool {
     pub major: u32,
 }
 
+/// What `PATH --version` prints (trimmed); `name` is the tool's name for the error.
+pub(crate) async fn tool_version(name: &str, path: &Path) -> Result<String> {
+    let out = Command::new(path)
+        .arg("--version")
+        .output()
+        .await
+        .map_err(|e| Error::Tool(format!("{name} at {} cannot be run: {e}", path.display())))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// Find `name` in `bin_dir` or on `PATH`, and read its version.
 pub async fn find_tool(name: &str, bin_dir: Option<&Path>) -> Result<Tool> {
     let path = match bin_dir {
@@ -234,12 +244,7 @@ pub async fn find_tool(name: &str, bin_dir: Option<&Path>) -> Result<Tool> {
             "{name} command not found — install the PostgreSQL client tools (Debian/Ubuntu: sudo apt-get install postgresql-client; macOS: brew install postgresql; RHEL: yum install postgresql) or set database.bin_dir"
         )));
     };
-    let out = Command::new(&path)
-        .arg("--version")
-        .output()
-        .await
-        .map_err(|e| Error::Tool(format!("{name} at {} cannot be run: {e}", path.display())))?;
-    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let version = tool_version(name, &path).await?;
     let major = parse_major(&version).ok_or_else(|| {
         Error::Tool(format!(
             "cannot read the version of {} (got {version:?})",

@@ -25,6 +25,16 @@ impl Output {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
     }
+    /// The first check of `verify --json`'s output that `pick` chooses (panics when none).
+    #[track_caller]
+    pub fn verify_check(&self, pick: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let json = self.json();
+        json["checks"]
+            .as_array()
+            .and_then(|checks| checks.iter().find(|c| pick(c)))
+            .cloned()
+            .unwrap_or_else(|| panic!("no such check in {json}"))
+    }
     #[track_caller]
     pub fn assert_code(&self, code: i32) -> &Self {
         assert_eq!(

@@ -105,6 +105,22 @@ impl Site {
         all
     }
 
+    /// A scratch directory `ROOT/tmp` for `restore.temp_dir` (owned by postgres, so the
+    /// temporary servers can use it), with the rest of the configuration in `extra`.
+    pub fn with_scratch(extra: &str) -> (Self, PathBuf) {
+        let site = Self::new("");
+        let tmp = site.root.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        give_to_postgres(&tmp);
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&site.config)
+            .unwrap();
+        writeln!(f, "\n[restore]\ntemp_dir = \"{}\"\n{extra}", tmp.display()).unwrap();
+        (site, tmp)
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         let config = self.config.display().to_string();
         self.cli.run(&self.args(&config, args))

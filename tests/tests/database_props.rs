@@ -66,14 +66,7 @@ fn a_latin1_and_an_icu_database_come_back_with_their_encoding_and_locale() {
     // verify compares the test restore's locale with the source's.
     let out = clis[1].run(&["verify", "b", "--json"]);
     out.assert_code(0);
-    let json = out.json();
-    let check = json["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "locale")
-        .unwrap()
-        .clone();
+    let check = out.verify_check(|c| c["name"] == "locale");
     assert!(
         check["detail"]
             .as_str()
@@ -206,14 +199,7 @@ fn an_extension_owned_sequence_that_pg_dump_skips_comes_back_at_its_value() {
     // verify sets it in its test restore and compares every sequence.
     let out = cli.run(&["verify", "b", "--json"]);
     out.assert_code(0);
-    let json = out.json();
-    let check = json["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "sequence_values")
-        .unwrap()
-        .clone();
+    let check = out.verify_check(|c| c["name"] == "sequence_values");
     assert!(
         check["detail"]
             .as_str()

@@ -10,29 +10,12 @@
 use std::path::{Path, PathBuf};
 
 use kaizen_backup_e2e::Cli;
-use kaizen_backup_e2e::cluster::give_to_postgres;
 use kaizen_backup_e2e::pg::Pg;
 use kaizen_backup_e2e::pitr_site::{Site, names};
 
 /// A site with scratch directories in `ROOT/tmp` and a marker query.
 fn site() -> (Site, PathBuf) {
-    let tmp_dir = "tmp";
-    let site = Site::new("");
-    let tmp = site.root.path().join(tmp_dir);
-    std::fs::create_dir(&tmp).unwrap();
-    give_to_postgres(&tmp);
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&site.config)
-        .unwrap();
-    writeln!(
-        f,
-        "\n[restore]\ntemp_dir = \"{}\"\n[drill]\nmarker_query = \"select max(at) from marker\"",
-        tmp.display()
-    )
-    .unwrap();
-    (site, tmp)
+    Site::with_scratch("[drill]\nmarker_query = \"select max(at) from marker\"")
 }
 
 fn scratch_dirs(tmp: &Path) -> Vec<String> {

@@ -9,28 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kaizen_backup_e2e::cluster::give_to_postgres;
 use kaizen_backup_e2e::pitr_site::{Site, names};
 use kaizen_backup_e2e::wait_until;
 
 /// A site whose verify scratch directories go to `ROOT/tmp` (so the test sees them).
 fn site() -> (Site, PathBuf) {
-    let site = Site::new("");
-    let tmp = site.root.path().join("tmp");
-    std::fs::create_dir(&tmp).unwrap();
-    give_to_postgres(&tmp);
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&site.config)
-        .unwrap();
-    writeln!(
-        f,
-        "\n[restore]\ntemp_dir = \"{}\"\n[backup]\ncompression = \"none\"",
-        tmp.display()
-    )
-    .unwrap();
-    (site, tmp)
+    Site::with_scratch("[backup]\ncompression = \"none\"")
 }
 
 fn fill(site: &Site) {

@@ -88,6 +88,20 @@ fn fingerprint(c: &Cluster, db: &str) -> Vec<String> {
     ]
 }
 
+/// What a refused restore must leave as it was: whether database `app` exists, and the roles.
+fn server_state(c: &Cluster) -> (String, String) {
+    (
+        c.psql(
+            "postgres",
+            "select count(*) from pg_database where datname = 'app'",
+        ),
+        c.psql(
+            "postgres",
+            "select string_agg(rolname, ',' order by rolname) from pg_roles",
+        ),
+    )
+}
+
 fn cli_for(c: &Cluster, db: &str, backups: &std::path::Path) -> Cli {
     Cli::new()
         .env("POSTGRES_HOST", "127.0.0.1")
@@ -117,13 +131,7 @@ fn a_backup_restores_onto_an_empty_server_with_roles_grants_and_policies_intact(
     assert_eq!(listed[0]["roles"]["passwords"], true);
     let verify = cli.run(&["verify", "full", "--json"]);
     verify.assert_code(0);
-    let roles_check = verify.json()["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "roles")
-        .unwrap()
-        .clone();
+    let roles_check = verify.verify_check(|c| c["name"] == "roles");
     assert!(
         roles_check["detail"]
             .as_str()
@@ -198,13 +206,7 @@ fn a_backup_restores_onto_an_empty_server_with_roles_grants_and_policies_intact(
     std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
     let out = cli.run(&["verify", "full", "--json"]);
     out.assert_code(1);
-    let failed = out.json()["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["passed"] == false)
-        .unwrap()
-        .clone();
+    let failed = out.verify_check(|c| c["passed"] == false);
     assert_eq!(failed["name"], "database_properties", "{failed}");
 
     // The restored role logs in with its own password, and RLS works for it.
@@ -313,10 +315,7 @@ fn a_restoring_role_without_createrole_is_refused_before_anything_is_touched() {
     let mut dst = Cluster::init("kb-roles-dst3-", "");
     dst.start();
     dst.psql("postgres", "create role restorer login createdb");
-    let roles_before = dst.psql(
-        "postgres",
-        "select string_agg(rolname, ',' order by rolname) from pg_roles",
-    );
+    let before = server_state(&dst);
     let out = cli_for(&dst, "app", backups.path())
         .env("POSTGRES_USER", "restorer")
         .run(&["restore", "b"]);
@@ -325,18 +324,9 @@ fn a_restoring_role_without_createrole_is_refused_before_anything_is_touched() {
         .assert_stderr_contains("restore.roles");
     assert!(out.stderr.contains("app_login"), "{}", out.stderr);
     assert_eq!(
-        dst.psql(
-            "postgres",
-            "select count(*) from pg_database where datname = 'app'"
-        ),
-        "0"
-    );
-    assert_eq!(
-        dst.psql(
-            "postgres",
-            "select string_agg(rolname, ',' order by rolname) from pg_roles"
-        ),
-        roles_before
+        server_state(&dst),
+        before,
+        "a refused restore changed the server"
     );
 
     // A damaged roles object: verify names it (without a key or a database), and a
@@ -349,13 +339,7 @@ fn a_restoring_role_without_createrole_is_refused_before_anything_is_touched() {
     let cli = cli_for(&dst, "app", backups.path());
     let out = cli.run(&["verify", "b", "--quick", "--json"]);
     out.assert_code(1);
-    let failed = out.json()["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["passed"] == false)
-        .unwrap()
-        .clone();
+    let failed = out.verify_check(|c| c["passed"] == false);
     assert_eq!(failed["name"], "roles", "{failed}");
     assert!(
         failed["detail"]
@@ -368,17 +352,8 @@ fn a_restoring_role_without_createrole_is_refused_before_anything_is_touched() {
     out.assert_code(1)
         .assert_stderr_contains("checksum mismatch for b.roles.json");
     assert_eq!(
-        dst.psql(
-            "postgres",
-            "select count(*) from pg_database where datname = 'app'"
-        ),
-        "0"
-    );
-    assert_eq!(
-        dst.psql(
-            "postgres",
-            "select string_agg(rolname, ',' order by rolname) from pg_roles"
-        ),
-        roles_before
+        server_state(&dst),
+        before,
+        "a refused restore changed the server"
     );
 }

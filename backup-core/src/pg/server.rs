@@ -63,12 +63,7 @@ pub async fn find_server_tool(name: &str, bin_dir: Option<&Path>, major: u32) ->
             "{name} of PostgreSQL {major} not found: install the PostgreSQL {major} server binaries or set database.bin_dir to them"
         )));
     };
-    let out = Command::new(&path)
-        .arg("--version")
-        .output()
-        .await
-        .map_err(|e| Error::Tool(format!("{name} at {} cannot be run: {e}", path.display())))?;
-    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let version = super::tool_version(name, &path).await?;
     match parse_major(&version) {
         Some(m) if m == major => Ok(Tool {
             path,

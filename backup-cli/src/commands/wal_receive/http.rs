@@ -167,20 +167,31 @@ mod tests {
     use super::*;
     use backup_core::wal::Lsn;
 
-    #[test]
-    fn metrics_and_health_answer() {
-        let now = Utc::now();
-        let labels = Labels {
+    fn labels() -> Labels {
+        Labels {
             database: "postgres".into(),
             slot: "kaizen_backup".into(),
-        };
-        let s = ReceiverStatus {
+        }
+    }
+
+    /// Streaming, 256 bytes behind, last in sync `synced_ago` before `now`.
+    fn streaming(now: DateTime<Utc>, synced_ago: i64) -> ReceiverStatus {
+        ReceiverStatus {
             streaming: true,
             archived_lsn: Some(Lsn(0x300_0000)),
             server_lsn: Some(Lsn(0x300_0100)),
-            synced_at: Some(now - chrono::Duration::seconds(2)),
-            errors_total: 3,
+            synced_at: Some(now - chrono::Duration::seconds(synced_ago)),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn metrics_and_health_answer() {
+        let now = Utc::now();
+        let labels = labels();
+        let s = ReceiverStatus {
+            errors_total: 3,
+            ..streaming(now, 2)
         };
         let allowed = Duration::from_secs(30);
         let text = render(&s, &labels, allowed, now);
@@ -214,20 +225,12 @@ mod tests {
     #[test]
     fn every_listed_metric_is_served_once_everything_is_known() {
         let now = Utc::now();
-        let labels = Labels {
-            database: "postgres".into(),
-            slot: "kaizen_backup".into(),
-        };
         let s = ReceiverStatus {
-            streaming: true,
-            archived_lsn: Some(Lsn(0x300_0000)),
-            server_lsn: Some(Lsn(0x300_0100)),
-            synced_at: Some(now),
             last_segment: Some(("000000010000000000000002".into(), now)),
             last_upload: Some(now),
-            ..Default::default()
+            ..streaming(now, 0)
         };
-        let text = render(&s, &labels, Duration::from_secs(30), now);
+        let text = render(&s, &labels(), Duration::from_secs(30), now);
         for (name, _, _) in RECEIVER_METRICS {
             assert!(
                 text.contains(&format!("\n{name}{{database=")),

@@ -68,15 +68,20 @@ fn create_sql(r: &Role) -> String {
     sql
 }
 
-/// The roles of `set` that the server `admin` is connected to lacks.
-pub async fn missing<'a>(admin: &Client, set: &'a RoleSet) -> Result<Vec<&'a Role>> {
-    let existing: Vec<String> = admin
+/// The names of the server's roles.
+async fn role_names(admin: &Client) -> Result<Vec<String>> {
+    Ok(admin
         .query("SELECT rolname::text FROM pg_roles", &[])
         .await
         .map_err(|e| db_error("listing the server's roles", &e))?
         .iter()
         .map(|r| r.get(0))
-        .collect();
+        .collect())
+}
+
+/// The roles of `set` that the server `admin` is connected to lacks.
+pub async fn missing<'a>(admin: &Client, set: &'a RoleSet) -> Result<Vec<&'a Role>> {
+    let existing = role_names(admin).await?;
     Ok(set
         .roles
         .iter()
@@ -220,13 +225,7 @@ pub async fn drop_created(admin: &Client, created: &[String]) {
 /// `ALTER DATABASE target SET`) to `target`; settings of roles the server lacks are
 /// skipped with a warning.
 pub async fn apply_database_settings(admin: &Client, set: &RoleSet, target: &str) -> Result<()> {
-    let existing: Vec<String> = admin
-        .query("SELECT rolname::text FROM pg_roles", &[])
-        .await
-        .map_err(|e| db_error("listing the server's roles", &e))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let existing = role_names(admin).await?;
     for s in &set.database_settings {
         let clause = set_clause(&s.setting)?;
         let sql = match &s.role {
