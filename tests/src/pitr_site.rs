@@ -223,17 +223,41 @@ impl Site {
         (c, got)
     }
 
-    /// Restore to the end of the archive (or `target`) into a new directory, start it and
-    /// return its markers.
-    pub fn restore_markers(&self, dir: &str, target: &[&str]) -> (Cluster, Vec<i32>) {
+    /// Restore to the end of the archive (or `target`) into the new directory `dir`
+    /// (archiving off); the restore must succeed.
+    pub fn restore_pgdata(&self, dir: &str, target: &[&str]) -> (PathBuf, Output) {
         let pgdata = self.new_pgdata(dir);
         let pgdata_s = pgdata.display().to_string();
         let mut args = vec!["restore", "--pgdata", pgdata_s.as_str(), "--no-archive"];
         args.extend_from_slice(target);
         let out = self.run(&args);
         out.assert_code(0);
+        (pgdata, out)
+    }
+
+    /// [`Site::restore_pgdata`], then start it and return its markers.
+    pub fn restore_markers(&self, dir: &str, target: &[&str]) -> (Cluster, Vec<i32>) {
+        let (pgdata, _) = self.restore_pgdata(dir, target);
         self.start_restored(&pgdata)
     }
+}
+
+/// An age key that the postgres user can read (the archiver and a restored server's
+/// wal-fetch run as postgres): its directory, its path and its recipient.
+pub fn age_key_for_postgres(prefix: &str) -> (tempfile::TempDir, PathBuf, String) {
+    let keys = postgres_tempdir(prefix);
+    let key = keys.path().join("age.key");
+    let recipient = Cli::new()
+        .run(&["keygen", "--output", key.to_str().unwrap()])
+        .assert_code(0)
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("age1"))
+        .unwrap()
+        .trim()
+        .to_string();
+    give_to_postgres(keys.path());
+    (keys, key, recipient)
 }
 
 /// Markers 1 to n.

@@ -8,9 +8,8 @@
 
 use std::time::Duration;
 
-use kaizen_backup_e2e::cluster::{give_to_postgres, postgres_tempdir};
-use kaizen_backup_e2e::pitr_site::{Site, upto};
-use kaizen_backup_e2e::{Cli, wait_until};
+use kaizen_backup_e2e::pitr_site::{Site, age_key_for_postgres, upto};
+use kaizen_backup_e2e::wait_until;
 
 fn archived(site: &Site) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(site.archive.join("wal"))
@@ -351,32 +350,13 @@ fn retention_deletes_exactly_the_wal_no_retained_backup_needs() {
     assert!(left.contains(&keep_from), "{left:?}");
     assert!(!site.archive.join("old.manifest.json").exists());
     // What remains still restores: the newest backup to the end of the archive.
-    let pgdata = site.new_pgdata("after_prune");
-    site.run(&[
-        "restore",
-        "--pgdata",
-        pgdata.to_str().unwrap(),
-        "--no-archive",
-    ])
-    .assert_code(0);
-    let (_c, got) = site.start_restored(&pgdata);
+    let (_c, got) = site.restore_markers("after_prune", &[]);
     assert_eq!(got, upto(4));
 }
 
 #[test]
 fn encrypted_base_backup_and_wal_restore_to_a_time() {
-    let keys = postgres_tempdir("kb-pitr-key-");
-    let key = keys.path().join("age.key");
-    let recipient = Cli::new()
-        .run(&["keygen", "--output", key.to_str().unwrap()])
-        .assert_code(0)
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("age1"))
-        .unwrap()
-        .trim()
-        .to_string();
-    give_to_postgres(keys.path());
+    let (_keys, key, recipient) = age_key_for_postgres("kb-pitr-key-");
     let site = Site::new(&format!(
         "[encryption]\ntype = \"age\"\nrecipients = [\"{recipient}\"]\nidentity_file = \"{}\"\n",
         key.display()
@@ -426,17 +406,7 @@ fn encrypted_base_backup_and_wal_restore_to_a_time() {
     assert!(out.all().contains("no key"), "{}", out.all());
     assert!(!dest.exists());
 
-    let pgdata = site.new_pgdata("decrypted");
     let t = format!("{}+00", times[3]);
-    site.run(&[
-        "restore",
-        "--pgdata",
-        pgdata.to_str().unwrap(),
-        "--to-time",
-        &t,
-        "--no-archive",
-    ])
-    .assert_code(0);
-    let (_c, got) = site.start_restored(&pgdata);
+    let (_c, got) = site.restore_markers("decrypted", &["--to-time", &t]);
     assert_eq!(got, upto(2));
 }

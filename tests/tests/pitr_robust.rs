@@ -11,9 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use kaizen_backup_e2e::cli::{signal, wait};
-use kaizen_backup_e2e::cluster::{give_to_postgres, postgres_tempdir};
-use kaizen_backup_e2e::pitr_site::{Site, names, upto};
-use kaizen_backup_e2e::{Azure, Cli, S3, unique, wait_until};
+use kaizen_backup_e2e::pitr_site::{Site, age_key_for_postgres, names, upto};
+use kaizen_backup_e2e::{Azure, S3, unique, wait_until};
 use nix::sys::signal::Signal;
 
 /// Partial (still being written) files in a local storage directory, with their sizes.
@@ -238,17 +237,7 @@ fn base_backup_wal_and_a_restore_to_a_time_through_s3() {
 
     // T between commit 3 and commit 4.
     let t = format!("{}+00", times[4]);
-    let pgdata = site.new_pgdata("from_s3");
-    let pgdata_s = pgdata.display().to_string();
-    let out = site.run(&[
-        "restore",
-        "--pgdata",
-        &pgdata_s,
-        "--to-time",
-        &t,
-        "--no-archive",
-    ]);
-    out.assert_code(0);
+    let (pgdata, out) = site.restore_pgdata("from_s3", &["--to-time", &t]);
     assert!(
         !out.all().contains("Aws-Secret-Never-Printed"),
         "{}",
@@ -262,18 +251,7 @@ fn base_backup_wal_and_a_restore_to_a_time_through_s3() {
 fn base_backup_wal_and_an_encrypted_restore_to_a_time_through_azurite() {
     let az = Azure::get();
     // The archiver and the restored server's wal-fetch run as postgres: they read the key.
-    let keys = postgres_tempdir("kb-pitr-azkey-");
-    let key = keys.path().join("age.key");
-    let recipient = Cli::new()
-        .run(&["keygen", "--output", key.to_str().unwrap()])
-        .assert_code(0)
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("age1"))
-        .unwrap()
-        .trim()
-        .to_string();
-    give_to_postgres(keys.path());
+    let (_keys, key, recipient) = age_key_for_postgres("kb-pitr-azkey-");
     let site = Site::with_target(
         Some(&az.url(&unique("pitr"))),
         &format!(
@@ -328,17 +306,7 @@ fn base_backup_wal_and_an_encrypted_restore_to_a_time_through_azurite() {
 
     // T between commit 3 and commit 4: exactly rows 1-3, as committed.
     let t = format!("{}+00", times[4]);
-    let pgdata = site.new_pgdata("from_azurite");
-    let pgdata_s = pgdata.display().to_string();
-    let out = site.run(&[
-        "restore",
-        "--pgdata",
-        &pgdata_s,
-        "--to-time",
-        &t,
-        "--no-archive",
-    ]);
-    out.assert_code(0);
+    let (pgdata, out) = site.restore_pgdata("from_azurite", &["--to-time", &t]);
     assert!(!out.all().contains(&az.key), "{}", out.all());
     let (c, got) = site.start_restored(&pgdata);
     assert_eq!(got, upto(3));
