@@ -108,6 +108,15 @@ impl Ctx {
         Ok(self.wal_targets.get_or_init(|| opened))
     }
 
+    /// The first target's WAL archive: where a point-in-time restore and a drill read
+    /// (wal-fetch, which tries every target, serves the recovering server).
+    pub fn primary_wal(&self) -> Result<Arc<dyn Storage>> {
+        self.wal_targets()?
+            .first()
+            .map(|t| t.storage.clone())
+            .ok_or_else(|| Error::usage("no storage target configured"))
+    }
+
     /// What each target holds (with its WAL archive), one [`Overview`] per target in the
     /// configured order: what `status` and `report` show.
     pub async fn overviews(&self) -> Result<Vec<Overview>> {

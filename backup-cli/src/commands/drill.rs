@@ -129,11 +129,7 @@ async fn physical_drill(
 ) -> Result<()> {
     let c = ctx.config();
     let backups = ctx.primary()?.storage.clone();
-    let wal = ctx
-        .wal_targets()?
-        .first()
-        .map(|t| t.storage.clone())
-        .ok_or_else(|| Error::usage("no storage target configured"))?;
+    let wal = ctx.primary_wal()?;
     let opts = DrillOptions {
         pitr: PitrOptions {
             pgdata: std::path::PathBuf::new(),

@@ -48,11 +48,7 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
         bin_dir: c.database.bin_dir.clone(),
     };
     let backups = ctx.primary()?.storage.clone();
-    let wal = ctx
-        .wal_targets()?
-        .first()
-        .map(|t| t.storage.clone())
-        .ok_or_else(|| Error::usage("no storage target configured"))?;
+    let wal = ctx.primary_wal()?;
     let outcome = pitr::restore(&backups, &wal, &opts).await?;
     success!(
         "Restored physical backup {} into {} ({} files); recovery will stop at {}",

@@ -191,13 +191,7 @@ pub async fn plan(
         .prefix(&crate::util::owned_prefix(crate::leftovers::RESTORE_PREFIX))
         .tempdir()
         .map_err(|e| Error::io("cannot create a temporary directory", e))?;
-    let timeline = window::latest_timeline(&files, segment_size).max(
-        physical
-            .iter()
-            .filter_map(|b| b.manifest.physical.as_ref().map(|p| p.timeline))
-            .max()
-            .unwrap_or(1),
-    );
+    let timeline = window::recovery_timeline(&files, segment_size, &physical);
     let hist = history(wal_store, timeline, &opts.keys, scratch.path()).await?;
     let on_path: Vec<(&BackupEntry, BaseBackup)> = physical
         .iter()

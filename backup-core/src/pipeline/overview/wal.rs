@@ -133,13 +133,7 @@ pub(super) async fn gather(
         .iter()
         .find_map(|b| b.manifest.physical.as_ref().map(|p| p.wal_segment_size))
         .unwrap_or(wal::DEFAULT_SEGMENT_SIZE);
-    let timeline = window::latest_timeline(&files, segment_size).max(
-        physical
-            .iter()
-            .filter_map(|b| b.manifest.physical.as_ref().map(|p| p.timeline))
-            .max()
-            .unwrap_or(1),
-    );
+    let timeline = window::recovery_timeline(&files, segment_size, physical);
     let (history, note) = if timeline <= 1 {
         (Some(Vec::new()), None)
     } else {

@@ -61,6 +61,22 @@ pub fn latest_timeline(files: &[ArchivedFile], segment_size: u64) -> u32 {
         .unwrap_or(1)
 }
 
+/// The timeline recovery follows: the newest the archive or one of the `physical`
+/// backups knows.
+pub fn recovery_timeline(
+    files: &[ArchivedFile],
+    segment_size: u64,
+    physical: &[&crate::catalog::BackupEntry],
+) -> u32 {
+    latest_timeline(files, segment_size).max(
+        physical
+            .iter()
+            .filter_map(|b| b.manifest.physical.as_ref().map(|p| p.timeline))
+            .max()
+            .unwrap_or(1),
+    )
+}
+
 /// The timeline whose file recovery reads for segment `segno` on the way to `target`.
 pub fn timeline_of_segment(
     history: &[TimelineSwitch],
