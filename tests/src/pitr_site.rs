@@ -121,6 +121,29 @@ impl Site {
         (site, tmp)
     }
 
+    /// `wal-fetch SEGMENT` with the configuration minus its age identity must refuse
+    /// ("no key") and write nothing.
+    pub fn assert_wal_fetch_needs_the_key(&self, segment: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let nokey = self.root.path().join("nokey.toml");
+        let without: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with("identity_file"))
+            .collect();
+        std::fs::write(&nokey, without.join("\n")).unwrap();
+        let dest = self.root.path().join("nokey-fetched");
+        let out = self.cli.run(&[
+            "--config",
+            nokey.to_str().unwrap(),
+            "wal-fetch",
+            segment,
+            dest.to_str().unwrap(),
+        ]);
+        out.assert_code(1);
+        assert!(out.all().contains("no key"), "{}", out.all());
+        assert!(!dest.exists());
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         let config = self.config.display().to_string();
         self.cli.run(&self.args(&config, args))

@@ -383,28 +383,11 @@ fn encrypted_base_backup_and_wal_restore_to_a_time() {
     assert!(base.ends_with(".zst.age"), "{base}");
 
     // Without the identity, wal-fetch refuses and writes nothing.
-    let text = std::fs::read_to_string(&site.config).unwrap();
-    let nokey = site.root.path().join("nokey.toml");
-    let without: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.starts_with("identity_file"))
-        .collect();
-    std::fs::write(&nokey, without.join("\n")).unwrap();
     let segment = stored
         .iter()
         .find(|n| n.as_bytes().get(24) == Some(&b'-'))
         .unwrap();
-    let dest = site.root.path().join("nokey-fetched");
-    let out = site.cli.run(&[
-        "--config",
-        nokey.to_str().unwrap(),
-        "wal-fetch",
-        &segment[..24],
-        dest.to_str().unwrap(),
-    ]);
-    out.assert_code(1);
-    assert!(out.all().contains("no key"), "{}", out.all());
-    assert!(!dest.exists());
+    site.assert_wal_fetch_needs_the_key(&segment[..24]);
 
     let t = format!("{}+00", times[3]);
     let (_c, got) = site.restore_markers("decrypted", &["--to-time", &t]);

@@ -285,24 +285,7 @@ fn base_backup_wal_and_an_encrypted_restore_to_a_time_through_azurite() {
     let segment = site
         .cluster
         .psql("postgres", "select last_archived_wal from pg_stat_archiver");
-    let text = std::fs::read_to_string(&site.config).unwrap();
-    let nokey = site.root.path().join("nokey.toml");
-    let without: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.starts_with("identity_file"))
-        .collect();
-    std::fs::write(&nokey, without.join("\n")).unwrap();
-    let dest = site.root.path().join("nokey-fetched");
-    let out = site.cli.run(&[
-        "--config",
-        nokey.to_str().unwrap(),
-        "wal-fetch",
-        &segment,
-        dest.to_str().unwrap(),
-    ]);
-    out.assert_code(1);
-    assert!(out.all().contains("no key"), "{}", out.all());
-    assert!(!dest.exists());
+    site.assert_wal_fetch_needs_the_key(&segment);
 
     // T between commit 3 and commit 4: exactly rows 1-3, as committed.
     let t = format!("{}+00", times[4]);
