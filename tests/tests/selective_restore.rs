@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use kaizen_backup_e2e::{Cli, Pg, TestDb, unique};
+use kaizen_backup_e2e::{Cli, Pg, S3, TestDb, unique};
 
 const SHOP: &str = "
     CREATE EXTENSION pgcrypto;
@@ -336,5 +336,32 @@ fn parallel_and_encrypted_backups_restore_selected_tables_with_jobs() {
     assert_eq!(
         rows(&pg, &side2.name, "public.customers", "id"),
         rows(&pg, &db.name, "public.customers", "id")
+    );
+}
+
+#[test]
+fn a_table_comes_back_from_a_backup_in_s3() {
+    let pg = Pg::get();
+    let s3 = S3::get();
+    let db = shop(&pg, "ksr_s3");
+    let url = s3.url(&unique("sr"));
+    let cli = s3.cli(&db.name);
+    cli.run(&["--storage", &url, "backup", "b"]).assert_code(0);
+    let side = pg.adopt(&unique("ksr_s3side"));
+    cli.run(&[
+        "--storage",
+        &url,
+        "restore",
+        "b",
+        &side.name,
+        "--table",
+        "public.order_lines",
+    ])
+    .assert_code(0)
+    .assert_stderr_contains("public.order_lines: 300 rows, as recorded");
+    assert_eq!(tables(&pg, &side.name), ["public.order_lines"]);
+    assert_eq!(
+        rows(&pg, &side.name, "public.order_lines", "order_id, qty"),
+        rows(&pg, &db.name, "public.order_lines", "order_id, qty")
     );
 }
