@@ -80,12 +80,11 @@ pub fn run() -> Result<()> {
     println!("    every table has the same rows and content (digest {src_digest})");
 
     println!(
-        "\n==> Bringing one table back: the pipelines of workspace 7 are deleted, then copied back from a side database"
+        "\n==> Bringing one table back: a bad script emptied the pipeline definitions of workspace 7; they are copied back from a side database"
     );
     pg.psql(
         "kaizen_studio",
-        "DELETE FROM pipeline_agents WHERE pipeline_id IN (SELECT id FROM pipelines WHERE workspace_id = 7); \
-         DELETE FROM pipelines WHERE workspace_id = 7",
+        "UPDATE pipelines SET definition = '{}' WHERE workspace_id = 7",
     )?;
     kb(&["contents", "latest"])?;
     kb(&[
@@ -95,23 +94,25 @@ pub fn run() -> Result<()> {
         "--table",
         "public.pipelines",
     ])?;
-    let copy_back = format!(
-        "CREATE EXTENSION IF NOT EXISTS dblink; \
-         INSERT INTO pipelines SELECT * FROM dblink('host=127.0.0.1 port={} user=postgres password={} dbname=kaizen_studio_pipelines', \
-           'SELECT id, workspace_id, name, definition, version FROM pipelines WHERE workspace_id = 7') \
-           AS t(id int, workspace_id int, name text, definition jsonb, version int) \
-         ON CONFLICT (id) DO NOTHING",
-        pg.port, pg.password
-    );
     println!(
-        "\n$ psql -d kaizen_studio  # INSERT INTO pipelines SELECT * FROM dblink('dbname=kaizen_studio_pipelines', 'SELECT … WHERE workspace_id = 7') …"
+        "\n$ psql -d kaizen_studio  # UPDATE pipelines p SET definition = t.definition FROM dblink('dbname=kaizen_studio_pipelines', 'SELECT id, definition FROM pipelines WHERE workspace_id = 7') …"
     );
-    pg.psql("kaizen_studio", &copy_back)?;
-    let back = pg.psql(
+    pg.psql(
         "kaizen_studio",
-        "SELECT count(*) FROM pipelines WHERE workspace_id = 7",
+        &format!(
+            "CREATE EXTENSION IF NOT EXISTS dblink; \
+             UPDATE pipelines p SET definition = t.definition \
+               FROM dblink('host=127.0.0.1 port={} user=postgres password={} dbname=kaizen_studio_pipelines', \
+                           'SELECT id, definition FROM pipelines WHERE workspace_id = 7') AS t(id int, definition jsonb) \
+              WHERE p.id = t.id",
+            pg.port, pg.password
+        ),
     )?;
-    println!("    workspace 7 has its {} pipelines again", back.trim());
+    let digest = pg.psql("kaizen_studio", DIGEST)?;
+    if digest != src_digest {
+        bail!("kaizen_studio differs from the backup after copying the rows back");
+    }
+    println!("    workspace 7 has its pipeline definitions again (digest {digest})");
     println!("\nDone. Backups are in {}", backups.display());
     println!("The cluster is stopped and removed; rerun `cargo xtask demo` to see it again.");
     drop(pg);
