@@ -283,6 +283,11 @@ fn refusals_create_nothing_and_change_nothing() {
         .assert_code(1)
         .assert_stderr_contains("checksum mismatch");
     nothing_created(&pg, &side);
+    // Names are checked from the archive's start, before the whole archive is read.
+    cli.run(&["restore", "b", &side, "--table", "public.nope"])
+        .assert_code(1)
+        .assert_stderr_contains("table public.nope is not in the backup");
+    nothing_created(&pg, &side);
 }
 
 #[test]

@@ -139,6 +139,30 @@ pub async fn run(
     })
 }
 
+/// A first look, for a custom-format backup: read only the start of the archive (its table
+/// of contents) and check that `selection` names tables it holds, so that a mistyped name
+/// fails at once instead of after the whole archive was read. `decoder` decodes the stored
+/// stream as [`RestoreOptions::decoder`] does. An unreadable TOC is not reported here: the
+/// full read that follows proves the checksum first and says what is wrong.
+pub async fn check_names(
+    resolved: &Resolved,
+    selection: &Selection,
+    decoder: Option<crate::codec::Decoder>,
+) -> Result<()> {
+    if resolved.is_directory() {
+        return Ok(());
+    }
+    let stored = resolved.storage.get(&resolved.data_key).await?;
+    let plain = match decoder {
+        Some(d) => d(stored)?,
+        None => stored,
+    };
+    match crate::toc::read(plain, false).await {
+        Ok(Ok(toc)) => plan::build(&toc, selection).map(|_| ()),
+        Ok(Err(_)) | Err(_) => Ok(()),
+    }
+}
+
 async fn refuse_existing(admin: &Client, target: &str) -> Result<()> {
     if database_exists(admin, target).await? {
         return Err(Error::Refused(format!(

@@ -44,6 +44,13 @@ pub(super) async fn run(
         schemas: args.schemas.clone(),
         with_dependencies: args.with_dependencies,
     };
+    // A mistyped name fails before the whole archive is read.
+    selective::check_names(
+        &resolved,
+        &selection,
+        ctx.decoder(resolved.manifest.as_ref())?,
+    )
+    .await?;
     let bar = crate::progress::Bar::start("restore", ctx.progress);
     opts.progress = bar.callback();
     let result = selective::run(&c.database, &resolved, &selection, opts, ctx.cancel.clone()).await;
