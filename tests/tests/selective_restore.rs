@@ -39,7 +39,11 @@ const SHOP: &str = "
     CREATE TABLE \"Ünï code\".\"we\"\"ird name.x\" (v text);
     INSERT INTO \"Ünï code\".\"we\"\"ird name.x\" SELECT 'w' || g FROM generate_series(1, 7) g;
     CREATE TABLE \"Ünï code\".\"a.b\" (v int);
-    INSERT INTO \"Ünï code\".\"a.b\" SELECT g FROM generate_series(1, 3) g;";
+    INSERT INTO \"Ünï code\".\"a.b\" SELECT g FROM generate_series(1, 3) g;
+    CREATE TABLE public.base (v int);
+    CREATE TABLE public.child (w int) INHERITS (public.base);
+    INSERT INTO public.base VALUES (1), (2);
+    INSERT INTO public.child VALUES (3, 4);";
 
 fn shop(pg: &Pg, prefix: &str) -> TestDb {
     let db = pg.create_db(prefix);
@@ -219,6 +223,14 @@ fn a_schema_a_partitioned_table_and_odd_names_come_back_exactly() {
         tables(&pg, &side3.name),
         ["Ünï code.a.b", "Ünï code.we\"ird name.x"]
     );
+    // An inheritance child comes with the table it inherits from, each counted as the
+    // backup counted it (the parent's own rows).
+    let side4 = pg.adopt(&unique("ksr_inh"));
+    cli.run(&["restore", "b", &side4.name, "--table", "public.child"])
+        .assert_code(0)
+        .assert_stderr_contains("public.base: 2 rows, as recorded")
+        .assert_stderr_contains("public.child: 1 rows, as recorded");
+    assert_eq!(tables(&pg, &side4.name), ["public.base", "public.child"]);
     let weird = "\"Ünï code\".\"we\"\"ird name.x\"";
     assert_eq!(
         rows(&pg, &side3.name, weird, "v"),

@@ -252,11 +252,19 @@ async fn prove_rows(
     let mut out = Vec::new();
     let mut wrong = Vec::new();
     for t in &plan.tables {
-        let sql = format!(
-            "SELECT count(*) FROM {}.{}",
-            quote_ident(&t.0),
-            quote_ident(&t.1)
-        );
+        let name = format!("{}.{}", quote_ident(&t.0), quote_ident(&t.1));
+        // Counted as the backup counted (pg/stats.rs): an ordinary table its own rows
+        // (ONLY: inheritance children are not counted twice), a partitioned one all of them.
+        let kind: String = client
+            .query_one(
+                "SELECT relkind::text FROM pg_class WHERE oid = $1::text::regclass",
+                &[&name],
+            )
+            .await
+            .map_err(|e| db_error(format!("looking up {}", qualified(t)), &e))?
+            .get(0);
+        let only = if kind == "r" { "ONLY " } else { "" };
+        let sql = format!("SELECT count(*) FROM {only}{name}");
         let rows: i64 = client
             .query_one(&sql, &[])
             .await

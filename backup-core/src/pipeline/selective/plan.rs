@@ -177,9 +177,10 @@ pub fn build(toc: &Toc, selection: &Selection) -> Result<Plan> {
         by_id: &by_id,
         memo: HashMap::new(),
     };
+    let parent_of = toc.partition_parents();
     let mut children: HashMap<i64, Vec<i64>> = HashMap::new();
-    for (child, parent) in toc.partition_parents() {
-        children.entry(parent).or_default().push(child);
+    for (child, parent) in &parent_of {
+        children.entry(*parent).or_default().push(*child);
     }
     let keys: Vec<&TocEntry> = toc
         .entries
@@ -197,6 +198,17 @@ pub fn build(toc: &Toc, selection: &Selection) -> Result<Plan> {
                 }
             }
         }
+        // A table that INHERITS from another cannot be created without it (a partition
+        // can: it is attached by a separate entry).
+        let inherits: Vec<i64> = selected
+            .iter()
+            .filter(|t| !parent_of.contains_key(t))
+            .filter_map(|t| by_id.get(t))
+            .flat_map(|e| e.dependencies.iter())
+            .filter(|d| by_id.get(d).is_some_and(|p| p.desc == "TABLE"))
+            .copied()
+            .collect();
+        selected.extend(inherits);
         if selection.with_dependencies {
             for k in &keys {
                 let own = own_tables(k, &by_id);
@@ -598,6 +610,8 @@ mod tests {
                 entry(22, "COMMENT", p, "VIEW v", &[13]),
                 entry(23, "COMMENT", None, "SCHEMA \"Sales Data\"", &[2]),
                 entry(24, "ACL", p, "TABLE customers", &[5]),
+                entry(25, "TABLE", p, "base", &[]),
+                entry(26, "TABLE", p, "child", &[25]),
             ],
             len: 0,
         }
@@ -647,6 +661,9 @@ mod tests {
         // A partition alone is restored as a table of its own.
         let plan = select(&["Sales Data.Audit Log 2024"], &[], false).unwrap();
         assert_eq!(plan.entries, [2, 11, 16, 23]);
+        // An inheritance child comes with the table it inherits from.
+        let plan = select(&["public.child"], &[], false).unwrap();
+        assert_eq!(plan.entries, [25, 26]);
     }
 
     #[test]
