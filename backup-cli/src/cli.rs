@@ -86,7 +86,7 @@ pub enum Command {
     },
     /// Restore a backup into a database (created, or replaced atomically).
     #[command(
-        after_help = "Examples:\n  kaizen-backup restore latest\n  kaizen-backup restore --pgdata /var/lib/postgresql/15/restored --to-time '2026-01-15 14:30:00+01'\n  kaizen-backup restore backup_20240115_143000 kaizen_studio_restore\n  kaizen-backup restore ./backups/backup_20240115_143000.dump\n  kaizen-backup restore latest kaizen_studio --confirm-production kaizen_studio\n  kaizen-backup restore latest kaizen_studio_copy --jobs 4"
+        after_help = "Examples:\n  kaizen-backup restore latest\n  kaizen-backup restore --pgdata /var/lib/postgresql/15/restored --to-time '2026-01-15 14:30:00+01'\n  kaizen-backup restore backup_20240115_143000 kaizen_studio_restore\n  kaizen-backup restore ./backups/backup_20240115_143000.dump\n  kaizen-backup restore latest kaizen_studio --confirm-production kaizen_studio\n  kaizen-backup restore latest kaizen_studio_copy --jobs 4\n  kaizen-backup restore latest side_db --table public.pipelines --table '\"Sales Data\".\"Audit Log\"'"
     )]
     Restore(RestoreArgs),
     /// Archive one WAL file (`archive_command = 'kaizen-backup wal-push %p'`): exit 0 only
@@ -314,6 +314,24 @@ pub struct RestoreArgs {
     /// restoring several databases onto a new server); no database is touched.
     #[arg(long, conflicts_with_all = ["pgdata", "target_db"])]
     pub globals_only: bool,
+    /// Restore only this table (repeatable) into TARGET_DB, which must not exist. Names
+    /// are exact; quote a part that contains a dot: `--table '"a.b".c'`.
+    #[arg(long = "table", value_name = "SCHEMA.TABLE", conflicts_with_all = ["pgdata", "globals_only"])]
+    pub tables: Vec<String>,
+    /// Restore every table of this schema (repeatable) into TARGET_DB, which must not exist.
+    #[arg(long = "schema", value_name = "SCHEMA", conflicts_with_all = ["pgdata", "globals_only"])]
+    pub schemas: Vec<String>,
+    /// With --table/--schema: also restore the tables they reference by foreign key, so
+    /// those keys are kept.
+    #[arg(long)]
+    pub with_dependencies: bool,
+}
+
+impl RestoreArgs {
+    /// Whether only some tables are restored (into a new database).
+    pub fn is_selective(&self) -> bool {
+        !self.tables.is_empty() || !self.schemas.is_empty()
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -44,8 +44,8 @@ pub use pg::stats;
 pub(crate) use pg::{pgpass, tls};
 pub use pipeline::pitr::{recovery, window};
 pub use pipeline::{
-    backup, catalog, contents, drill, overview, pitr, prune, restore, retention, walarchive,
-    walreceive,
+    backup, catalog, contents, drill, overview, pitr, prune, restore, retention, selective,
+    walarchive, walreceive,
 };
 
 pub use error::{Error, Result};

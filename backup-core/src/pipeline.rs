@@ -10,5 +10,6 @@ pub mod pitr;
 pub mod prune;
 pub mod restore;
 pub mod retention;
+pub mod selective;
 pub mod walarchive;
 pub mod walreceive;

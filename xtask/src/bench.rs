@@ -378,6 +378,29 @@ pub fn run(args: &[String]) -> Result<()> {
             record(&mut results, label, restored);
         }
 
+        // 4c. one small table into a new database vs pg_restore -t of the dump
+        let (d1, d2) = (
+            format!("t{}_a", counter.get()),
+            format!("t{}_b", counter.get()),
+        );
+        let o = measure(&mut env.ours(&[
+            "restore",
+            "b1",
+            &d1,
+            "--table",
+            "public.pgbench_branches",
+            "-q",
+        ]))?;
+        env.psql("postgres", &format!("CREATE DATABASE {d2}"))?;
+        let b = measure(
+            env.tool("pg_restore")
+                .args(["-t", "pgbench_branches", "-d", &d2])
+                .arg(&dump),
+        )?;
+        env.psql("postgres", &format!("DROP DATABASE {d1}"))?;
+        env.psql("postgres", &format!("DROP DATABASE {d2}"))?;
+        record(&mut results, "4c. restore one small table", (o, b));
+
         // 5. verify (full) vs restore + count queries by hand
         let o = measure(&mut env.ours(&["verify", "b1", "-q"]))?;
         let d = format!("v{}", counter.get());

@@ -78,6 +78,41 @@ pub fn run() -> Result<()> {
         );
     }
     println!("    every table has the same rows and content (digest {src_digest})");
+
+    println!(
+        "\n==> Bringing one table back: a bad script emptied the pipeline definitions of workspace 7; they are copied back from a side database"
+    );
+    pg.psql(
+        "kaizen_studio",
+        "UPDATE pipelines SET definition = '{}' WHERE workspace_id = 7",
+    )?;
+    kb(&["contents", "latest"])?;
+    kb(&[
+        "restore",
+        "latest",
+        "kaizen_studio_pipelines",
+        "--table",
+        "public.pipelines",
+    ])?;
+    println!(
+        "\n$ psql -d kaizen_studio  # UPDATE pipelines p SET definition = t.definition FROM dblink('dbname=kaizen_studio_pipelines', 'SELECT id, definition FROM pipelines WHERE workspace_id = 7') …"
+    );
+    pg.psql(
+        "kaizen_studio",
+        &format!(
+            "CREATE EXTENSION IF NOT EXISTS dblink; \
+             UPDATE pipelines p SET definition = t.definition \
+               FROM dblink('host=127.0.0.1 port={} user=postgres password={} dbname=kaizen_studio_pipelines', \
+                           'SELECT id, definition FROM pipelines WHERE workspace_id = 7') AS t(id int, definition jsonb) \
+              WHERE p.id = t.id",
+            pg.port, pg.password
+        ),
+    )?;
+    let digest = pg.psql("kaizen_studio", DIGEST)?;
+    if digest != src_digest {
+        bail!("kaizen_studio differs from the backup after copying the rows back");
+    }
+    println!("    workspace 7 has its pipeline definitions again (digest {digest})");
     println!("\nDone. Backups are in {}", backups.display());
     println!("The cluster is stopped and removed; rerun `cargo xtask demo` to see it again.");
     drop(pg);

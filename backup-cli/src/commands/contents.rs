@@ -1,8 +1,9 @@
 //! `kaizen-backup contents <BACKUP> [--json]`: what a backup holds, from the archive's own
-//! table of contents and the manifest's row counts. An encrypted backup needs only its key.
+//! table of contents and the manifest's row counts and sizes. An encrypted backup needs only its key.
 
 use backup_core::contents::{Contents, TableInfo};
 use backup_core::pg::display_ident as show;
+use backup_core::util::human_size;
 use backup_core::{Error, Result, toc};
 
 use crate::ctx::Ctx;
@@ -84,8 +85,13 @@ fn table(out: &mut String, t: &TableInfo, depth: usize) {
         .rows
         .map(|r| format!("{r} rows"))
         .unwrap_or_else(|| "rows not recorded".into());
+    let size = t
+        .size_bytes
+        .and_then(|b| u64::try_from(b).ok())
+        .map(|b| format!(", {}", human_size(b)))
+        .unwrap_or_default();
     out.push_str(&format!(
-        "{}{kind} {}  {rows}{}\n",
+        "{}{kind} {}  {rows}{size}{}\n",
         "  ".repeat(depth),
         show(&t.name),
         if t.partitions.is_empty() {

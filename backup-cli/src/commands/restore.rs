@@ -17,11 +17,23 @@ use crate::ctx::Ctx;
 use crate::events::RestoreSubject;
 use crate::output::interactive;
 
+mod selective;
+
 pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
     if args.globals_only {
         return globals_only(ctx, &args).await;
     }
     let c = ctx.config();
+    if args.with_dependencies && !args.is_selective() {
+        return Err(Error::usage(
+            "--with-dependencies goes with --table or --schema",
+        ));
+    }
+    if args.is_selective() && args.target_db.is_none() {
+        return Err(Error::usage(
+            "--table/--schema restore into a new database: name it (restore BACKUP SIDE_DB --table SCHEMA.TABLE)",
+        ));
+    }
     let target_db = args
         .target_db
         .clone()
@@ -86,6 +98,9 @@ async fn locked_restore(
     resolved: Resolved,
 ) -> Result<RestoreOutcome> {
     let c = ctx.config();
+    if args.is_selective() {
+        return selective::run(ctx, args, exists, target_db, resolved).await;
+    }
     // Keys are checked before anything is touched (a missing key refuses at once).
     let decoder = ctx.decoder(resolved.manifest.as_ref())?;
     ctx.check_key(&resolved).await?;

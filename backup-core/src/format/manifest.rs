@@ -180,6 +180,11 @@ pub struct TableCount {
     pub name: String,
     /// Exact row count (`count(*)` in the dump's snapshot).
     pub rows: i64,
+    /// On-disk size in bytes (`pg_total_relation_size`: table, indexes, TOAST; a
+    /// partitioned table's is its partitions' sum), taken beside the count. Absent in
+    /// manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<i64>,
 }
 
 /// Object counts of the database at the dump's snapshot.

@@ -17,7 +17,7 @@
 //! length (negative: NULL) then that many bytes. Parsing never panics: malformed input is an
 //! [`TocError::Invalid`], a prefix that ends early is [`TocError::Incomplete`] (read more).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use futures::StreamExt;
 
@@ -103,6 +103,28 @@ impl Toc {
             .filter(|e| e.desc == "TABLE")
             .map(|e| (e.namespace.clone().unwrap_or_default(), e.tag.clone()))
             .collect()
+    }
+
+    /// Partition's `TABLE` dump id -> its parent's, from the `TABLE ATTACH` entries (each
+    /// depends on the parent and on the partition, and is tagged with the partition's name).
+    pub fn partition_parents(&self) -> HashMap<i64, i64> {
+        let by_id: HashMap<i64, &TocEntry> = self.entries.iter().map(|e| (e.dump_id, e)).collect();
+        let mut parent_of = HashMap::new();
+        for e in self.entries.iter().filter(|e| e.desc == "TABLE ATTACH") {
+            let tables: Vec<&&TocEntry> = e
+                .dependencies
+                .iter()
+                .filter_map(|d| by_id.get(d))
+                .filter(|d| d.desc == "TABLE")
+                .collect();
+            let is_child = |t: &&&TocEntry| t.tag == e.tag && t.namespace == e.namespace;
+            let child = tables.iter().find(|t| is_child(t));
+            let parent = tables.iter().find(|t| !is_child(t));
+            if let (Some(c), Some(p)) = (child, parent) {
+                parent_of.insert(c.dump_id, p.dump_id);
+            }
+        }
+        parent_of
     }
 }
 

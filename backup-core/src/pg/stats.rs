@@ -113,12 +113,19 @@ pub async fn object_counts<C: GenericClient>(c: &C) -> Result<ObjectCounts> {
     })
 }
 
-/// Every user table with its exact row count (`count(*)`, in the caller's snapshot).
+/// Every user table with its exact row count (`count(*)`, in the caller's snapshot) and
+/// its size.
 /// Partitioned tables count the rows of all their partitions; ordinary tables count
 /// only their own rows (`ONLY`), so inheritance is not counted twice.
 pub async fn table_counts<C: GenericClient>(c: &C) -> Result<Vec<TableCount>> {
     let sql = format!(
-        "SELECT n.nspname::text, c.relname::text, c.relkind::text FROM pg_class c \
+        "SELECT n.nspname::text, c.relname::text, c.relkind::text, \
+                CASE WHEN c.relkind = 'p' THEN \
+                  (WITH RECURSIVE tree(oid) AS (SELECT c.oid UNION ALL \
+                     SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid) \
+                   SELECT sum(pg_total_relation_size(tree.oid))::bigint FROM tree) \
+                ELSE pg_total_relation_size(c.oid) END \
+           FROM pg_class c \
            JOIN pg_namespace n ON n.oid = c.relnamespace \
           WHERE c.relkind IN ('r','p') AND {USER_SCHEMAS} \
             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e') \
@@ -147,6 +154,7 @@ pub async fn table_counts<C: GenericClient>(c: &C) -> Result<Vec<TableCount>> {
             schema,
             name,
             rows: row.get(0),
+            size_bytes: r.get(3),
         });
     }
     Ok(out)

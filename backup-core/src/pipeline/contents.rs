@@ -16,6 +16,9 @@ pub struct TableInfo {
     pub name: String,
     /// Rows in the dump's snapshot, from the manifest (None: the manifest has no count).
     pub rows: Option<i64>,
+    /// On-disk size in bytes at dump time, from the manifest (None: not recorded; a
+    /// partitioned table's is the sum of its partitions').
+    pub size_bytes: Option<i64>,
     /// Partitions attached to this table (themselves possibly partitioned).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<TableInfo>,
@@ -75,35 +78,16 @@ pub struct Totals {
 impl Contents {
     /// Build from an archive's TOC, with row counts from its manifest when there is one.
     pub fn new(toc: &Toc, manifest: Option<&Manifest>) -> Self {
-        let rows: HashMap<(&str, &str), i64> = manifest
+        let rows: HashMap<(&str, &str), (i64, Option<i64>)> = manifest
             .map(|m| {
                 m.tables
                     .iter()
-                    .map(|t| ((t.schema.as_str(), t.name.as_str()), t.rows))
+                    .map(|t| ((t.schema.as_str(), t.name.as_str()), (t.rows, t.size_bytes)))
                     .collect()
             })
             .unwrap_or_default();
         let by_id: HashMap<i64, &TocEntry> = toc.entries.iter().map(|e| (e.dump_id, e)).collect();
-        // child table's dump id -> parent table's dump id, from the TABLE ATTACH entries
-        // (each depends on the parent and on the partition).
-        let mut parent_of: HashMap<i64, i64> = HashMap::new();
-        for e in toc.entries.iter().filter(|e| e.desc == "TABLE ATTACH") {
-            let tables: Vec<&&TocEntry> = e
-                .dependencies
-                .iter()
-                .filter_map(|d| by_id.get(d))
-                .filter(|d| d.desc == "TABLE")
-                .collect();
-            let child = tables
-                .iter()
-                .find(|t| t.tag == e.tag && t.namespace == e.namespace);
-            let parent = tables
-                .iter()
-                .find(|t| !(t.tag == e.tag && t.namespace == e.namespace));
-            if let (Some(c), Some(p)) = (child, parent) {
-                parent_of.insert(c.dump_id, p.dump_id);
-            }
-        }
+        let parent_of = toc.partition_parents();
         let mut schemas: BTreeMap<String, SchemaInfo> = BTreeMap::new();
         let mut extensions = Vec::new();
         let mut totals = Totals::default();
@@ -143,7 +127,7 @@ impl Contents {
             id: i64,
             by_id: &HashMap<i64, &TocEntry>,
             children: &HashMap<i64, Vec<i64>>,
-            rows: &HashMap<(&str, &str), i64>,
+            rows: &HashMap<(&str, &str), (i64, Option<i64>)>,
             depth: usize,
         ) -> Option<TableInfo> {
             let e = by_id.get(&id)?;
@@ -159,9 +143,11 @@ impl Contents {
                 Vec::new()
             };
             partitions.sort_by(|a, b| a.name.cmp(&b.name));
+            let recorded = rows.get(&(ns, e.tag.as_str()));
             Some(TableInfo {
                 name: e.tag.clone(),
-                rows: rows.get(&(ns, e.tag.as_str())).copied(),
+                rows: recorded.map(|r| r.0),
+                size_bytes: recorded.and_then(|r| r.1),
                 partitions,
             })
         }
@@ -172,7 +158,7 @@ impl Contents {
             if !has_partitions {
                 // Leaf tables hold the rows: a partitioned parent's count includes them.
                 let ns = e.namespace.as_deref().unwrap_or_default();
-                totals.rows += rows.get(&(ns, e.tag.as_str())).copied().unwrap_or(0);
+                totals.rows += rows.get(&(ns, e.tag.as_str())).map_or(0, |r| r.0);
             }
             if is_partition {
                 continue;

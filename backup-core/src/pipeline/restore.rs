@@ -130,26 +130,114 @@ pub async fn load(
         None => tap,
     };
 
-    let mut cmd = pg.command(&pg_restore.path, dbname);
-    cmd.arg(format!("--dbname={dbname}"))
-        .arg("--exit-on-error")
-        .arg("--no-password");
-    if opts.settings.no_owner {
-        cmd.arg("--no-owner");
-    }
-    if let Some(role) = &opts.settings.role {
-        cmd.arg(format!("--role={role}"));
-    }
+    let mut cmd = pg_restore_command(pg, pg_restore, dbname, &opts.settings);
     if resolved.is_directory() {
-        return load_directory(cmd, plain, resolved, &hash, opts, cancel).await;
+        let (staging, dir) = unpack_directory(plain, resolved, &hash, opts, cancel).await?;
+        cmd.arg("--format=directory")
+            .arg(format!("--jobs={}", opts.settings.jobs.max(1)))
+            .arg(&dir)
+            .stdin(std::process::Stdio::null());
+        let result = run_pg_restore(cmd, None, resolved, &hash, cancel, None).await;
+        drop(staging);
+        return result;
     }
     if opts.settings.jobs <= 1 {
         cmd.arg("--format=custom")
             .stdin(std::process::Stdio::piped());
         return run_pg_restore(cmd, Some(plain), resolved, &hash, cancel, None).await;
     }
-    // Parallel restore needs a seekable file: download (and decode) it first. The
-    // file is removed when `tmp` is dropped, whatever happens.
+    // Parallel restore needs a seekable file.
+    let tmp = download_custom(plain, resolved, &hash, opts).await?;
+    crate::util::pause_point("restore-downloaded").await;
+    cmd.arg(format!("--jobs={}", opts.settings.jobs))
+        .arg(tmp.path())
+        .stdin(std::process::Stdio::null());
+    run_pg_restore(cmd, None, resolved, &hash, cancel, Some(tmp)).await
+}
+
+/// pg_restore into `dbname` with the configured owner and role options; the caller adds
+/// the input.
+pub(crate) fn pg_restore_command(
+    pg: &PgConfig,
+    pg_restore: &Tool,
+    dbname: &str,
+    settings: &RestoreSettings,
+) -> tokio::process::Command {
+    let mut cmd = pg.command(&pg_restore.path, dbname);
+    cmd.arg(format!("--dbname={dbname}"))
+        .arg("--exit-on-error")
+        .arg("--no-password");
+    if settings.no_owner {
+        cmd.arg("--no-owner");
+    }
+    if let Some(role) = &settings.role {
+        cmd.arg(format!("--role={role}"));
+    }
+    cmd
+}
+
+/// An archive on local disk, read whole and its checksum proven: what pg_restore needs
+/// to seek in (parallel jobs, a selection of entries).
+pub(crate) enum LocalArchive {
+    /// A custom-format archive, decoded (removed when dropped).
+    Custom(tempfile::NamedTempFile),
+    /// A directory-format dump unpacked into `dir` inside `staging` (removed when dropped).
+    Directory {
+        /// Kept for its removal on drop.
+        _staging: tempfile::TempDir,
+        /// The dump directory (holds `toc.dat`).
+        dir: std::path::PathBuf,
+    },
+}
+
+impl LocalArchive {
+    /// What pg_restore is given.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        match self {
+            Self::Custom(f) => f.path(),
+            Self::Directory { dir, .. } => dir,
+        }
+    }
+}
+
+/// Read `resolved` whole onto local disk (decoded), proving its checksum before returning.
+pub(crate) async fn fetch_local(
+    resolved: &Resolved,
+    opts: &mut RestoreOptions,
+    cancel: &CancellationToken,
+) -> Result<(LocalArchive, HashState)> {
+    resolved.ensure_logical()?;
+    let stored = resolved.storage.get(&resolved.data_key).await?;
+    let (tap, hash) = crate::util::hash_tap(stored, opts.progress.clone());
+    let plain = match opts.decoder.take() {
+        Some(d) => d(tap)?,
+        None => tap,
+    };
+    let local = if resolved.is_directory() {
+        let (staging, dir) = unpack_directory(plain, resolved, &hash, opts, cancel).await?;
+        LocalArchive::Directory {
+            _staging: staging,
+            dir,
+        }
+    } else {
+        let download = download_custom(plain, resolved, &hash, opts);
+        let file = tokio::select! {
+            r = download => r?,
+            _ = cancel.cancelled() => return Err(Error::Interrupted("a signal".into())),
+        };
+        LocalArchive::Custom(file)
+    };
+    Ok((local, hash))
+}
+
+/// Write a custom-format archive to a temporary file (removed when dropped, whatever
+/// happens) and check its checksum.
+async fn download_custom(
+    plain: ByteStream,
+    resolved: &Resolved,
+    hash: &HashState,
+    opts: &RestoreOptions,
+) -> Result<tempfile::NamedTempFile> {
     let dir = opts
         .settings
         .temp_dir
@@ -167,7 +255,14 @@ pub async fn load(
     let mut s = plain;
     let mut first = true;
     while let Some(chunk) = s.next().await {
-        let chunk = chunk?;
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                // A changed object explains a broken stream (a wrong key, a bad frame).
+                check_checksum_if_whole(resolved, hash)?;
+                return Err(e);
+            }
+        };
         if first {
             check_header(&chunk)?;
             first = false;
@@ -179,24 +274,22 @@ pub async fn load(
     out.flush()
         .await
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    check_checksum(resolved, &hash)?;
-    crate::util::pause_point("restore-downloaded").await;
-    cmd.arg(format!("--jobs={}", opts.settings.jobs))
-        .arg(&path)
-        .stdin(std::process::Stdio::null());
-    run_pg_restore(cmd, None, resolved, &hash, cancel, Some(tmp)).await
+    check_checksum(resolved, hash)?;
+    if first {
+        return Err(Error::Corrupt("the backup is empty".into()));
+    }
+    Ok(tmp)
 }
 
 /// Directory format: unpack the archive into a staging directory (checking free space
-/// first), check the checksum, then `pg_restore --format=directory --jobs=N`.
-async fn load_directory(
-    mut cmd: tokio::process::Command,
+/// first) and check the checksum. Returns the staging directory and the dump in it.
+async fn unpack_directory(
     plain: ByteStream,
     resolved: &Resolved,
     hash: &HashState,
     opts: &RestoreOptions,
     cancel: &CancellationToken,
-) -> Result<LoadStats> {
+) -> Result<(tempfile::TempDir, std::path::PathBuf)> {
     let base = opts
         .settings
         .temp_dir
@@ -231,25 +324,26 @@ async fn load_directory(
         }
         Err(e) => {
             // A changed object explains a broken archive; a short read is the archive's error.
-            if let Some(m) = &resolved.manifest {
-                let (sha, size) = digest(hash);
-                if size == m.size_bytes && sha != m.sha256 {
-                    check_checksum(resolved, hash)?;
-                }
-            }
+            check_checksum_if_whole(resolved, hash)?;
             return Err(e);
         }
     }
-    cmd.arg("--format=directory")
-        .arg(format!("--jobs={}", opts.settings.jobs.max(1)))
-        .arg(&dir)
-        .stdin(std::process::Stdio::null());
-    let result = run_pg_restore(cmd, None, resolved, hash, cancel, None).await;
-    drop(staging);
-    result
+    Ok((staging, dir))
 }
 
-async fn run_pg_restore(
+/// After a failed read: when every byte the manifest announced was read, a checksum
+/// mismatch is the explanation to report.
+fn check_checksum_if_whole(resolved: &Resolved, hash: &HashState) -> Result<()> {
+    if let Some(m) = &resolved.manifest {
+        let (sha, size) = digest(hash);
+        if size == m.size_bytes && sha != m.sha256 {
+            check_checksum(resolved, hash)?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn run_pg_restore(
     mut cmd: tokio::process::Command,
     input: Option<ByteStream>,
     resolved: &Resolved,
