@@ -171,12 +171,14 @@ pub fn run(args: &[String]) -> Result<()> {
     // S3: a full run uploads to s3s-fs (Rust; built on first use), whose own CPU cost is
     // small next to pg_dump's. moto (Python) costs about as much CPU as the dump it
     // receives, which on 2 cores says more about moto than about us; the quick smoke
-    // run keeps moto, which the tests install anyway.
+    // run keeps moto, which the tests install anyway, and so does `--zstd-only`, which
+    // reports our own process's memory and CPU to S3 (moto's CPU only skews wall times).
+    let moto = quick || zstd_only;
     let mut selected: Vec<String> = Vec::new();
     if !pitr_only {
         selected.push("pg".into());
     }
-    if quick {
+    if moto {
         selected.push("s3".into());
     }
     let services = crate::test::start_with(
@@ -197,7 +199,7 @@ pub fn run(args: &[String]) -> Result<()> {
         .join("bench")
         .join(format!("run-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let (s3, _s3s) = if quick {
+    let (s3, _s3s) = if moto {
         (get("KAIZEN_TEST_S3_ENDPOINT"), None)
     } else {
         let (proc, url) =
@@ -298,7 +300,7 @@ pub fn run(args: &[String]) -> Result<()> {
         quick,
         runs,
         s3_url: &s3_url,
-        s3_server: if quick { "moto" } else { "s3s-fs" },
+        s3_server: if moto { "moto" } else { "s3s-fs" },
     };
     let counter = std::cell::Cell::new(0u32);
     let next = || {

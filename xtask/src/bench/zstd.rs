@@ -13,7 +13,7 @@ use std::process::Command;
 use anyhow::{Result, bail};
 
 use super::measure::{Sample, measure, median};
-use super::{Env, SIZE_SQL, pair};
+use super::{Env, pair};
 
 /// What the zstd cases need from the run.
 pub(super) struct Options<'a> {
@@ -25,6 +25,7 @@ pub(super) struct Options<'a> {
 }
 
 const DB: &str = "bench_zstd";
+const SIZE_SQL: &str = "SELECT pg_size_pretty(pg_database_size(current_database()))";
 
 /// The peak-RSS modes: label, compression, extra arguments, age, S3.
 const MODES: [(&str, &str, &[&str], bool, bool); 7] = [
