@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use backup_core::catalog::Resolved;
 use backup_core::claim::{self, Temporary};
 use backup_core::codec::{DecryptKeys, decoder_for};
-use backup_core::manifest::Manifest;
+use backup_core::manifest::{Manifest, RowCountSource};
 use backup_core::pg::{PgConfig, db_error, quote_ident};
 use backup_core::restore::{self, RestoreOptions, create_database, drop_database};
 use backup_core::stats::{object_counts, table_counts};
@@ -422,7 +422,14 @@ async fn compare_rows(client: &Client, m: &Manifest) -> Result<CheckResult> {
         Ok(result(
             "row_counts",
             true,
-            format!("{} tables, {total} rows, all equal", m.tables.len()),
+            format!(
+                "{} tables, {total} rows, all equal{}",
+                m.tables.len(),
+                match m.row_count_source {
+                    Some(RowCountSource::Dump) => " to the rows counted in the archive",
+                    Some(RowCountSource::Snapshot) | None => "",
+                }
+            ),
             t,
         ))
     } else {

@@ -124,6 +124,7 @@ fn stored(kind: Kind) -> Stored {
         locale: None,
         tables: Vec::new(),
         counts: ObjectCounts::default(),
+        row_count_source: None,
         host: None,
         kind: Some(kind),
         physical: None,

@@ -6,11 +6,14 @@
 //! server are separate processes). `--quick` is a smoke run on a small database (CI runs
 //! it so the harness cannot rot); only a full run enforces the ratio goal. The
 //! point-in-time recovery cases live in [`pitr`], on a cluster of their own;
-//! `--pitr-only` runs just those and writes `target/bench/BENCHMARKS.pitr.md`.
+//! `--pitr-only` runs just those and writes `target/bench/BENCHMARKS.pitr.md`. The zstd
+//! mode against the shell pipeline and the peak RSS of every mode live in [`zstd`];
+//! `--zstd-only` runs just those and writes `target/bench/BENCHMARKS.zstd.md`.
 
 mod measure;
 mod pitr;
 mod report;
+mod zstd;
 
 use measure::{Sample, machine, measure, median};
 
@@ -151,6 +154,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let scale = value("--scale").unwrap_or(if quick { 2 } else { 60 });
     let runs = value("--runs").unwrap_or(3).max(1) as usize;
     let pitr_only = args.iter().any(|a| a == "--pitr-only");
+    let zstd_only = args.iter().any(|a| a == "--zstd-only");
+    if pitr_only && zstd_only {
+        bail!("--pitr-only and --zstd-only exclude each other");
+    }
     // A quick run measures the debug build (it only proves the harness works).
     let bin = if quick {
         build_binary(false, &[])?
@@ -164,12 +171,14 @@ pub fn run(args: &[String]) -> Result<()> {
     // S3: a full run uploads to s3s-fs (Rust; built on first use), whose own CPU cost is
     // small next to pg_dump's. moto (Python) costs about as much CPU as the dump it
     // receives, which on 2 cores says more about moto than about us; the quick smoke
-    // run keeps moto, which the tests install anyway.
+    // run keeps moto, which the tests install anyway, and so does `--zstd-only`, which
+    // reports our own process's memory and CPU to S3 (moto's CPU only skews wall times).
+    let moto = quick || zstd_only;
     let mut selected: Vec<String> = Vec::new();
     if !pitr_only {
         selected.push("pg".into());
     }
-    if quick {
+    if moto {
         selected.push("s3".into());
     }
     let services = crate::test::start_with(
@@ -190,7 +199,7 @@ pub fn run(args: &[String]) -> Result<()> {
         .join("bench")
         .join(format!("run-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let (s3, _s3s) = if quick {
+    let (s3, _s3s) = if moto {
         (get("KAIZEN_TEST_S3_ENDPOINT"), None)
     } else {
         let (proc, url) =
@@ -286,16 +295,39 @@ pub fn run(args: &[String]) -> Result<()> {
         )?;
         std::fs::write(&seed_ready, "")?;
     }
-    // Each run works on a fresh copy (case 3 grows it).
-    env.psql("postgres", "CREATE DATABASE bench TEMPLATE bench_seed")?;
-    let db_size = env.query("bench", SIZE_SQL)?;
-
-    let mut results: Results = BTreeMap::new();
+    let s3_url = format!("s3://{bucket}/bench");
+    let zstd_opts = zstd::Options {
+        quick,
+        runs,
+        s3_url: &s3_url,
+        s3_server: if moto { "moto" } else { "s3s-fs" },
+    };
     let counter = std::cell::Cell::new(0u32);
     let next = || {
         counter.set(counter.get() + 1);
         format!("b{}", counter.get())
     };
+    if zstd_only {
+        let mut md = format!(
+            "# Benchmarks: zstd mode and memory only\n\nNumbers from `cargo xtask bench{} --zstd-only` (scale {scale}).\n\n- Machine: {}\n- Binary: {} build\n",
+            if quick { " --quick" } else { "" },
+            machine(),
+            if quick { "debug" } else { "release" }
+        );
+        md.push_str(&zstd::run(&env, &zstd_opts, &next)?);
+        let out = target_dir().join("bench").join("BENCHMARKS.zstd.md");
+        std::fs::write(&out, &md)?;
+        println!("{md}");
+        println!("written to {}", out.display());
+        drop(services);
+        let _ = std::fs::remove_dir_all(&work);
+        return Ok(());
+    }
+    // Each run works on a fresh copy (case 3 grows it).
+    env.psql("postgres", "CREATE DATABASE bench TEMPLATE bench_seed")?;
+    let db_size = env.query("bench", SIZE_SQL)?;
+
+    let mut results: Results = BTreeMap::new();
     for i in 0..runs {
         // Alternate which side goes first.
         let ours_first = i % 2 == 0;
@@ -327,7 +359,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
         // 2. backup to S3 vs dump to a file, then upload it
         let name = next();
-        let url = format!("s3://{bucket}/bench");
+        let url = &s3_url;
         let dump2 = work.join(format!("{name}.pgdump"));
         // curl signs the upload (SigV4) with the same keys as ours, read from a config on
         // its stdin (printf is a shell builtin): the secret never is a process argument.
@@ -338,7 +370,7 @@ pub fn run(args: &[String]) -> Result<()> {
             env.pgbin.join("pg_dump").display(),
             f = dump2.display()
         );
-        let ours = || measure(&mut env.ours(&["--storage", &url, "backup", &name, "-q"]));
+        let ours = || measure(&mut env.ours(&["--storage", url, "backup", &name, "-q"]));
         let base = || measure(&mut env.shell(&base_cmd));
         record(&mut results, case2, pair(ours_first, ours, base)?);
 
@@ -419,7 +451,7 @@ pub fn run(args: &[String]) -> Result<()> {
     // when such a pg_dump is given, since this machine's own is PostgreSQL 15.
     let mut specs: Vec<(String, Option<(&str, &str)>)> = [
         ("gzip-6", "gzip", "1"),
-        ("zstd-3 (in-process, all cores)", "zstd", "1"),
+        ("zstd-3 (in-process, worker threads)", "zstd", "1"),
         ("none", "none", "1"),
         ("gzip-6, --jobs 2 (directory format)", "gzip", "2"),
         ("zstd-3, --jobs 2 (directory format)", "zstd", "2"),
@@ -509,6 +541,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let big = measure(&mut env.ours(&["backup", &big_name, "-q"]))?;
     let db_size_big = env.query("bench", SIZE_SQL)?;
 
+    let zstd_md = zstd::run(&env, &zstd_opts, &next)?;
     let pitr_md = pitr::run(&pitr)?;
 
     let md = report::markdown(&report::Logical {
@@ -522,6 +555,7 @@ pub fn run(args: &[String]) -> Result<()> {
         rss_small,
         rss_big: big.rss_mib,
         modes: &modes,
+        zstd_md: &zstd_md,
         pitr_md: &pitr_md,
         external: external.is_some(),
     });

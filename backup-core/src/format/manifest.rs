@@ -187,6 +187,21 @@ pub struct TableCount {
     pub size_bytes: Option<i64>,
 }
 
+/// How a logical backup's row counts (`tables`) were taken. Both are exact counts of
+/// the dump's snapshot; they differ in what they prove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowCountSource {
+    /// `count(*)` of every table in the snapshot pg_dump dumped, beside the dump: a
+    /// restore that matches holds what the database held.
+    Snapshot,
+    /// The rows of each table's COPY data counted in the archive as it streamed past
+    /// (uncompressed data blocks: the zstd and none modes); a table without data in the
+    /// archive counts 0. A restore that matches holds what was dumped, at no extra scan
+    /// of the database.
+    Dump,
+}
+
 /// Object counts of the database at the dump's snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectCounts {
@@ -261,6 +276,10 @@ pub struct Manifest {
     pub tables: Vec<TableCount>,
     /// Object counts at the dump's snapshot.
     pub counts: ObjectCounts,
+    /// How the rows in `tables` were counted; absent in manifests written before this
+    /// field existed, which counted in the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_count_source: Option<RowCountSource>,
     /// Host that took the backup.
     #[serde(default)]
     pub host: Option<String>,

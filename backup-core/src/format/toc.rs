@@ -67,6 +67,9 @@ pub struct TocEntry {
     pub owner: Option<String>,
     /// The SQL that creates the object.
     pub defn: Option<String>,
+    /// The `COPY ... FROM stdin` that loads a `TABLE DATA` entry; `None` when the data
+    /// is SQL statements (`pg_dump --inserts`) or the entry has no data.
+    pub copy_stmt: Option<String>,
     /// Ids of the entries this one depends on.
     pub dependencies: Vec<i64>,
     /// Custom format: where the entry's data block starts, when pg_dump recorded it.
@@ -92,6 +95,10 @@ pub struct Toc {
     pub entries: Vec<TocEntry>,
     /// Bytes the header and TOC take (custom format: data blocks start here).
     pub len: usize,
+    /// Bytes of an integer after its sign byte (the header's `intSize`).
+    pub int_size: usize,
+    /// Whether pg_dump compressed the data blocks (any level or algorithm but none).
+    pub compressed: bool,
 }
 
 impl Toc {
@@ -171,11 +178,11 @@ pub fn parse(bytes: &[u8]) -> Result<Toc, TocError> {
         }
     };
     let v = (vmaj, vmin);
-    if v >= (1, 15) {
-        r.byte()?; // compression algorithm
+    let compressed = if v >= (1, 15) {
+        r.byte()? != 0 // compression algorithm, 0 = none
     } else {
-        r.int()?; // compression level
-    }
+        r.int()? != 0 // compression level, 0 = none (-1 is zlib's default)
+    };
     for _ in 0..7 {
         r.int()?; // creation time: sec, min, hour, mday, mon, year, isdst
     }
@@ -202,7 +209,7 @@ pub fn parse(bytes: &[u8]) -> Result<Toc, TocError> {
         r.int()?; // section
         let defn = r.string()?;
         r.string()?; // drop statement
-        r.string()?; // copy statement
+        let copy_stmt = r.string()?.filter(|c| !c.is_empty());
         let namespace = r.string()?;
         r.string()?; // tablespace
         if v >= (1, 14) {
@@ -250,6 +257,7 @@ pub fn parse(bytes: &[u8]) -> Result<Toc, TocError> {
             namespace,
             owner,
             defn,
+            copy_stmt,
             dependencies,
             data_offset,
             file_name,
@@ -263,6 +271,8 @@ pub fn parse(bytes: &[u8]) -> Result<Toc, TocError> {
         dump_version,
         entries,
         len: r.pos,
+        int_size: r.int_size,
+        compressed,
     })
 }
 

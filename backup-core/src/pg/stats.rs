@@ -2,6 +2,8 @@
 //! dump time and again after a test restore; and the server's WAL archiver statistics,
 //! which `status` reports.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::GenericClient;
@@ -156,6 +158,58 @@ pub async fn table_counts<C: GenericClient>(c: &C) -> Result<Vec<TableCount>> {
             rows: row.get(0),
             size_bytes: r.get(3),
         });
+    }
+    Ok(out)
+}
+
+/// Every user table that [`table_counts`] lists, with its rows taken from `dumped`
+/// (`(schema, name) → rows` counted in the archive by [`crate::rows::CopyRowCounter`])
+/// instead of a scan: a partitioned table has the rows of its partitions (those that
+/// hold data: ordinary tables), a table with no data in the archive has 0 rows. Only the
+/// catalog is read.
+pub async fn table_counts_from<C: GenericClient>(
+    c: &C,
+    dumped: &BTreeMap<(String, String), i64>,
+) -> Result<Vec<TableCount>> {
+    let sql = format!(
+        "SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text FROM pg_class c \
+           JOIN pg_namespace n ON n.oid = c.relnamespace \
+          WHERE c.relkind IN ('r','p') AND {USER_SCHEMAS} \
+            AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e') \
+          ORDER BY 2, 3"
+    );
+    let tables = c
+        .query(sql.as_str(), &[])
+        .await
+        .map_err(|e| db_error("listing tables", &e))?;
+    let leaves = c
+        .query(
+            "WITH RECURSIVE tree(root, relid) AS ( \
+               SELECT oid, oid FROM pg_class WHERE relkind = 'p' \
+               UNION ALL \
+               SELECT tree.root, i.inhrelid FROM tree JOIN pg_inherits i ON i.inhparent = tree.relid) \
+             SELECT tree.root::int8, n.nspname::text, c.relname::text FROM tree \
+               JOIN pg_class c ON c.oid = tree.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
+              WHERE c.relkind = 'r'",
+            &[],
+        )
+        .await
+        .map_err(|e| db_error("listing partitions", &e))?;
+    let rows_of = |schema: String, name: String| dumped.get(&(schema, name)).copied().unwrap_or(0);
+    let mut out = Vec::with_capacity(tables.len());
+    for t in tables {
+        let oid: i64 = t.get(0);
+        let (schema, name, kind): (String, String, String) = (t.get(1), t.get(2), t.get(3));
+        let rows = if kind == "p" {
+            leaves
+                .iter()
+                .filter(|l| l.get::<_, i64>(0) == oid)
+                .map(|l| rows_of(l.get(1), l.get(2)))
+                .sum()
+        } else {
+            rows_of(schema.clone(), name.clone())
+        };
+        out.push(TableCount { schema, name, rows });
     }
     Ok(out)
 }

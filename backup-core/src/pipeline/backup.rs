@@ -456,6 +456,7 @@ fn manifest(
         locale: pre.server.locale.clone(),
         tables: dumped.tables,
         counts: dumped.counts,
+        row_count_source: dumped.row_count_source,
         sequences: dumped.sequences,
         host: Some(crate::util::hostname()),
         kind: Some(opts.kind),

@@ -16,6 +16,7 @@ pub(super) struct Logical<'a> {
     pub(super) rss_small: f64,
     pub(super) rss_big: f64,
     pub(super) modes: &'a [(String, Sample, u64)],
+    pub(super) zstd_md: &'a str,
     pub(super) pitr_md: &'a str,
     pub(super) external: bool,
 }
@@ -57,6 +58,7 @@ pub(super) fn markdown(r: &Logical<'_>) -> String {
         rss_small,
         rss_big,
         modes,
+        zstd_md,
         pitr_md,
         external,
         ..
@@ -139,10 +141,11 @@ pub(super) fn markdown(r: &Logical<'_>) -> String {
     };
     md.push_str(&format!(
         "\nGoals (issue 8): 1 at most 1.03; 2 at most 1.10 x the dump alone; 3 flat and at most 64 MiB; 4 at most 1.05. \
-         zstd is compressed in-process on all cores while pg_dump runs uncompressed. {zstd_choice} A parallel dump (`--jobs`) is \
+         zstd is compressed in-process on worker threads (at most 4, in 2 MiB jobs) while pg_dump runs uncompressed. {zstd_choice} A parallel dump (`--jobs`) is \
          staged on local disk by pg_dump's workers and streamed to storage as one tar archive, each table's file as \
          soon as it is complete; its restore unpacks the archive to local disk before `pg_restore -j`.\n",
     ));
+    md.push_str(zstd_md);
     md.push_str(pitr_md);
     md.push_str(&format!(
         "\nReproduce: `cargo xtask bench{}{}`{}\n",

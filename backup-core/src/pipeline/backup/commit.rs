@@ -75,6 +75,7 @@ impl Upload {
             hasher: Sha256::new(),
             size: 0,
             progress,
+            rows: None,
         }
     }
 

@@ -4,6 +4,7 @@
 //! while the counts are read, and its exit status.
 
 use super::*;
+use crate::manifest::RowCountSource;
 
 /// A running pg_dump.
 pub(super) struct Dump {
@@ -129,11 +130,24 @@ pub(super) struct Dumped {
     pub(super) size: u64,
     pub(super) counts: crate::manifest::ObjectCounts,
     pub(super) tables: Vec<crate::manifest::TableCount>,
+    /// How `tables` were counted (`None`: they were not).
+    pub(super) row_count_source: Option<RowCountSource>,
     pub(super) sequences: Vec<crate::manifest::SequenceValue>,
 }
 
+/// Whether the rows can be counted in the archive as it streams: one custom-format
+/// archive whose data blocks pg_dump leaves uncompressed (zstd and none modes). Else they
+/// are counted in the snapshot, beside the dump.
+fn rows_from_dump(opts: &BackupOptions) -> bool {
+    opts.settings.row_counts
+        && opts.settings.jobs == 1
+        && matches!(opts.compression, Compression::Zstd(_) | Compression::None)
+}
+
 /// Phase: pg_dump's bytes go through the transforms to every upload while the object
-/// (and row) counts are read in the same snapshot. A signal stops both.
+/// counts are read in the same snapshot, and the row counts either beside them (a second
+/// scan of every table) or, when pg_dump writes its data uncompressed, from the archive
+/// itself ([`rows_from_dump`]). A signal stops both.
 pub(super) async fn stream_and_count(
     dump: &mut Dump,
     upload: &mut Upload,
@@ -142,10 +156,12 @@ pub(super) async fn stream_and_count(
     transforms: &mut [Box<dyn Transform>],
     cancel: &CancellationToken,
 ) -> Result<Dumped> {
-    let row_counts = opts.settings.row_counts;
+    let from_dump = rows_from_dump(opts);
+    let scan = opts.settings.row_counts && !from_dump;
+    let mut counter = from_dump.then(crate::rows::CopyRowCounter::new);
     let counts = async {
         let counts = crate::stats::object_counts(client).await?;
-        let tables = if row_counts {
+        let tables = if scan {
             crate::stats::table_counts(client).await?
         } else {
             Vec::new()
@@ -153,16 +169,35 @@ pub(super) async fn stream_and_count(
         let sequences = crate::stats::sequence_values(client).await?;
         Ok::<_, Error>((counts, tables, sequences))
     };
-    let sink = upload.sink(transforms, opts.progress.clone());
+    let mut sink = upload.sink(transforms, opts.progress.clone());
+    sink.rows = counter.as_mut();
     let ((sha256, size), (counts, tables, sequences)) = tokio::select! {
         r = async { tokio::try_join!(dump.stream(sink), counts) } => r?,
         _ = cancel.cancelled() => return Err(Error::Interrupted("a signal".into())),
+    };
+    // The snapshot is still open: a fallback scan counts what pg_dump dumped.
+    let (tables, row_count_source) = match counter.map(|c| c.finish()) {
+        None if scan => (tables, Some(RowCountSource::Snapshot)),
+        None => (tables, None),
+        Some(Ok(dumped)) => (
+            crate::stats::table_counts_from(client, &dumped).await?,
+            Some(RowCountSource::Dump),
+        ),
+        Some(Err(why)) => {
+            warn!("Could not count the rows in the archive ({why}); counting them in the snapshot");
+            let tables = tokio::select! {
+                r = crate::stats::table_counts(client) => r?,
+                _ = cancel.cancelled() => return Err(Error::Interrupted("a signal".into())),
+            };
+            (tables, Some(RowCountSource::Snapshot))
+        }
     };
     Ok(Dumped {
         sha256,
         size,
         counts,
         tables,
+        row_count_source,
         sequences,
     })
 }

@@ -111,10 +111,15 @@ pub(super) struct Sink<'a> {
     pub(super) hasher: Sha256,
     pub(super) size: u64,
     pub(super) progress: Option<crate::util::Progress>,
+    /// Counts the rows of pg_dump's uncompressed archive on the way (see `crate::rows`).
+    pub(super) rows: Option<&'a mut crate::rows::CopyRowCounter>,
 }
 
 impl Sink<'_> {
     pub(super) async fn push(&mut self, chunk: Bytes) -> Result<()> {
+        if let Some(rows) = self.rows.as_deref_mut() {
+            rows.feed(&chunk);
+        }
         let out = if self.transforms.is_empty() {
             chunk
         } else {

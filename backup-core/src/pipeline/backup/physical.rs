@@ -239,6 +239,7 @@ pub async fn run_physical(
         locale: None,
         tables: Vec::new(),
         counts: Default::default(),
+        row_count_source: None,
         host: Some(crate::util::hostname()),
         kind: Some(Kind::Physical),
         physical: Some(PhysicalInfo {
