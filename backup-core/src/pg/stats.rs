@@ -115,18 +115,21 @@ pub async fn object_counts<C: GenericClient>(c: &C) -> Result<ObjectCounts> {
     })
 }
 
+/// The size of table `c` on disk with its indexes and TOAST; a partitioned table's is the
+/// sum of its partitions' (at every level).
+const TABLE_SIZE: &str = "CASE WHEN c.relkind = 'p' THEN \
+      (WITH RECURSIVE tree(oid) AS (SELECT c.oid UNION ALL \
+         SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid) \
+       SELECT sum(pg_total_relation_size(tree.oid))::bigint FROM tree) \
+    ELSE pg_total_relation_size(c.oid) END";
+
 /// Every user table with its exact row count (`count(*)`, in the caller's snapshot) and
 /// its size.
 /// Partitioned tables count the rows of all their partitions; ordinary tables count
 /// only their own rows (`ONLY`), so inheritance is not counted twice.
 pub async fn table_counts<C: GenericClient>(c: &C) -> Result<Vec<TableCount>> {
     let sql = format!(
-        "SELECT n.nspname::text, c.relname::text, c.relkind::text, \
-                CASE WHEN c.relkind = 'p' THEN \
-                  (WITH RECURSIVE tree(oid) AS (SELECT c.oid UNION ALL \
-                     SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid) \
-                   SELECT sum(pg_total_relation_size(tree.oid))::bigint FROM tree) \
-                ELSE pg_total_relation_size(c.oid) END \
+        "SELECT n.nspname::text, c.relname::text, c.relkind::text, {TABLE_SIZE} \
            FROM pg_class c \
            JOIN pg_namespace n ON n.oid = c.relnamespace \
           WHERE c.relkind IN ('r','p') AND {USER_SCHEMAS} \
@@ -172,7 +175,8 @@ pub async fn table_counts_from<C: GenericClient>(
     dumped: &BTreeMap<(String, String), i64>,
 ) -> Result<Vec<TableCount>> {
     let sql = format!(
-        "SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text FROM pg_class c \
+        "SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text, {TABLE_SIZE} \
+           FROM pg_class c \
            JOIN pg_namespace n ON n.oid = c.relnamespace \
           WHERE c.relkind IN ('r','p') AND {USER_SCHEMAS} \
             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e') \
@@ -200,6 +204,7 @@ pub async fn table_counts_from<C: GenericClient>(
     for t in tables {
         let oid: i64 = t.get(0);
         let (schema, name, kind): (String, String, String) = (t.get(1), t.get(2), t.get(3));
+        let size_bytes: Option<i64> = t.get(4);
         let rows = if kind == "p" {
             leaves
                 .iter()
@@ -209,7 +214,12 @@ pub async fn table_counts_from<C: GenericClient>(
         } else {
             rows_of(schema.clone(), name.clone())
         };
-        out.push(TableCount { schema, name, rows });
+        out.push(TableCount {
+            schema,
+            name,
+            rows,
+            size_bytes,
+        });
     }
     Ok(out)
 }

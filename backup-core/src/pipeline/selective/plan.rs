@@ -562,6 +562,7 @@ mod tests {
             namespace: ns.map(Into::into),
             owner: None,
             defn: None,
+            copy_stmt: None,
             dependencies: deps.to_vec(),
             data_offset: None,
             file_name: None,
@@ -579,6 +580,8 @@ mod tests {
             database: "db".into(),
             server_version: "15".into(),
             dump_version: "15".into(),
+            int_size: 4,
+            compressed: false,
             entries: vec![
                 entry(1, "ENCODING", None, "ENCODING", &[]),
                 entry(2, "SCHEMA", None, "Sales Data", &[]),
