@@ -110,6 +110,13 @@ fn rows_counted_in_the_archive_equal_count_star_and_verify_proves_them() {
         let m = manifest(&cli, &name);
         assert_eq!(m["row_count_source"], source, "{compression}");
         assert_eq!(manifest_rows(&m), want, "{compression}");
+        // However the rows were counted, every table has its size (for `contents`).
+        for t in m["tables"].as_array().unwrap() {
+            assert!(
+                t["size_bytes"].as_i64().is_some_and(|b| b >= 0),
+                "{compression}: {t}"
+            );
+        }
         if compression == "zstd" {
             // The proof: a test restore holds exactly the rows the archive holds.
             let out = cli.run(&["verify", &name]);
