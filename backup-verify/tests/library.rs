@@ -129,6 +129,7 @@ fn stored(kind: Kind) -> Stored {
         physical: None,
         sequences: Vec::new(),
         roles: None,
+        signature: None,
     };
     let storage = Arc::new(OneObject {
         key: manifest.object.clone(),
