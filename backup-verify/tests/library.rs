@@ -148,6 +148,7 @@ fn stored(kind: Kind) -> Stored {
         keys: DecryptKeys {
             identity_file: Some(identity),
             passphrase: None,
+            verify_keys: Vec::new(),
         },
         _dir: dir,
     }

@@ -319,22 +319,25 @@ fn a_manifest_pointing_at_another_backups_object_is_refused_whatever_the_keys() 
 fn physical_backups_are_signed_and_a_forged_one_is_not_restored() {
     let keys = tempfile::tempdir().unwrap();
     let (key, public) = signing_key(keys.path(), "k");
-    let site = Site::new(&format!("\n[integrity]\nverify_keys = [\"{public}\"]\n"));
-    // The backup host's configuration: the same, with the signing key (the server's
-    // archive_command reads the other one).
-    let signer = site.root.path().join("signer.toml");
-    let mut text = std::fs::read_to_string(&site.config).unwrap();
-    text.push_str(&format!(
-        "signing_key = {{ file = \"{}\" }}\n",
+    kaizen_backup_e2e::cluster::give_to_postgres(keys.path());
+    let site = Site::new(&format!(
+        "\n[integrity]\nverify_keys = [\"{public}\"]\nsigning_key = {{ file = \"{}\" }}\n",
         key.display()
     ));
-    std::fs::write(&signer, text).unwrap();
-    let signer_s = signer.display().to_string();
+    // Another backup host's configuration: the same, without the signing key.
+    let unsigned = site.root.path().join("unsigned.toml");
+    let text = std::fs::read_to_string(&site.config).unwrap();
+    let text: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("signing_key"))
+        .collect();
+    std::fs::write(&unsigned, text.join("\n")).unwrap();
+    let unsigned_s = unsigned.display().to_string();
 
-    site.run(&["backup", "--physical", "u1"]).assert_code(0);
     site.cli
-        .run(&["--config", &signer_s, "backup", "--physical", "p1"])
+        .run(&["--config", &unsigned_s, "backup", "--physical", "u1"])
         .assert_code(0);
+    site.run(&["backup", "--physical", "p1"]).assert_code(0);
     site.mark(1);
     site.archive_now();
 
@@ -365,4 +368,80 @@ fn physical_backups_are_signed_and_a_forged_one_is_not_restored() {
     std::fs::write(&m_path, original).unwrap();
     let (_restored, markers) = site.restore_markers("ok", &["p1"]);
     assert_eq!(markers, vec![1]);
+}
+
+#[test]
+fn archived_wal_is_signed_and_wal_fetch_serves_only_signed_files() {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = signing_key(keys.path(), "k");
+    let (_, stranger) = signing_key(keys.path(), "stranger");
+    // archive_command runs as the server's OS user, and reads the key.
+    kaizen_backup_e2e::cluster::give_to_postgres(keys.path());
+    let site = Site::new(&format!(
+        "\n[integrity]\nsigning_key = {{ file = \"{}\" }}\nverify_keys = [\"{public}\"]\n",
+        key.display()
+    ));
+    site.run(&["backup", "--physical", "w1"]).assert_code(0);
+    site.mark(1);
+    site.archive_now();
+
+    // Every archived file has its signature beside it.
+    let wal = site.archive.join("wal");
+    let files: Vec<String> = kaizen_backup_e2e::pitr_site::names(&wal);
+    let data: Vec<&String> = files.iter().filter(|f| !f.ends_with(".sig")).collect();
+    assert!(!data.is_empty());
+    for f in &data {
+        let stem = f.trim_end_matches(".age").trim_end_matches(".zst");
+        assert!(
+            files.contains(&format!("{stem}.sig")),
+            "{f} is not signed: {files:?}"
+        );
+    }
+    // Recovery fetches (and checks) them.
+    let (_restored, markers) = site.restore_markers("ok", &[]);
+    assert_eq!(markers, vec![1]);
+
+    let segment = data
+        .iter()
+        .map(|f| f.trim_end_matches(".age").trim_end_matches(".zst"))
+        .filter(|s| s.len() == 24 + 1 + 64)
+        .max()
+        .unwrap()
+        .to_string();
+    let (name, _sha) = segment.split_once('-').unwrap();
+    let dest = site.root.path().join("fetched");
+    let dest_s = dest.display().to_string();
+    site.run(&["wal-fetch", name, &dest_s]).assert_code(0);
+    std::fs::remove_file(&dest).unwrap();
+
+    // A reader that trusts another key only.
+    let other = site.root.path().join("other.toml");
+    let text = std::fs::read_to_string(&site.config).unwrap();
+    std::fs::write(&other, text.replace(&public, &stranger)).unwrap();
+    let other_s = other.display().to_string();
+    site.cli
+        .run(&["--config", &other_s, "wal-fetch", name, &dest_s])
+        .assert_code(1)
+        .assert_stderr_contains("not in integrity.verify_keys");
+    assert!(!dest.exists());
+    // Its signature removed: refused, nothing written.
+    let sig = wal.join(format!("{segment}.sig"));
+    let saved = std::fs::read(&sig).unwrap();
+    std::fs::remove_file(&sig).unwrap();
+    site.run(&["wal-fetch", name, &dest_s])
+        .assert_code(1)
+        .assert_stderr_contains("is not signed");
+    assert!(!dest.exists());
+    // Another segment's signature in its place: refused.
+    let other_seg = data
+        .iter()
+        .map(|f| f.trim_end_matches(".age").trim_end_matches(".zst"))
+        .find(|s| s.len() == 24 + 1 + 64 && *s != segment)
+        .unwrap();
+    std::fs::copy(wal.join(format!("{other_seg}.sig")), &sig).unwrap();
+    site.run(&["wal-fetch", name, &dest_s])
+        .assert_code(1)
+        .assert_stderr_contains("does not match its signature");
+    std::fs::write(&sig, saved).unwrap();
+    site.run(&["wal-fetch", name, &dest_s]).assert_code(0);
 }

@@ -37,6 +37,7 @@ impl Ctx {
                 Compression::Gzip(_) => Some(3),
             },
             encryption: c.encryption.clone(),
+            signing_key: c.integrity.signing_key()?,
         })
     }
 

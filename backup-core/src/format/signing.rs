@@ -35,6 +35,10 @@ pub const PUBLIC_PREFIX: &str = "ed25519:";
 const SECRET_PREFIX: &str = "kaizen-ed25519-secret:";
 /// Domain separation: a manifest signature is never valid as anything else.
 const CONTEXT: &[u8] = b"kaizen-backup manifest signature v1\0";
+/// The same for a WAL file's signature.
+const WAL_CONTEXT: &[u8] = b"kaizen-backup wal signature v1\0";
+/// Suffix of a WAL file's signature object.
+pub const WAL_SIGNATURE_SUFFIX: &str = ".sig";
 
 /// The private key that signs manifests (`[integrity] signing_key`). Never printed.
 #[derive(Clone)]
@@ -91,6 +95,63 @@ impl SigningKey {
             value: hex::encode(signature.to_bytes()),
         });
         Ok(())
+    }
+}
+
+/// The key of the signature object of WAL file `name` with content `sha256`:
+/// `NAME-SHA256.sig`, beside `NAME-SHA256[.zst][.age]` (which the archive's listing
+/// does not mistake it for).
+pub fn wal_signature_key(name: &str, sha256: &str) -> String {
+    format!("{name}-{sha256}{WAL_SIGNATURE_SUFFIX}")
+}
+
+fn wal_message(name: &str, sha256: &str) -> Vec<u8> {
+    let mut m = WAL_CONTEXT.to_vec();
+    m.extend_from_slice(name.as_bytes());
+    m.push(0);
+    m.extend_from_slice(sha256.as_bytes());
+    m
+}
+
+impl SigningKey {
+    /// The signature object of WAL file `name` with content `sha256`: one line, the
+    /// public key and the signature.
+    pub fn sign_wal(&self, name: &str, sha256: &str) -> Vec<u8> {
+        let sig = self.0.sign(&wal_message(name, sha256));
+        format!("{} {}\n", self.public(), hex::encode(sig.to_bytes())).into_bytes()
+    }
+}
+
+/// Check a WAL file's signature object (`None`: there is none) against `keys`.
+pub fn wal_authenticity(
+    object: Option<&[u8]>,
+    name: &str,
+    sha256: &str,
+    keys: &[VerifyKey],
+) -> Authenticity {
+    let Some(object) = object else {
+        return Authenticity::Unsigned;
+    };
+    let text = String::from_utf8_lossy(object);
+    let mut parts = text.split_whitespace();
+    let (Some(key), Some(value)) = (parts.next(), parts.next()) else {
+        return Authenticity::Mismatch { key: String::new() };
+    };
+    let key = key.to_string();
+    let Some(trusted) = keys.iter().find(|k| k.to_string() == key) else {
+        return Authenticity::UnknownKey { key };
+    };
+    let mut bytes = [0u8; 64];
+    if hex::decode_to_slice(value, &mut bytes).is_err() {
+        return Authenticity::Mismatch { key };
+    }
+    let signature = ed25519_dalek::Signature::from_bytes(&bytes);
+    match trusted
+        .0
+        .verify_strict(&wal_message(name, sha256), &signature)
+    {
+        Ok(()) => Authenticity::Valid { key },
+        Err(_) => Authenticity::Mismatch { key },
     }
 }
 
@@ -417,6 +478,28 @@ mod tests {
         // Unsigned; and without keys, everything is accepted.
         assert_eq!(authenticity(&sample(), &both), Authenticity::Unsigned);
         assert!(authenticate(&sample(), &[]).is_ok());
+    }
+
+    #[test]
+    fn wal_signatures_bind_name_and_content() {
+        let key = SigningKey::generate();
+        let keys = [key.public()];
+        let (seg, sha) = ("000000010000000000000003", "ab".repeat(32));
+        let sig = key.sign_wal(seg, &sha);
+        assert!(wal_authenticity(Some(&sig), seg, &sha, &keys).is_valid());
+        let other = "000000010000000000000004";
+        assert!(!wal_authenticity(Some(&sig), other, &sha, &keys).is_valid());
+        assert!(!wal_authenticity(Some(&sig), seg, &"cd".repeat(32), &keys).is_valid());
+        assert_eq!(
+            wal_authenticity(None, seg, &sha, &keys),
+            Authenticity::Unsigned
+        );
+        let stranger = [SigningKey::generate().public()];
+        assert!(matches!(
+            wal_authenticity(Some(&sig), seg, &sha, &stranger),
+            Authenticity::UnknownKey { .. }
+        ));
+        assert!(!wal_authenticity(Some(b"junk"), seg, &sha, &keys).is_valid());
     }
 
     #[test]
