@@ -187,22 +187,27 @@ pub fn unneeded<'a>(files: &'a [ArchivedFile], retained: &[PhysicalInfo]) -> Vec
 }
 
 /// Delete (or, with `dry_run`, list) the WAL files of `store` that no retained physical
-/// backup needs. Returns their names, oldest first.
+/// backup needs. Returns their names, oldest first: those deleted, and those kept because
+/// S3 Object Lock still holds them.
 pub async fn prune(
     store: &dyn Storage,
     retained: &[PhysicalInfo],
     dry_run: bool,
-) -> Result<Vec<String>> {
+) -> Result<(Vec<String>, Vec<String>)> {
     let files = list(store).await?;
-    let mut removed = Vec::new();
+    let (mut removed, mut locked) = (Vec::new(), Vec::new());
     for f in unneeded(&files, retained) {
+        if store.locked_until(&f.object.key).await?.is_some() {
+            locked.push(f.name.clone());
+            continue;
+        }
         if !dry_run {
             store.delete(&f.object.key).await?;
             delete_signature(store, f).await?;
         }
         removed.push(f.name.clone());
     }
-    Ok(removed)
+    Ok((removed, locked))
 }
 
 /// Remove the signature object of an archived file, if there is one.
@@ -365,7 +370,7 @@ mod tests {
             system_identifier: "1".into(),
             wal_segment_size: crate::wal::DEFAULT_SEGMENT_SIZE,
         };
-        assert_eq!(prune(&mem, &[info], false).await.unwrap(), [seg]);
+        assert_eq!(prune(&mem, &[info], false).await.unwrap().0, [seg]);
         assert!(mem.object(&sig).is_none());
         assert!(list(&mem).await.unwrap().is_empty());
     }
