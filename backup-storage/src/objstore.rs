@@ -203,10 +203,13 @@ impl ObjStore {
     }
 
     /// After a write of `key` succeeded: its retention, when object locking is configured.
+    /// Locks and leases are rewritten while a run lasts and deleted at its end: never locked.
     async fn retain(&self, key: &str) -> Result<()> {
+        let coordination =
+            key.ends_with(".lock") || key.ends_with(backup_core::lease::LEASE_SUFFIX);
         match &self.lock {
-            Some(lock) => lock.retain(self.path(key).as_ref()).await,
-            None => Ok(()),
+            Some(lock) if !coordination => lock.retain(self.path(key).as_ref()).await,
+            _ => Ok(()),
         }
     }
 

@@ -122,6 +122,31 @@ fn every_object_is_locked_and_prune_keeps_it_until_the_lock_expires() {
         );
     }
 
+    // The run's lock object was written (and deleted) without a retention.
+    let url_versions = format!("{}/{bucket}?versions&prefix={prefix}/", s3.endpoint);
+    let (code, listing) = request("GET", &url_versions, &[AUTH], b"");
+    assert_eq!(code, 200, "{listing}");
+    let lock_versions: Vec<(String, String)> = values(&listing, "Version")
+        .iter()
+        .filter(|v| values(v, "Key")[0].ends_with(".lock"))
+        .map(|v| {
+            (
+                values(v, "Key")[0].clone(),
+                values(v, "VersionId")[0].clone(),
+            )
+        })
+        .collect();
+    assert!(!lock_versions.is_empty(), "{listing}");
+    for (key, id) in &lock_versions {
+        let url = format!("{}/{bucket}/{key}?versionId={id}", s3.endpoint);
+        let (code, head, _) = exchange("HEAD", &url, &[AUTH], b"");
+        assert_eq!(code, 200, "{key}");
+        assert!(
+            !head.iter().any(|l| l.starts_with("x-amz-object-lock")),
+            "{key}: {head:?}"
+        );
+    }
+
     // Deleting the locked version itself is denied; the object stays.
     let dump = format!("{prefix}/old.dump");
     let ids = versions(&s3, &bucket, &dump);
