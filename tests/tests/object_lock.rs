@@ -106,6 +106,23 @@ fn every_object_is_locked_and_prune_keeps_it_until_the_lock_expires() {
     run(&cli, &["backup", "old"]).assert_code(0);
     run(&cli, &["backup", "new"]).assert_code(0);
 
+    // Archived WAL too.
+    let segment = cli.path().join("000000010000000000000042");
+    std::fs::write(&segment, vec![4u8; 16 * 1024 * 1024]).unwrap();
+    run(&cli, &["wal-push", segment.to_str().unwrap()]).assert_code(0);
+    let wal = keys(&s3, &bucket, &format!("{prefix}/wal"));
+    assert!(
+        wal.iter().any(|k| k.contains("/000000010000000000000042-")),
+        "{wal:?}"
+    );
+    for key in &wal {
+        assert_eq!(
+            retention(&s3, &bucket, key).0.as_deref(),
+            Some("GOVERNANCE"),
+            "{key}"
+        );
+    }
+
     // Every object carries a GOVERNANCE retention about two days ahead.
     let all = keys(&s3, &bucket, &prefix);
     assert!(all.iter().any(|k| k.ends_with("/old.dump")), "{all:?}");
