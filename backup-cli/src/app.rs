@@ -20,8 +20,13 @@ pub fn run(cli: Cli) -> u8 {
             return 0;
         }
         Command::Man { dir } => return write_man(dir),
-        Command::Keygen { output } => {
-            return match backup_core::codec::keygen(output) {
+        Command::Keygen { output, signing } => {
+            let made = if *signing {
+                backup_core::signing::keygen(output).map(|k| k.to_string())
+            } else {
+                backup_core::codec::keygen(output)
+            };
+            return match made {
                 Ok(recipient) => {
                     emit(recipient);
                     0

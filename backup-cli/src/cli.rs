@@ -188,14 +188,19 @@ pub enum Command {
     /// Show or check the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Create an age identity for encrypted backups; prints the public recipient.
+    /// Create an age identity for encrypted backups (prints the public recipient), or with
+    /// `--signing` an Ed25519 key that signs manifests (prints the public key).
     #[command(
-        after_help = "Example:\n  kaizen-backup keygen --output /secure/kaizen-backup.agekey\n  # put the printed age1... recipient in [encryption] recipients; keep the file off the backup host"
+        after_help = "Examples:\n  kaizen-backup keygen --output /secure/kaizen-backup.agekey\n  # put the printed age1... recipient in [encryption] recipients; keep the file off the backup host\n  kaizen-backup keygen --signing --output /secure/kaizen-signing.key\n  # [integrity] signing_key = { file = \"/secure/kaizen-signing.key\" } on the backup host;\n  # the printed ed25519:... key (also in kaizen-signing.key.pub) in [integrity] verify_keys where backups are read"
     )]
     Keygen {
-        /// Where to write the identity (created 0600; never overwritten).
+        /// Where to write the key (created 0600; never overwritten). With `--signing`, the
+        /// public key goes to FILE.pub as well.
         #[arg(long, value_name = "FILE")]
         output: PathBuf,
+        /// A manifest signing key (Ed25519) instead of an age identity.
+        #[arg(long)]
+        signing: bool,
     },
     /// Print a shell completion script.
     #[command(

@@ -13,6 +13,7 @@ pub fn keys(c: &Config) -> Result<DecryptKeys> {
     Ok(DecryptKeys {
         identity_file: c.encryption.identity_file.clone(),
         passphrase: c.encryption.passphrase.clone(),
+        verify_keys: c.integrity.verify_keys()?,
     })
 }
 
@@ -21,6 +22,9 @@ pub fn keys(c: &Config) -> Result<DecryptKeys> {
 pub fn keys_for(c: &Config, manifest: Option<&Manifest>) -> Result<DecryptKeys> {
     match manifest {
         Some(m) if m.encryption.is_encrypted() => keys(c),
-        _ => Ok(DecryptKeys::default()),
+        _ => Ok(DecryptKeys {
+            verify_keys: c.integrity.verify_keys()?,
+            ..DecryptKeys::default()
+        }),
     }
 }

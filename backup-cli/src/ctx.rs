@@ -138,7 +138,30 @@ impl Ctx {
     }
 
     /// Find `<BACKUP>`: a name or `latest` in the first target, a file path, or a URL.
+    /// A manifest that names another backup's objects is refused; with
+    /// `[integrity] verify_keys`, so is a backup without a valid signature by one of them.
     pub async fn resolve(&self, spec: &str) -> Result<Resolved> {
+        let resolved = self.resolve_unauthenticated(spec).await?;
+        let keys = self.verify_keys()?;
+        if !keys.is_empty() {
+            match &resolved.manifest {
+                Some(m) => backup_core::signing::authenticate(m, &keys)?,
+                None => {
+                    return Err(Error::Refused(format!(
+                        "{spec} has no manifest, so no signature, and integrity.verify_keys requires one: refusing to read it (nothing was touched)"
+                    )));
+                }
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// `[integrity] verify_keys` (empty: backups are not authenticated).
+    pub fn verify_keys(&self) -> Result<Vec<backup_core::signing::VerifyKey>> {
+        self.config().integrity.verify_keys()
+    }
+
+    async fn resolve_unauthenticated(&self, spec: &str) -> Result<Resolved> {
         let primary = self.primary()?.storage.clone();
         let opts = self.config().storage.options.clone();
         catalog::resolve(

@@ -5,6 +5,7 @@ pub mod codec;
 pub mod manifest;
 pub mod name;
 pub mod rows;
+pub mod signing;
 pub mod tar;
 pub mod toc;
 pub mod wal;

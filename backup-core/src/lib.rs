@@ -39,7 +39,7 @@ pub mod transform;
 pub mod util;
 
 pub use coord::{claim, lease, leftovers, lock};
-pub use format::{codec, manifest, name, rows, tar, toc, wal};
+pub use format::{codec, manifest, name, rows, signing, tar, toc, wal};
 pub use pg::stats;
 pub(crate) use pg::{pgpass, tls};
 pub use pipeline::pitr::{recovery, window};

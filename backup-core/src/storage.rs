@@ -119,6 +119,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// Until when `key` cannot be deleted (S3 Object Lock retention), `None` when it is not
+    /// locked or the backend has no such thing. Backends ask only when object locking is
+    /// configured for them.
+    async fn locked_until(&self, _key: &str) -> Result<Option<DateTime<Utc>>> {
+        Ok(None)
+    }
+
     /// Create `key` with `data` only if it does not exist yet (used for lock objects).
     /// Returns `false` when the key already existed. The default is check-then-put,
     /// which backends with conditional writes override.

@@ -91,6 +91,7 @@ async fn zstd_then_age_round_trips_with_the_identity() {
     let keys = DecryptKeys {
         identity_file: Some(identity),
         passphrase: None,
+        verify_keys: Vec::new(),
     };
     let plain = age_decode(stream(stored), &keys, &[recipient]).unwrap();
     assert_eq!(collect(zstd_decode(plain)).await.unwrap(), data);
@@ -105,6 +106,7 @@ async fn age_round_trips_with_a_passphrase() {
     let keys = DecryptKeys {
         identity_file: None,
         passphrase: Some(Secret::new("correct horse")),
+        verify_keys: Vec::new(),
     };
     let plain = age_decode(stream(stored), &keys, &cfg.public_recipients()).unwrap();
     assert_eq!(collect(plain).await.unwrap(), data);
@@ -130,6 +132,7 @@ async fn a_wrong_or_missing_key_is_refused() {
     let keys = DecryptKeys {
         identity_file: Some(wrong),
         passphrase: None,
+        verify_keys: Vec::new(),
     };
     let plain = age_decode(stream(stored), &keys, &[recipient]).unwrap();
     let err = collect(plain).await.unwrap_err();
@@ -161,6 +164,7 @@ async fn damaged_bytes_are_refused() {
     let keys = DecryptKeys {
         identity_file: Some(identity),
         passphrase: None,
+        verify_keys: Vec::new(),
     };
     let plain = age_decode(stream(sealed), &keys, &cfg.recipients).unwrap();
     assert!(collect(plain).await.is_err(), "tampered ciphertext decoded");

@@ -141,6 +141,11 @@ impl Storage for Guarded {
         self.inner.put_replace(key, data).await
     }
 
+    async fn locked_until(&self, key: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        self.check(key)?;
+        self.inner.locked_until(key).await
+    }
+
     async fn list_incomplete(&self) -> Result<Vec<IncompleteUpload>> {
         self.inner.list_incomplete().await
     }

@@ -26,6 +26,7 @@ use backup_core::storage::{
 };
 use backup_core::{Error, Result};
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::client::HttpErrorKind;
@@ -111,6 +112,17 @@ pub struct OpenUpload {
     pub initiated: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// Object retention (S3 Object Lock) of a backend: see [`ObjStore::with_object_lock`].
+#[async_trait]
+pub trait ObjectLock: Send + Sync + std::fmt::Debug {
+    /// Set the configured retention on the current version of the object at `path`.
+    async fn retain(&self, path: &str) -> Result<()>;
+    /// The retain-until date of the current version of `path`, if it has one in the future.
+    async fn locked_until(&self, path: &str) -> Result<Option<DateTime<Utc>>>;
+    /// Whether the bucket has object locking enabled (a clear error if not).
+    async fn check(&self) -> Result<()>;
+}
+
 /// Listing and aborting unfinished multipart uploads, for backends that keep them
 /// (S3): object_store can start and abort uploads but not list them.
 #[async_trait]
@@ -136,6 +148,8 @@ pub struct ObjStore {
     uploads: Option<Arc<dyn MultipartAdmin>>,
     /// Whether `PutMode::Create` works (S3 can have it disabled).
     conditional: bool,
+    /// Object Lock retention set on every object written (S3 `object_lock`).
+    lock: Option<Arc<dyn ObjectLock>>,
 }
 
 impl ObjStore {
@@ -166,6 +180,7 @@ impl ObjStore {
             attributes,
             uploads: None,
             conditional: true,
+            lock: None,
         }
     }
 
@@ -179,6 +194,23 @@ impl ObjStore {
     pub fn with_multipart_admin(mut self, admin: Arc<dyn MultipartAdmin>) -> Self {
         self.uploads = Some(admin);
         self
+    }
+
+    /// Set `lock`'s retention on every object written by `put` and `put_replace`.
+    pub fn with_object_lock(mut self, lock: Arc<dyn ObjectLock>) -> Self {
+        self.lock = Some(lock);
+        self
+    }
+
+    /// After a write of `key` succeeded: its retention, when object locking is configured.
+    /// Locks and leases are rewritten while a run lasts and deleted at its end: never locked.
+    async fn retain(&self, key: &str) -> Result<()> {
+        let coordination =
+            key.ends_with(".lock") || key.ends_with(backup_core::lease::LEASE_SUFFIX);
+        match &self.lock {
+            Some(lock) if !coordination => lock.retain(self.path(key).as_ref()).await,
+            _ => Ok(()),
+        }
     }
 
     /// Whether the store takes conditional writes (`PutMode::Create`).
@@ -404,6 +436,7 @@ impl ObjectWriter for Writer {
                     .map_err(|e| store.err("complete upload", &key, e))?;
             }
         }
+        store.retain(&key).await?;
         Ok(ObjectMeta {
             key,
             size: written,
@@ -513,7 +546,11 @@ impl Storage for ObjStore {
         self.store
             .delete(&path)
             .await
-            .map_err(|e| self.err("check (delete)", &key, e))
+            .map_err(|e| self.err("check (delete)", &key, e))?;
+        match &self.lock {
+            Some(lock) => lock.check().await,
+            None => Ok(()),
+        }
     }
 
     async fn list_incomplete(&self) -> Result<Vec<IncompleteUpload>> {
@@ -558,7 +595,14 @@ impl Storage for ObjStore {
             .put(&self.path(key), PutPayload::from(data))
             .await
             .map_err(|e| self.err("put", key, e))?;
-        Ok(())
+        self.retain(key).await
+    }
+
+    async fn locked_until(&self, key: &str) -> Result<Option<DateTime<Utc>>> {
+        match &self.lock {
+            Some(lock) => lock.locked_until(self.path(key).as_ref()).await,
+            None => Ok(None),
+        }
     }
 
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool> {

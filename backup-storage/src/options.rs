@@ -119,6 +119,20 @@ pub struct S3Options {
     pub kms_key_id: Option<String>,
     /// Storage class, e.g. `STANDARD_IA`, `GLACIER_IR`.
     pub storage_class: Option<String>,
+    /// S3 Object Lock: the retention every object written gets (the bucket must have
+    /// Object Lock enabled).
+    pub object_lock: Option<ObjectLockOptions>,
+}
+
+/// `storage.s3.object_lock = { mode = "GOVERNANCE", days = 30 }`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectLockOptions {
+    /// `GOVERNANCE` (users with `s3:BypassGovernanceRetention` can shorten or delete) or
+    /// `COMPLIANCE` (nobody can, not even the root account).
+    pub mode: String,
+    /// Days from the write until the object can be deleted (1 to 36500).
+    pub days: u32,
 }
 
 /// `[storage.azure]`

@@ -13,16 +13,20 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use backup_core::storage::storage_error;
 use backup_core::{Error, Result};
-use object_store::ClientOptions;
+use object_store::signer::Method;
+use object_store::{ClientOptions, HeaderMap, HeaderValue};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
 use object_store::client::{
     HttpClient, HttpConnector, HttpError, HttpRequest, HttpRequestBody, ReqwestConnector,
 };
 use object_store::multipart::MultipartStore;
+use sha2::{Digest, Sha256};
 
 use crate::guard::Backend;
 use crate::location::{Location, display_url, redact_endpoint};
-use crate::objstore::{MultipartAdmin, ObjStore, OpenUpload, clients, map_error, retry_config};
+use crate::objstore::{
+    MultipartAdmin, ObjStore, ObjectLock, OpenUpload, clients, map_error, retry_config,
+};
 use crate::{StorageOptions, retry};
 
 fn env(name: &str) -> Option<String> {
@@ -124,6 +128,24 @@ pub fn open(location: &Location, opts: &StorageOptions) -> Result<Box<dyn Backen
                 .with_connect_timeout(timeouts.connect()),
         )
         .map_err(setup)?;
+    let lock = match &o.object_lock {
+        None => None,
+        Some(l) => {
+            if !matches!(l.mode.as_str(), "GOVERNANCE" | "COMPLIANCE") {
+                return Err(cfg(
+                    "object_lock.mode",
+                    format!("unknown value {:?} (GOVERNANCE or COMPLIANCE)", l.mode),
+                ));
+            }
+            if !(1..=36500).contains(&l.days) {
+                return Err(cfg(
+                    "object_lock.days",
+                    format!("{} is out of range (1 to 36500)", l.days),
+                ));
+            }
+            Some((l.mode.clone(), l.days))
+        }
+    };
     let store = Arc::new(store);
     let admin = S3Uploads {
         store: store.clone(),
@@ -133,19 +155,119 @@ pub fn open(location: &Location, opts: &StorageOptions) -> Result<Box<dyn Backen
         url: url.clone(),
         endpoint: endpoint.clone(),
     };
-    Ok(Box::new(
-        ObjStore::new(
-            store,
-            url,
-            endpoint,
-            prefix,
-            opts.upload,
-            o.storage_class.clone(),
-        )
-        .with_reader(Arc::new(reader))
-        .with_multipart_admin(Arc::new(admin))
-        .with_conditional_put(conditional),
-    ))
+    let admin = Arc::new(admin);
+    let mut objstore = ObjStore::new(
+        store,
+        url,
+        endpoint,
+        prefix,
+        opts.upload,
+        o.storage_class.clone(),
+    )
+    .with_reader(Arc::new(reader))
+    .with_multipart_admin(admin.clone())
+    .with_conditional_put(conditional);
+    if let Some((mode, days)) = lock {
+        objstore = objstore.with_object_lock(Arc::new(S3Lock {
+            api: admin,
+            mode,
+            days,
+        }));
+    }
+    Ok(Box::new(objstore))
+}
+
+/// S3 Object Lock through signed PutObjectRetention, HEAD (which carries the retention)
+/// and GetObjectLockConfiguration requests.
+#[derive(Debug)]
+struct S3Lock {
+    api: Arc<S3Uploads>,
+    /// `GOVERNANCE` or `COMPLIANCE`.
+    mode: String,
+    days: u32,
+}
+
+impl S3Lock {
+    fn object_uri(&self, path: &str) -> String {
+        let encoded: Vec<String> = path.split('/').map(uri_encode).collect();
+        format!("{}/{}", self.api.base, encoded.join("/"))
+    }
+}
+
+#[async_trait]
+impl ObjectLock for S3Lock {
+    async fn retain(&self, path: &str) -> Result<()> {
+        let until = chrono::Utc::now() + chrono::Duration::days(i64::from(self.days));
+        let body = format!(
+            "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{}</Mode>\
+             <RetainUntilDate>{}</RetainUntilDate></Retention>",
+            self.mode,
+            until.format("%Y-%m-%dT%H:%M:%SZ")
+        );
+        // PutObjectRetention wants a checksum of its body (Content-MD5 or an SDK checksum).
+        let sum = base64(&Sha256::digest(body.as_bytes()));
+        let uri = format!("{}?retention", self.object_uri(path));
+        let headers = [
+            ("x-amz-sdk-checksum-algorithm", "SHA256".to_string()),
+            ("x-amz-checksum-sha256", sum),
+            ("content-type", "application/xml".to_string()),
+        ];
+        let (status, _, text) = self
+            .api
+            .send("set retention", path, Method::PUT, &uri, &headers, body)
+            .await?;
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        Err(self.api.status_error("set retention", path, status, &text))
+    }
+
+    async fn locked_until(&self, path: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let uri = self.object_uri(path);
+        let (status, headers, text) = self
+            .api
+            .send("read retention", path, Method::HEAD, &uri, &[], String::new())
+            .await?;
+        if status == 404 {
+            return Ok(None);
+        }
+        if !(200..300).contains(&status) {
+            return Err(self.api.status_error("read retention", path, status, &text));
+        }
+        let until = headers
+            .get("x-amz-object-lock-retain-until-date")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
+            .map(|t| t.with_timezone(&chrono::Utc));
+        Ok(until.filter(|t| *t > chrono::Utc::now()))
+    }
+
+    async fn check(&self) -> Result<()> {
+        let uri = format!("{}?object-lock", self.api.base);
+        let op = "check Object Lock";
+        let (status, _, text) = self
+            .api
+            .send(op, "", Method::GET, &uri, &[], String::new())
+            .await?;
+        let enabled = xml_values(&text, "ObjectLockEnabled").first().map(String::as_str)
+            == Some("Enabled");
+        if (200..300).contains(&status) && enabled {
+            return Ok(());
+        }
+        let code = xml_values(&text, "Code").into_iter().next();
+        if (200..300).contains(&status) || code.as_deref() == Some("ObjectLockConfigurationNotFoundError")
+        {
+            return Err(Error::Config {
+                key: "storage.s3.object_lock".into(),
+                message: format!(
+                    "bucket of {} does not have Object Lock enabled (it can only be enabled \
+                     on a versioned bucket); remove object_lock or use a bucket with Object Lock",
+                    self.api.url
+                ),
+            });
+        }
+        Err(self.api.status_error(op, "", status, &text))
+    }
 }
 
 /// ListMultipartUploads (signed with object_store's SigV4) and AbortMultipartUpload.
@@ -161,10 +283,6 @@ struct S3Uploads {
 }
 
 impl S3Uploads {
-    fn fail(&self, message: impl std::fmt::Display, retryable: bool) -> Error {
-        storage_error(&self.url, "list unfinished uploads", "", message, retryable)
-    }
-
     async fn page(&self, prefix: &str, markers: Option<&(String, String)>) -> Result<String> {
         let mut query: Vec<(&str, &str)> = vec![("prefix", prefix)];
         if let Some((key, id)) = markers {
@@ -176,33 +294,67 @@ impl S3Uploads {
             .map(|(k, v)| format!("&{k}={}", uri_encode(v)))
             .collect();
         let uri = format!("{}?uploads={query}", self.base);
-        let mut req = HttpRequest::new(HttpRequestBody::empty());
+        let op = "list unfinished uploads";
+        let (status, _, text) = self
+            .send(op, "", Method::GET, &uri, &[], String::new())
+            .await?;
+        if !(200..300).contains(&status) {
+            return Err(self.status_error(op, "", status, &text));
+        }
+        Ok(text)
+    }
+
+    /// A failed request's error: its status and S3 error code.
+    fn status_error(&self, op: &'static str, key: &str, status: u16, text: &str) -> Error {
+        let code = xml_values(text, "Code")
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let retryable = retry::status(status);
+        let message = format!("HTTP {status} {code}");
+        storage_error(&self.url, op, key, message, retryable)
+    }
+
+    /// Send one request signed with object_store's SigV4; its status, headers and body.
+    async fn send(
+        &self,
+        op: &'static str,
+        key: &str,
+        method: Method,
+        uri: &str,
+        headers: &[(&'static str, String)],
+        body: String,
+    ) -> Result<(u16, HeaderMap, String)> {
+        let fail = |m: String, retryable: bool| storage_error(&self.url, op, key, m, retryable);
+        let mut req = HttpRequest::new(HttpRequestBody::from(body.into_bytes()));
+        *req.method_mut() = method;
         *req.uri_mut() = uri
             .parse()
-            .map_err(|e| self.fail(format!("bad URL: {e}"), false).caused_by(e))?;
+            .map_err(|e| fail(format!("bad URL: {e}"), false).caused_by(e))?;
+        for (name, value) in headers {
+            let value = HeaderValue::from_str(value)
+                .map_err(|e| fail(format!("bad header {name}: {e}"), false).caused_by(e))?;
+            req.headers_mut().insert(*name, value);
+        }
         let cred = self
             .store
             .credentials()
             .get_credential()
             .await
-            .map_err(|e| map_error(&self.url, &self.endpoint, "list unfinished uploads", "", e))?;
+            .map_err(|e| map_error(&self.url, &self.endpoint, op, key, e))?;
         AwsAuthorizer::new(&cred, "s3", &self.region)
             .try_authorize(&mut req, None)
-            .map_err(|e| map_error(&self.url, &self.endpoint, "list unfinished uploads", "", e))?;
-        let failed = |e: HttpError| self.fail(&e, retry::transport(e.kind())).caused_by(e);
+            .map_err(|e| map_error(&self.url, &self.endpoint, op, key, e))?;
+        let failed = |e: HttpError| fail(e.to_string(), retry::transport(e.kind())).caused_by(e);
         let resp = self.client.execute(req).await.map_err(failed)?;
-        let status = resp.status();
+        let status = resp.status().as_u16();
+        let resp_headers = resp.headers().clone();
         let body = resp.into_body().bytes().await.map_err(failed)?;
-        let text = String::from_utf8_lossy(&body).to_string();
-        if !status.is_success() {
-            let code = xml_values(&text, "Code")
-                .into_iter()
-                .next()
-                .unwrap_or_default();
-            let retryable = retry::status(status.as_u16());
-            return Err(self.fail(format!("HTTP {} {code}", status.as_u16()), retryable));
-        }
-        Ok(text)
+        Ok((
+            status,
+            resp_headers,
+            String::from_utf8_lossy(&body).to_string(),
+        ))
     }
 }
 
@@ -261,6 +413,29 @@ impl MultipartAdmin for S3Uploads {
     }
 }
 
+/// Standard base64 with padding (the checksum header's encoding).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Percent-encoding of a query value as SigV4 wants it (RFC 3986 unreserved kept).
 fn uri_encode(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
@@ -312,5 +487,9 @@ mod tests {
         assert_eq!(xml_values(&ups[1], "UploadId"), ["u2"]);
         assert_eq!(xml_values(xml, "IsTruncated"), ["false"]);
         assert_eq!(uri_encode("p/x y"), "p%2Fx%20y");
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
     }
 }

@@ -130,6 +130,7 @@ fn stored(kind: Kind) -> Stored {
         physical: None,
         sequences: Vec::new(),
         roles: None,
+        signature: None,
     };
     let storage = Arc::new(OneObject {
         key: manifest.object.clone(),
@@ -148,6 +149,7 @@ fn stored(kind: Kind) -> Stored {
         keys: DecryptKeys {
             identity_file: Some(identity),
             passphrase: None,
+            verify_keys: Vec::new(),
         },
         _dir: dir,
     }

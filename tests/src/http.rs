@@ -10,6 +10,17 @@ pub use kaizen_test_http::{Recorder, Reply, Request};
 /// A plain HTTP/1.1 request to `http://HOST:PORT/PATH` (no TLS); returns (status, body).
 /// Handles Content-Length and chunked bodies, enough for the local test servers.
 pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let (status, _, body) = exchange(method, url, headers, body);
+    (status, body)
+}
+
+/// [`request`], also returning the response's header lines (lowercased `name: value`).
+pub fn exchange(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<String>, String) {
     let rest = url
         .strip_prefix("http://")
         .unwrap_or_else(|| panic!("only http:// URLs: {url}"));
@@ -61,7 +72,15 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -
         }
         payload = out;
     }
-    (status, String::from_utf8_lossy(&payload).to_string())
+    let lines = head
+        .lines()
+        .skip(1)
+        .map(|l| match l.split_once(':') {
+            Some((k, v)) => format!("{}: {}", k.trim().to_ascii_lowercase(), v.trim()),
+            None => l.to_string(),
+        })
+        .collect();
+    (status, lines, String::from_utf8_lossy(&payload).to_string())
 }
 
 /// `GET url`; returns (status, body).

@@ -61,6 +61,18 @@ impl S3 {
     pub fn url(&self, prefix: &str) -> String {
         format!("s3://{}/{prefix}", self.bucket)
     }
+    /// A new bucket of its own with S3 Object Lock enabled (and so versioning).
+    pub fn object_lock_bucket(&self) -> String {
+        let bucket = unique("kaizen-lock").replace('_', "-");
+        let (code, body) = crate::http::request(
+            "PUT",
+            &format!("{}/{bucket}", self.endpoint),
+            &[("x-amz-bucket-object-lock-enabled", "true")],
+            b"",
+        );
+        assert_eq!(code, 200, "creating bucket {bucket}: {body}");
+        bucket
+    }
     /// A CLI for database `db` with this emulator's endpoint and credentials. The secret
     /// key, `Aws-Secret-Never-Printed`, is what tests look for in the output.
     pub fn cli(&self, db: &str) -> crate::Cli {

@@ -139,6 +139,7 @@ async fn physical_drill(
             no_archive: true,
             keys: crate::codecs::keys(c)?,
             bin_dir: c.database.bin_dir.clone(),
+            verify_keys: c.integrity.verify_keys()?,
         },
         temp_dir: c.restore.settings.temp_dir.clone(),
         users: vec![c.database.user.clone(), "postgres".into()],

@@ -2,6 +2,7 @@
 
 use backup_core::catalog;
 use backup_core::manifest::Kind;
+use backup_core::signing::{self, Authenticity, VerifyKey};
 use backup_core::storage::IncompleteUpload;
 use backup_core::util::human_size;
 use backup_core::{Result, Storage};
@@ -11,6 +12,10 @@ use crate::ctx::Ctx;
 
 pub async fn run(ctx: &Ctx, json: bool) -> Result<()> {
     let targets = ctx.targets()?;
+    let keys = ctx.verify_keys()?;
+    if keys.is_empty() && !json {
+        warn!("{NOT_AUTHENTICATED}");
+    }
     let mut rows = Vec::new();
     for (i, t) in targets.iter().enumerate() {
         let cat = match catalog::scan(t.storage.as_ref()).await {
@@ -35,7 +40,7 @@ pub async fn run(ctx: &Ctx, json: bool) -> Result<()> {
         };
         if json {
             for b in &cat.backups {
-                rows.push(entry_json(t.storage.as_ref(), b));
+                rows.push(entry_json(t.storage.as_ref(), b, &keys));
             }
             for u in &uploads {
                 rows.push(upload_json(t.storage.as_ref(), u));
@@ -53,7 +58,7 @@ pub async fn run(ctx: &Ctx, json: bool) -> Result<()> {
         if targets.len() > 1 || i > 0 {
             crate::output::emit(format!("== {}", t.storage.url()));
         }
-        print_table(&cat, &uploads);
+        print_table(&cat, &uploads, &keys);
     }
     if json {
         let out = serde_json::to_string_pretty(&rows)
@@ -63,9 +68,42 @@ pub async fn run(ctx: &Ctx, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn entry_json(storage: &dyn Storage, b: &catalog::BackupEntry) -> serde_json::Value {
+/// What `list` and `status` say when no verify keys are configured.
+pub const NOT_AUTHENTICATED: &str = "Backups are not authenticated: no [integrity] verify_keys are configured, so anyone who can write to the storage can replace a backup undetected";
+
+/// A backup's authenticity: whether its manifest names its own objects and, with verify
+/// keys, whether its signature is valid. `None` without keys (nothing is checked).
+fn authenticity(b: &catalog::BackupEntry, keys: &[VerifyKey]) -> Option<(&'static str, String)> {
     let m = &b.manifest;
+    if m.check_names(&m.name).is_err() {
+        return Some((
+            "foreign_objects",
+            "FORGED (names objects of another backup)".into(),
+        ));
+    }
+    if keys.is_empty() {
+        return None;
+    }
+    Some(match signing::authenticity(m, keys) {
+        Authenticity::Valid { .. } => ("signed", "signed".into()),
+        Authenticity::Unsigned => ("unsigned", "UNSIGNED".into()),
+        Authenticity::UnknownKey { .. } => ("unknown_key", "signed by an UNKNOWN KEY".into()),
+        Authenticity::Mismatch { .. } => ("forged", "FORGED (does not match its signature)".into()),
+    })
+}
+
+fn entry_json(
+    storage: &dyn Storage,
+    b: &catalog::BackupEntry,
+    keys: &[VerifyKey],
+) -> serde_json::Value {
+    let m = &b.manifest;
+    let auth = authenticity(b, keys);
     serde_json::json!({
+        // `signed`, `unsigned`, `unknown_key`, `forged`, `foreign_objects`; null: not
+        // authenticated (no verify keys configured).
+        "authenticity": auth.as_ref().map(|a| a.0),
+        "signed_by": m.signature.as_ref().map(|s| &s.key),
         "name": m.name,
         "created_at": m.finished_at,
         "started_at": m.started_at,
@@ -104,7 +142,7 @@ fn upload_json(storage: &dyn Storage, u: &IncompleteUpload) -> serde_json::Value
     })
 }
 
-fn print_table(cat: &catalog::Catalog, uploads: &[IncompleteUpload]) {
+fn print_table(cat: &catalog::Catalog, uploads: &[IncompleteUpload], keys: &[VerifyKey]) {
     if cat.backups.is_empty() && cat.incomplete.is_empty() && uploads.is_empty() {
         crate::output::emit("No backups.".to_string());
         return;
@@ -126,6 +164,10 @@ fn print_table(cat: &catalog::Catalog, uploads: &[IncompleteUpload]) {
         }
         if b.data.is_none() {
             status.push_str(", DATA MISSING");
+        }
+        if let Some((_, word)) = authenticity(b, keys) {
+            status.push_str(", ");
+            status.push_str(&word);
         }
         crate::output::emit(format!(
             "{:<32} {:<20} {:>8} {:<12} {:<20} {status}",

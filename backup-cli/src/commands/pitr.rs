@@ -46,6 +46,7 @@ pub async fn run(ctx: &Ctx, args: RestoreArgs) -> Result<()> {
         no_archive: args.no_archive,
         keys: crate::codecs::keys(c)?,
         bin_dir: c.database.bin_dir.clone(),
+        verify_keys: c.integrity.verify_keys()?,
     };
     let backups = ctx.primary()?.storage.clone();
     let wal = ctx.primary_wal()?;

@@ -37,6 +37,10 @@ pub async fn run(
         .as_deref()
         .map(|s| parse_duration("--max-wal-age", s))
         .transpose()?;
+    let authenticated = !ctx.verify_keys()?.is_empty();
+    if !authenticated && !json {
+        warn!("{}", super::list::NOT_AUTHENTICATED);
+    }
     let overviews = ctx.overviews().await?;
     let now = overviews.first().map_or_else(Utc::now, |o| o.now);
     let promised = backup_core::retention::promised_window(&c.retention);
@@ -129,6 +133,8 @@ pub async fn run(
                 "verify_status": b.verify_state(),
             })),
             "stale": is_stale,
+            // false: no [integrity] verify_keys, backups are read unauthenticated.
+            "authenticated": authenticated,
             "wal": wal_json,
             "recovery_window": window_json,
             "drill": drill_json,

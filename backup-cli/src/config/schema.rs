@@ -37,6 +37,8 @@ pub struct Config {
     pub notify: Vec<backup_notify::NotifierConfig>,
     pub metrics: backup_notify::metrics::MetricsConfig,
     pub encryption: backup_core::codec::EncryptionConfig,
+    /// `[integrity]`: signed manifests.
+    pub integrity: backup_core::signing::IntegrityConfig,
     pub audit: backup_core::audit::AuditConfig,
     pub drill: DrillSection,
     /// `[wal]`: WAL streaming (`wal-receive`).

@@ -105,6 +105,7 @@ fn validate(c: &Config) -> Result<()> {
     c.backup.settings.validate()?;
     c.restore.settings.validate()?;
     c.encryption.validate()?;
+    c.integrity.validate()?;
     c.wal.validate()?;
     for n in &c.notify {
         n.common().events()?;

@@ -21,6 +21,7 @@ impl Ctx {
         let mut opts = BackupOptions::with_settings(name, c.backup.settings.clone())?;
         opts.cleanup_timeout = c.storage.options.timeouts.cleanup();
         opts.encryption = c.encryption.clone();
+        opts.signing_key = c.integrity.signing_key()?;
         Ok(opts)
     }
 
@@ -36,6 +37,7 @@ impl Ctx {
                 Compression::Gzip(_) => Some(3),
             },
             encryption: c.encryption.clone(),
+            signing_key: c.integrity.signing_key()?,
         })
     }
 

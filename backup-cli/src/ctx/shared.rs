@@ -117,7 +117,10 @@ impl Ctx {
                 )
                 .await
                 {
-                    Ok(removed) => report.wal_removed = removed,
+                    Ok((removed, locked)) => {
+                        report.wal_removed = removed;
+                        report.wal_kept_by_lock = locked;
+                    }
                     Err(e) => report.errors.push(format!("WAL archive: {e}")),
                 }
                 // A killed wal-push leaves its partial write here; no backup looks there.
@@ -158,6 +161,13 @@ pub fn log_prune_report(r: &PruneReport) {
                 b.database,
                 b.created_at.format("%Y-%m-%d %H:%M:%S")
             );
+        } else if let Some(until) = b.locked_until {
+            info!(
+                "Keep {} ({}): kept by Object Lock until {}",
+                b.name,
+                b.database,
+                until.format("%Y-%m-%d %H:%M:%S UTC")
+            );
         } else {
             info!("Keep {} ({}): {}", b.name, b.database, reasons(&b.keep));
         }
@@ -169,6 +179,12 @@ pub fn log_prune_report(r: &PruneReport) {
         info!(
             "{verb} WAL {first} to {last} ({} files): no retained physical backup needs them",
             r.wal_removed.len()
+        );
+    }
+    if let (Some(first), Some(last)) = (r.wal_kept_by_lock.first(), r.wal_kept_by_lock.last()) {
+        info!(
+            "Keep WAL {first} to {last} ({} files): kept by Object Lock",
+            r.wal_kept_by_lock.len()
         );
     }
     let verb = if r.dry_run { "Would abort" } else { "Aborted" };

@@ -286,13 +286,17 @@ impl Transform for AgeEncryptor {
     }
 }
 
-/// What restore and verify need to decrypt.
+/// What restore and verify need to read stored data: the keys that decrypt it, and the
+/// public keys archived WAL must be signed with.
 #[derive(Debug, Clone, Default)]
 pub struct DecryptKeys {
     /// Identity file (X25519 `AGE-SECRET-KEY-1…` lines).
     pub identity_file: Option<PathBuf>,
     /// Passphrase.
     pub passphrase: Option<Secret>,
+    /// `[integrity] verify_keys`: with any, `wal-fetch` serves only WAL files signed by
+    /// one of them (see [`crate::signing`]).
+    pub verify_keys: Vec<crate::signing::VerifyKey>,
 }
 
 // ---------------------------------------------------------------- decoding

@@ -298,6 +298,10 @@ pub struct Manifest {
     /// data (see [`crate::pg::roles`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roles: Option<RolesInfo>,
+    /// The signature of the backup host's key over everything else but `pinned` (see
+    /// [`crate::signing`]); absent when no signing key is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::signing::ManifestSignature>,
 }
 
 /// A sequence's value when the dump ran.
@@ -384,6 +388,44 @@ impl Manifest {
     /// must be decoded (see [`crate::codec::decoder_for`]) before pg_restore can read it.
     pub fn is_encoded(&self) -> bool {
         self.compression == Compression::Zstd || self.encryption.is_encrypted()
+    }
+
+    /// Refuse a manifest that does not name its own objects: stored as
+    /// `NAME.manifest.json`, it must say `name: NAME`, its data object must be
+    /// `NAME.dump`, `NAME.tar` or `NAME.base.tar` (physical), with `.zst`, `.age` as its
+    /// codecs say, and its roles object `NAME.roles.json[.age]`. A manifest pointing at another backup's objects
+    /// (a copy, or a forgery) is refused whatever the keys.
+    pub fn check_names(&self, name: &str) -> Result<()> {
+        let refuse = |what: &str, found: &str| {
+            Err(Error::Refused(format!(
+                "manifest {}: {what} is {found:?}, which is not an object of backup {name:?} (a manifest names only its own objects): refusing to read it (nothing was touched)",
+                Self::key_for(name)
+            )))
+        };
+        if self.name != name {
+            return refuse("`name`", &self.name);
+        }
+        let own_data = self
+            .object
+            .strip_prefix(name)
+            .and_then(|rest| {
+                [".dump", ".tar", ".base.tar"]
+                    .iter()
+                    .find_map(|suffix| rest.strip_prefix(suffix))
+            })
+            .map(|rest| rest.strip_prefix(".zst").unwrap_or(rest))
+            .map(|rest| rest.strip_prefix(".age").unwrap_or(rest))
+            .is_some_and(str::is_empty);
+        if !own_data {
+            return refuse("`object`", &self.object);
+        }
+        if let Some(r) = &self.roles {
+            let plain = format!("{name}.roles.json");
+            if r.object != plain && r.object != format!("{plain}.age") {
+                return refuse("`roles.object`", &r.object);
+            }
+        }
+        Ok(())
     }
 
     /// Parse and check the format version.
@@ -542,5 +584,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("manifest is not valid JSON"), "{msg}");
+    }
+
+    #[test]
+    fn a_manifest_names_only_its_own_objects() {
+        let m = Manifest::from_json(&with("object", "b.dump.zst.age".into())).unwrap();
+        let mut m = Manifest {
+            name: "b".into(),
+            ..m
+        };
+        assert!(m.check_names("b").is_ok());
+        for own in ["b.dump", "b.tar", "b.tar.zst", "b.base.tar.zst.age"] {
+            m.object = own.into();
+            assert!(m.check_names("b").is_ok(), "{own}");
+        }
+        for foreign in [
+            "a.dump",
+            "bb.dump",
+            "b.dump.x",
+            "b",
+            "../b.dump",
+            "b.roles.json",
+        ] {
+            m.object = foreign.into();
+            let err = m.check_names("b").unwrap_err();
+            assert!(matches!(err, Error::Refused(_)), "{foreign}: {err:?}");
+        }
+        m.object = "b.dump".into();
+        assert!(m.check_names("c").is_err(), "another name");
+        m.roles = Some(RolesInfo {
+            object: "a.roles.json".into(),
+            sha256: String::new(),
+            size_bytes: 0,
+            count: 0,
+            passwords: false,
+        });
+        assert!(m.check_names("b").is_err(), "another backup's roles");
     }
 }

@@ -157,6 +157,8 @@ pub struct BackupOptions {
     /// Total deadline of the cleanup after a failure (aborting uploads, deleting objects
     /// already committed); what is not done by then is left for `prune`.
     pub cleanup_timeout: Duration,
+    /// Sign the manifest with this key (`[integrity] signing_key`).
+    pub signing_key: Option<crate::signing::SigningKey>,
 }
 
 impl std::fmt::Debug for BackupOptions {
@@ -167,6 +169,7 @@ impl std::fmt::Debug for BackupOptions {
             .field("encryption", &self.encryption.kind)
             .field("kind", &self.kind)
             .field("settings", &self.settings)
+            .field("signed", &self.signing_key.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -183,6 +186,7 @@ impl BackupOptions {
             kind: Kind::Logical,
             progress: None,
             cleanup_timeout: Duration::from_secs(15),
+            signing_key: None,
         }
     }
 
@@ -316,7 +320,9 @@ pub async fn run(
     committed.write_side(&roles.0.object, roles.1).await?;
     let mut manifest = manifest(pg, &pre, &opts, &plan, started_at, dumped);
     manifest.roles = Some(roles.0);
-    let stored = committed.write_manifest(&manifest).await?;
+    let stored = committed
+        .write_manifest(&mut manifest, opts.signing_key.as_ref())
+        .await?;
     Ok(BackupOutcome {
         manifest,
         committed: stored.committed,
@@ -462,6 +468,7 @@ fn manifest(
         kind: Some(opts.kind),
         physical: None,
         roles: None,
+        signature: None,
     }
 }
 

@@ -249,8 +249,10 @@ pub async fn resolve(
                 storage.url()
             ))
         })?;
+        let name = entry.manifest.name.clone();
+        entry.manifest.check_names(&name)?;
         return Ok(Resolved {
-            name: entry.manifest.name.clone(),
+            name,
             storage: storage.clone(),
             data_key: entry.manifest.object.clone(),
             manifest: Some(entry.manifest.clone()),
@@ -273,6 +275,7 @@ pub async fn resolve(
             }
             Err(e) => return Err(e),
         };
+        manifest.check_names(spec)?;
         return Ok(Resolved {
             name: spec.to_string(),
             storage: storage.clone(),
@@ -311,6 +314,9 @@ pub async fn resolve(
     let manifest = match get_bytes(dir_storage.as_ref(), &Manifest::key_for(&stem)).await {
         Ok(b) => {
             let m = Manifest::from_json(&b)?;
+            if m.object == file {
+                m.check_names(&stem)?;
+            }
             (m.object == file).then_some(m)
         }
         Err(_) => None,

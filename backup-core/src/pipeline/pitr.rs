@@ -55,6 +55,9 @@ pub struct PitrOptions {
     pub keys: DecryptKeys,
     /// Where `pg_waldump` is (the server's binaries).
     pub bin_dir: Option<PathBuf>,
+    /// `[integrity] verify_keys`: the base backup must be signed by one of them (none:
+    /// no signature is required).
+    pub verify_keys: Vec<crate::signing::VerifyKey>,
 }
 
 /// The recoverable window of a WAL archive with its base backups.
@@ -243,6 +246,10 @@ pub async fn plan(
         }
     };
     let (entry, base) = (chosen.0.clone(), chosen.1.clone());
+    // Before anything is written: the base backup names its own objects and, with
+    // verify keys, carries a valid signature.
+    entry.manifest.check_names(&entry.manifest.name)?;
+    crate::signing::authenticate(&entry.manifest, &opts.verify_keys)?;
     let cov: Coverage = window::coverage(&files, &hist, timeline, base.start_lsn, segment_size);
     let to_lsn = cov.end_lsn.unwrap_or(base.end_lsn).max(base.end_lsn);
     let mut w = Window {

@@ -58,6 +58,9 @@ pub struct PruneEntry {
     pub removed: bool,
     /// Why it is kept.
     pub keep: Vec<KeepReason>,
+    /// Until when Object Lock keeps it (with [`KeepReason::KeptByLock`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<DateTime<Utc>>,
 }
 
 /// What a prune did or would do.
@@ -80,6 +83,8 @@ pub struct PruneReport {
     pub retained_physical: Vec<crate::manifest::PhysicalInfo>,
     /// WAL files deleted (or that would be): none is needed by a retained physical backup.
     pub wal_removed: Vec<String>,
+    /// WAL files retention would delete but that are still under S3 Object Lock.
+    pub wal_kept_by_lock: Vec<String>,
 }
 
 impl PruneReport {
@@ -102,7 +107,27 @@ pub async fn run(
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    for (entry, b) in plan(&cat, &leases, policy, opts.database.as_deref(), opts.now) {
+    for (mut entry, b) in plan(&cat, &leases, policy, opts.database.as_deref(), opts.now) {
+        if entry.removed {
+            match locked_until(storage, &b.manifest).await {
+                Ok(None) => {}
+                Ok(Some(until)) => {
+                    info!(
+                        "Keeping {} although retention would delete it: Object Lock keeps it until {}",
+                        entry.name,
+                        until.format("%Y-%m-%d %H:%M:%S UTC")
+                    );
+                    entry.removed = false;
+                    entry.keep = vec![KeepReason::KeptByLock];
+                    entry.locked_until = Some(until);
+                }
+                Err(e) => {
+                    warn!("Could not read the Object Lock of {}: {e}", entry.name);
+                    report.errors.push(format!("{}: {e}", entry.name));
+                    entry.removed = false;
+                }
+            }
+        }
         if entry.keep.contains(&KeepReason::InUse)
             && let Some(h) = leases.holders(&entry.name).next()
         {
@@ -215,12 +240,30 @@ pub fn plan<'a>(
                     created_at: entry.manifest.finished_at,
                     removed,
                     keep,
+                    locked_until: None,
                 },
                 entry,
             ));
         }
     }
     out
+}
+
+/// The latest retain-until date among a backup's objects, if one is still in the future.
+async fn locked_until(storage: &dyn Storage, m: &Manifest) -> Result<Option<DateTime<Utc>>> {
+    let mut keys = vec![
+        Manifest::key_for(&m.name),
+        Manifest::verify_key_for(&m.name),
+        m.object.clone(),
+    ];
+    if let Some(r) = &m.roles {
+        keys.push(r.object.clone());
+    }
+    let mut latest = None;
+    for key in keys {
+        latest = latest.max(storage.locked_until(&key).await?);
+    }
+    Ok(latest)
 }
 
 /// Delete one backup: manifest first (it stops being listed), then the verify record,

@@ -113,6 +113,8 @@ pub enum KeepReason {
     InUse,
     /// The physical backup the recovery window promised by max_age_days starts from.
     WindowStart,
+    /// Retention would delete it, but its objects are still under S3 Object Lock.
+    KeptByLock,
 }
 
 impl KeepReason {
@@ -133,6 +135,7 @@ impl KeepReason {
             Self::MinKeep => "min_keep",
             Self::InUse => "being restored or verified",
             Self::WindowStart => "max_age_days: the recovery window starts from it",
+            Self::KeptByLock => "kept by Object Lock",
         }
     }
 }

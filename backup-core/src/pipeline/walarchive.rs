@@ -72,6 +72,8 @@ pub struct PushOptions {
     pub zstd_level: Option<i32>,
     /// Encryption (age) when enabled.
     pub encryption: EncryptionConfig,
+    /// Sign each archived file (`[integrity] signing_key`): `NAME-SHA256.sig` beside it.
+    pub signing_key: Option<crate::signing::SigningKey>,
 }
 
 /// One file in the archive, as its object key tells.
@@ -185,21 +187,38 @@ pub fn unneeded<'a>(files: &'a [ArchivedFile], retained: &[PhysicalInfo]) -> Vec
 }
 
 /// Delete (or, with `dry_run`, list) the WAL files of `store` that no retained physical
-/// backup needs. Returns their names, oldest first.
+/// backup needs. Returns their names, oldest first: those deleted, and those kept because
+/// S3 Object Lock still holds them.
 pub async fn prune(
     store: &dyn Storage,
     retained: &[PhysicalInfo],
     dry_run: bool,
-) -> Result<Vec<String>> {
+) -> Result<(Vec<String>, Vec<String>)> {
     let files = list(store).await?;
-    let mut removed = Vec::new();
+    let (mut removed, mut locked) = (Vec::new(), Vec::new());
     for f in unneeded(&files, retained) {
+        if store.locked_until(&f.object.key).await?.is_some() {
+            locked.push(f.name.clone());
+            continue;
+        }
         if !dry_run {
             store.delete(&f.object.key).await?;
+            delete_signature(store, f).await?;
         }
         removed.push(f.name.clone());
     }
-    Ok(removed)
+    Ok((removed, locked))
+}
+
+/// Remove the signature object of an archived file, if there is one.
+async fn delete_signature(store: &dyn Storage, f: &ArchivedFile) -> Result<()> {
+    match store
+        .delete(&crate::signing::wal_signature_key(&f.name, &f.sha256))
+        .await
+    {
+        Ok(()) | Err(Error::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -304,6 +323,56 @@ mod tests {
         ));
         // Not a partial name: refused.
         assert!(push_partial(&stores, &full, &opts).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn signed_wal_is_served_only_with_its_signature_and_pruned_with_it() {
+        let mem = crate::testing::MemoryStorage::new("wal");
+        let stores: Vec<Arc<dyn Storage>> = vec![Arc::new(mem.clone())];
+        let dir = tempfile::tempdir().unwrap();
+        let seg = "000000010000000000000003";
+        let path = dir.path().join(seg);
+        std::fs::write(&path, [7u8; 64]).unwrap();
+        let key = crate::signing::SigningKey::generate();
+        let opts = PushOptions {
+            signing_key: Some(key.clone()),
+            ..Default::default()
+        };
+        push(&stores, &path, &opts).await.unwrap();
+        // A retry adds nothing and fails nothing.
+        assert_eq!(
+            push(&stores, &path, &opts).await.unwrap(),
+            [Pushed::AlreadyStored]
+        );
+        let sha = hex::encode(Sha256::digest([7u8; 64]));
+        let sig = crate::signing::wal_signature_key(seg, &sha);
+        assert!(mem.object(&sig).is_some());
+        let keys = DecryptKeys {
+            verify_keys: vec![key.public()],
+            ..Default::default()
+        };
+        let dest = dir.path().join("RECOVERYXLOG");
+        fetch(&stores, seg, &dest, &keys).await.unwrap();
+        mem.delete(&sig).await.unwrap();
+        std::fs::remove_file(&dest).unwrap();
+        let err = fetch(&stores, seg, &dest, &keys).await.unwrap_err();
+        assert!(matches!(err, Error::Refused(_)), "{err:?}");
+        assert!(!dest.exists());
+        push(&stores, &path, &opts).await.unwrap();
+        assert!(
+            mem.object(&sig).is_some(),
+            "a retry signs what was not signed"
+        );
+        let info = PhysicalInfo {
+            timeline: 1,
+            start_lsn: "0/5000028".parse().unwrap(),
+            end_lsn: "0/5000028".parse().unwrap(),
+            system_identifier: "1".into(),
+            wal_segment_size: crate::wal::DEFAULT_SEGMENT_SIZE,
+        };
+        assert_eq!(prune(&mem, &[info], false).await.unwrap().0, [seg]);
+        assert!(mem.object(&sig).is_none());
+        assert!(list(&mem).await.unwrap().is_empty());
     }
 
     #[test]

@@ -138,6 +138,7 @@ mod tests {
         let keys = DecryptKeys {
             identity_file: Some(path),
             passphrase: None,
+            verify_keys: Vec::new(),
         };
         (encrypt, keys)
     }
@@ -218,6 +219,7 @@ mod tests {
         let missing = DecryptKeys {
             identity_file: Some("/nonexistent/kaizen.agekey".into()),
             passphrase: None,
+            verify_keys: Vec::new(),
         };
         let err = decoder_for(&m, &missing).err().unwrap();
         assert!(matches!(err, Error::Config { .. }), "{err:?}");

@@ -9,7 +9,7 @@
 //!      ▼
 //! write_side ──▶ small objects beside the data (the roles), same rules
 //!      ▼
-//! write_manifest ──▶ the manifest, last: only now is it a backup
+//! write_manifest ──▶ the manifest (signed when a key is configured), last: only now is it a backup
 //!        a required target failed: remove manifest and data everywhere
 //! ```
 //!
@@ -219,12 +219,20 @@ impl Committed {
         self.rollback(&keys).await;
     }
 
-    /// Write the manifest to every target that holds the data: the last step, after
-    /// which the backup exists. If a required target fails (or a signal came), the
-    /// manifest and the data are removed from every target.
-    pub(crate) async fn write_manifest(mut self, manifest: &Manifest) -> Result<Stored> {
+    /// Write the manifest, signed with `signing` when given, to every target that holds
+    /// the data: the last step, after which the backup exists. If a required target fails
+    /// (or a signal came), the manifest and the data are removed from every target.
+    pub(crate) async fn write_manifest(
+        mut self,
+        manifest: &mut Manifest,
+        signing: Option<&crate::signing::SigningKey>,
+    ) -> Result<Stored> {
         let manifest_key = Manifest::key_for(&manifest.name);
-        let json = match manifest.to_json() {
+        let signed = match signing {
+            Some(key) => key.sign(manifest),
+            None => Ok(()),
+        };
+        let json = match signed.and_then(|()| manifest.to_json()) {
             Ok(j) => Bytes::from(j),
             Err(e) => {
                 self.rollback_all().await;
@@ -285,7 +293,7 @@ mod tests {
         side: Option<&str>,
         cancel: &CancellationToken,
     ) -> Result<Stored> {
-        let m = sample();
+        let mut m = sample();
         let mut upload = Upload::start(
             targets,
             &m.object,
@@ -314,7 +322,7 @@ mod tests {
                 .write_side(key, Bytes::from_static(b"roles"))
                 .await?;
         }
-        committed.write_manifest(&m).await
+        committed.write_manifest(&mut m, None).await
     }
 
     #[tokio::test]

@@ -213,7 +213,7 @@ pub async fn run_physical(
     };
     let committed = upload.commit_data().await?;
     let (start_lsn, end_lsn, timeline) = positions;
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         format_version: FORMAT_VERSION,
         name: opts.name.clone(),
         object: data_key,
@@ -251,8 +251,11 @@ pub async fn run_physical(
         }),
         sequences: Vec::new(),
         roles: None,
+        signature: None,
     };
-    let stored = committed.write_manifest(&manifest).await?;
+    let stored = committed
+        .write_manifest(&mut manifest, opts.signing_key.as_ref())
+        .await?;
     info!(
         "Physical backup {} stored: WAL {start_lsn} to {end_lsn} on timeline {timeline}",
         manifest.name

@@ -114,6 +114,42 @@ async fn fetch_named(
     )))
 }
 
+/// With verify keys, refuse a file whose signature object is missing, by an unknown key
+/// or not for this name and content (the content is then proved by its SHA-256).
+async fn authenticate(
+    store: &dyn Storage,
+    copy: &ArchivedFile,
+    keys: &[crate::signing::VerifyKey],
+) -> Result<()> {
+    use crate::signing::{Authenticity, wal_authenticity, wal_signature_key};
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let object = match crate::storage::get_bytes(
+        store,
+        &wal_signature_key(&copy.name, &copy.sha256),
+    )
+    .await
+    {
+        Ok(b) => Some(b),
+        Err(Error::NotFound(_)) => None,
+        Err(e) => return Err(e),
+    };
+    let why = match wal_authenticity(object.as_deref(), &copy.name, &copy.sha256, keys) {
+        Authenticity::Valid { .. } => return Ok(()),
+        Authenticity::Unsigned => "is not signed".to_string(),
+        Authenticity::UnknownKey { key } => {
+            format!("is signed by {key}, which is not in integrity.verify_keys")
+        }
+        Authenticity::Mismatch { .. } => "does not match its signature".to_string(),
+    };
+    Err(Error::Refused(format!(
+        "WAL file {} on {} {why}, and integrity.verify_keys requires a valid signature: refusing to serve it",
+        copy.name,
+        store.url()
+    )))
+}
+
 /// The temporary file a fetch writes before renaming it to `dest`.
 fn temp_path(dest: &Path) -> PathBuf {
     let mut name = dest.file_name().unwrap_or_default().to_os_string();
@@ -127,6 +163,7 @@ async fn fetch_one(
     dest: &Path,
     keys: &DecryptKeys,
 ) -> Result<u64> {
+    authenticate(store, copy, &keys.verify_keys).await?;
     let mut stream = store.get(&copy.object.key).await?;
     if copy.age {
         stream = codec::age_decode(stream, keys, &[])?;

@@ -63,8 +63,10 @@ fn conflict(store: &dyn Storage, name: &str, have: &str, new: &str) -> Error {
     ))
 }
 
-/// Archive the WAL file at `path` on every store. Returns what happened on each, in
-/// order; an error on any store is an error (PostgreSQL will call again).
+/// Archive the WAL file at `path` on every store, with its signature when a signing key
+/// is configured. Returns what happened on each, in order; an error on any store is an
+/// error (PostgreSQL will call again, and a retry of a stored file adds a missing
+/// signature).
 pub async fn push(
     stores: &[Arc<dyn Storage>],
     path: &Path,
@@ -73,6 +75,42 @@ pub async fn push(
     let name = file_name(path)?;
     parse_name(&name)?;
     let (sha, _size) = hash_file(path).await?;
+    let outcome = push_data(stores, path, &name, &sha, opts).await?;
+    sign_everywhere(stores, &name, &sha, opts).await?;
+    Ok(outcome)
+}
+
+/// The signature object of an archived file on every store (after the file itself: a
+/// file without it is refused where signatures are required, never served unchecked).
+async fn sign_everywhere(
+    stores: &[Arc<dyn Storage>],
+    name: &str,
+    sha: &str,
+    opts: &PushOptions,
+) -> Result<()> {
+    let Some(key) = &opts.signing_key else {
+        return Ok(());
+    };
+    let object = Bytes::from(key.sign_wal(name, sha));
+    let sig_key = crate::signing::wal_signature_key(name, sha);
+    for store in stores {
+        match crate::storage::put_bytes(store.as_ref(), &sig_key, object.clone()).await {
+            // Signed before (a retry): never overwritten.
+            Ok(_) | Err(Error::AlreadyExists(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn push_data(
+    stores: &[Arc<dyn Storage>],
+    path: &Path,
+    name: &str,
+    sha: &str,
+    opts: &PushOptions,
+) -> Result<Vec<Pushed>> {
+    let (name, sha) = (name.to_string(), sha.to_string());
 
     let mut outcome = vec![Pushed::Stored; stores.len()];
     let mut todo: Vec<usize> = Vec::new();
@@ -195,7 +233,15 @@ pub(crate) async fn push_partial_hashed(
         } else {
             write_one(store.as_ref(), path, &key, &sha, opts).await?
         };
+        sign_everywhere(std::slice::from_ref(store), &name, &sha, opts).await?;
         for old in copies.iter().filter(|c| c.sha256 != sha) {
+            if let Err(e) = super::delete_signature(store.as_ref(), old).await {
+                tracing::warn!(
+                    "{}: could not delete the signature of a replaced partial segment {}: {e}",
+                    store.url(),
+                    old.object.key
+                );
+            }
             if let Err(e) = store.delete(&old.object.key).await {
                 tracing::warn!(
                     "{}: could not delete the replaced partial segment {}: {e}",
@@ -242,6 +288,7 @@ pub async fn drop_partials(store: &dyn Storage, segment: &str) -> Result<usize> 
     let copies = find(store, &format!("{segment}{PARTIAL_SUFFIX}")).await?;
     for c in &copies {
         store.delete(&c.object.key).await?;
+        super::delete_signature(store, c).await?;
     }
     Ok(copies.len())
 }
