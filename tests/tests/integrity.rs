@@ -150,6 +150,18 @@ fn forged_backup_is_refused_by_restore_verify_and_contents() {
     rd.run(&["contents", "g1"])
         .assert_code(1)
         .assert_stderr_contains("does not match its signature");
+    // A selective restore reads the same way: refused, no side database created.
+    let side = format!("{}_side", good.name);
+    rd.run(&["restore", "g1", &side, "--table", "public.t"])
+        .assert_code(1)
+        .assert_stderr_contains("does not match its signature");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            &format!("select count(*) from pg_database where datname = '{side}'")
+        ),
+        "0"
+    );
     // The unsigned one too.
     rd.run(&["restore", "e1", &target.name, "--no-safety-backup"])
         .assert_code(1)
