@@ -102,13 +102,7 @@ async fn locked_restore(
         return selective::run(ctx, args, exists, target_db, resolved).await;
     }
     // Keys are checked before anything is touched (a missing key refuses at once).
-    let decoder = ctx.decoder(resolved.manifest.as_ref())?;
-    ctx.check_key(&resolved).await?;
-    let roles = restore::load_roles(
-        &resolved,
-        &crate::codecs::keys_for(c, resolved.manifest.as_ref())?,
-    )
-    .await?;
+    let mut opts = options(ctx, args, &resolved, target_db).await?;
     let pg = &c.database;
 
     if exists && config::is_production(c) {
@@ -118,13 +112,7 @@ async fn locked_restore(
         safety_backup(ctx, target_db).await?;
     }
 
-    let mut opts = ctx.restore_options(target_db);
-    if let Some(jobs) = args.jobs {
-        opts.settings.jobs = jobs;
-    }
     opts.allow_replace = true;
-    opts.decoder = decoder;
-    opts.roles = roles;
     let bar = crate::progress::Bar::start("restore", ctx.progress);
     opts.progress = bar.callback();
     let result = restore::run(pg, &resolved, opts, ctx.cancel.clone()).await;
@@ -153,6 +141,27 @@ async fn locked_restore(
 
 /// `restore --globals-only BACKUP`: create the roles the backup needs that the server
 /// lacks, and nothing else.
+/// The options of a restore of `resolved` into `target_db`: its decoder (the key is
+/// checked here, before anything is read or touched), its roles object, `--jobs`.
+async fn options(
+    ctx: &Ctx,
+    args: &RestoreArgs,
+    resolved: &Resolved,
+    target_db: &str,
+) -> Result<restore::RestoreOptions> {
+    let decoder = ctx.decoder(resolved.manifest.as_ref())?;
+    ctx.check_key(resolved).await?;
+    let keys = crate::codecs::keys_for(ctx.config(), resolved.manifest.as_ref())?;
+    let roles = restore::load_roles(resolved, &keys).await?;
+    let mut opts = ctx.restore_options(target_db);
+    if let Some(jobs) = args.jobs {
+        opts.settings.jobs = jobs;
+    }
+    opts.decoder = decoder;
+    opts.roles = roles;
+    Ok(opts)
+}
+
 async fn globals_only(ctx: &Ctx, args: &RestoreArgs) -> Result<()> {
     let c = ctx.config();
     let resolved = ctx

@@ -328,24 +328,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// Builds a custom-format archive the way pg_dump writes it (4-byte ints).
-    struct Writer(Vec<u8>);
-    impl Writer {
-        fn int(&mut self, v: i64) {
-            self.0.push(u8::from(v < 0));
-            self.0
-                .extend_from_slice(&(v.unsigned_abs() as u32).to_le_bytes());
-        }
-        fn str(&mut self, s: Option<&str>) {
-            match s {
-                None => self.int(-1),
-                Some(s) => {
-                    self.int(s.len() as i64);
-                    self.0.extend_from_slice(s.as_bytes());
-                }
-            }
-        }
-    }
+    use crate::toc::tests::Writer;
 
     /// An entry: (desc, name, COPY statement).
     type Entry<'a> = (&'a str, &'a str, Option<&'a str>);

@@ -412,18 +412,19 @@ impl Reader<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// A minimal custom-format header + TOC, built the way pg_dump writes it.
-    struct Writer(Vec<u8>);
+    /// Custom-format archive bytes, written the way pg_dump writes them (4-byte ints);
+    /// also used by the row counter's tests.
+    pub(crate) struct Writer(pub(crate) Vec<u8>);
     impl Writer {
-        fn int(&mut self, v: i64) {
+        pub(crate) fn int(&mut self, v: i64) {
             self.0.push(u8::from(v < 0));
             self.0
                 .extend_from_slice(&(v.unsigned_abs() as u32).to_le_bytes());
         }
-        fn str(&mut self, s: Option<&str>) {
+        pub(crate) fn str(&mut self, s: Option<&str>) {
             match s {
                 None => self.int(-1),
                 Some(s) => {

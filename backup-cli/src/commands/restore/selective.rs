@@ -3,7 +3,7 @@
 //! confirmation and no safety backup; an existing SIDE_DB is refused before anything is read.
 
 use backup_core::catalog::Resolved;
-use backup_core::restore::{self, RestoreOutcome};
+use backup_core::restore::RestoreOutcome;
 use backup_core::selective::{self, Selection, qualified};
 use backup_core::util::human_size;
 use backup_core::{Error, Result, success};
@@ -26,19 +26,7 @@ pub(super) async fn run(
     }
     let c = ctx.config();
     // Keys are checked before anything is read.
-    let decoder = ctx.decoder(resolved.manifest.as_ref())?;
-    ctx.check_key(&resolved).await?;
-    let roles = restore::load_roles(
-        &resolved,
-        &crate::codecs::keys_for(c, resolved.manifest.as_ref())?,
-    )
-    .await?;
-    let mut opts = ctx.restore_options(target_db);
-    if let Some(jobs) = args.jobs {
-        opts.settings.jobs = jobs;
-    }
-    opts.decoder = decoder;
-    opts.roles = roles;
+    let mut opts = super::options(ctx, args, &resolved, target_db).await?;
     let selection = Selection {
         tables: args.tables.clone(),
         schemas: args.schemas.clone(),
