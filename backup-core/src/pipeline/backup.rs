@@ -52,6 +52,7 @@ mod directory;
 mod dump;
 mod fanout;
 mod physical;
+mod pipe;
 mod process;
 mod settings;
 mod targets;
@@ -61,11 +62,12 @@ use directory::*;
 use dump::*;
 use fanout::*;
 pub use physical::run_physical;
+use pipe::PipeChunks;
 pub use process::{collect_stderr, terminate};
 pub use settings::BackupSettings;
 use targets::*;
 
-/// Size of each read from pg_dump's pipe.
+/// Size of each read of a parallel dump's files (pipes: `pipe::PIPE_CHUNK`).
 const CHUNK: usize = 256 * 1024;
 /// Chunks buffered per target before pg_dump is slowed down.
 const QUEUE_DEPTH: usize = 8;

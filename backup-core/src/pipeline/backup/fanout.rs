@@ -172,6 +172,20 @@ impl Sink<'_> {
         }
     }
 
+    /// Send the chunks of a child's output until it ends; returns the number of bytes.
+    pub(super) async fn copy_from_pipe(&mut self, pipe: &mut PipeChunks) -> Result<u64> {
+        let mut read: u64 = 0;
+        loop {
+            let chunk = pipe.next().await?;
+            if chunk.is_empty() {
+                return Ok(read);
+            }
+            read += chunk.len() as u64;
+            self.push(chunk.clone()).await?;
+            pipe.recycle(chunk);
+        }
+    }
+
     /// Flush the transforms. Returns (sha256 hex, stored size).
     pub(super) async fn finish(mut self) -> Result<(String, u64)> {
         if !self.transforms.is_empty() {
@@ -188,8 +202,8 @@ pub(super) async fn pump(child: &mut Child, mut sink: Sink<'_>) -> Result<(Strin
         .stdout
         .take()
         .ok_or_else(|| Error::Tool("pg_dump has no stdout pipe".into()))?;
-    crate::util::widen_pipe(&stdout);
-    sink.copy_from(stdout, "pg_dump output").await?;
+    let mut pipe = PipeChunks::spawn(stdout, "pg_dump output")?;
+    sink.copy_from_pipe(&mut pipe).await?;
     sink.finish().await
 }
 

@@ -270,21 +270,22 @@ pub async fn run_physical(
 
 /// Read pg_basebackup's tar stream into the sink. Returns (sha256 hex, stored size).
 async fn pump_base(child: &mut Child, mut sink: Sink<'_>) -> Result<(String, u64)> {
-    let mut stdout = child
+    let stdout = child
         .stdout
         .take()
         .ok_or_else(|| Error::Tool("pg_basebackup has no stdout pipe".into()))?;
-    crate::util::widen_pipe(&stdout);
+    let mut pipe = PipeChunks::spawn(stdout, "pg_basebackup output")?;
     // The test pause point stops a backup mid-stream: the first bytes have gone to the
     // targets (the compressor holds back a few MiB), pg_basebackup is still sending.
     while sink.size == 0 {
-        let head = (&mut stdout).take(CHUNK as u64);
-        if sink.copy_from(head, "pg_basebackup output").await? == 0 {
-            break;
+        let chunk = pipe.next().await?;
+        if chunk.is_empty() {
+            return sink.finish().await;
         }
+        sink.push(chunk).await?;
     }
     crate::util::pause_point("physical-streaming").await;
-    sink.copy_from(stdout, "pg_basebackup output").await?;
+    sink.copy_from_pipe(&mut pipe).await?;
     sink.finish().await
 }
 
