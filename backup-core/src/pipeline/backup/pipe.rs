@@ -6,8 +6,8 @@
 //! futex calls (thread wakeups), a tenth of the process's CPU samples. A blocking read
 //! sleeps in the kernel until data arrives, as `zstd` in a shell pipeline does, and the
 //! runtime sees one message per [`PIPE_CHUNK`] (about 1,000 epoll waits and 10,500 futex
-//! calls for the same dump). Memory: the chunk being filled, [`PIPE_QUEUE`] full ones and the one being
-//! processed, allocated once and reused.
+//! calls for the same dump). Memory: the chunk being filled, [`PIPE_QUEUE`] full ones
+//! and the one being processed, allocated once and reused.
 
 use std::io::Read;
 
