@@ -172,18 +172,21 @@ impl Sink<'_> {
         }
     }
 
-    /// Send the chunks of a child's output until it ends; returns the number of bytes.
-    pub(super) async fn copy_from_pipe(&mut self, pipe: &mut PipeChunks) -> Result<u64> {
-        let mut read: u64 = 0;
-        loop {
-            let chunk = pipe.next().await?;
-            if chunk.is_empty() {
-                return Ok(read);
-            }
-            read += chunk.len() as u64;
-            self.push(chunk.clone()).await?;
-            pipe.recycle(chunk);
+    /// Send the next chunk of a child's output; `false` once the output has ended.
+    pub(super) async fn push_from_pipe(&mut self, pipe: &mut PipeChunks) -> Result<bool> {
+        let chunk = pipe.next().await?;
+        if chunk.is_empty() {
+            return Ok(false);
         }
+        self.push(chunk.clone()).await?;
+        pipe.recycle(chunk);
+        Ok(true)
+    }
+
+    /// Send the chunks of a child's output until it ends.
+    pub(super) async fn copy_from_pipe(&mut self, pipe: &mut PipeChunks) -> Result<()> {
+        while self.push_from_pipe(pipe).await? {}
+        Ok(())
     }
 
     /// Flush the transforms. Returns (sha256 hex, stored size).

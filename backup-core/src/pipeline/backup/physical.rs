@@ -278,11 +278,9 @@ async fn pump_base(child: &mut Child, mut sink: Sink<'_>) -> Result<(String, u64
     // The test pause point stops a backup mid-stream: the first bytes have gone to the
     // targets (the compressor holds back a few MiB), pg_basebackup is still sending.
     while sink.size == 0 {
-        let chunk = pipe.next().await?;
-        if chunk.is_empty() {
+        if !sink.push_from_pipe(&mut pipe).await? {
             return sink.finish().await;
         }
-        sink.push(chunk).await?;
     }
     crate::util::pause_point("physical-streaming").await;
     sink.copy_from_pipe(&mut pipe).await?;

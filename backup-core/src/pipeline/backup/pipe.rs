@@ -26,9 +26,8 @@ const PIPE_QUEUE: usize = 2;
 /// (after the chunk in progress).
 pub(super) struct PipeChunks {
     rx: mpsc::Receiver<std::io::Result<Bytes>>,
-    /// Chunks the pipeline is done with go back to the reading thread: allocated on one
-    /// thread and freed on another, new 256 KiB chunks left glibc's arenas about 8 MiB
-    /// larger at their peak.
+    /// Chunks the pipeline is done with go back to the reading thread, which then
+    /// neither allocates nor faults in a new 256 KiB buffer per chunk.
     spare: std::sync::mpsc::Sender<Vec<u8>>,
     what: &'static str,
 }
